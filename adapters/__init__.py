@@ -1,0 +1,1 @@
+"""agentcast adapters: the anyio reference server (and later ASGI, Redis)."""

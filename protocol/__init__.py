@@ -1,0 +1,91 @@
+"""agentcast's Sans-IO protocol core: pure state machines, no sockets, no clock.
+
+Layers, each usable without the one above it:
+
+* :class:`WebSocketConnection`: HTTP/1.1 (h11) and RFC 6455 framing (wsproto) for one
+  server-side connection;
+* :class:`Session`: the message layer of PROTOCOL.md (auth outcome, heartbeat, rate
+  limit, validation, presence) over any :class:`Sink`;
+* :class:`Hub`: every session, the delivery rules, per-user presence and the in-process
+  publishing API;
+* :class:`ServerConnection`: the first two composed, what the reference server runs.
+
+Time enters only as arguments: a monotonic ``now`` for deadlines and a wall-clock
+``wall`` for the ``timestamp`` field.
+"""
+
+from .auth import (
+    Authenticator,
+    AuthFailure,
+    AuthResult,
+    DevAuthenticator,
+    Identity,
+    StaticAuthenticator,
+)
+from .config import Settings
+from .connection import SUBPROTOCOL, ServerConnection, extract_token
+from .errors import LocalProtocolError, ProtocolError
+from .events import (
+    AuthRequested,
+    BytesReceived,
+    ConnectionClosed,
+    Event,
+    HttpRequest,
+    TextReceived,
+    UpgradeRequested,
+)
+from .http import HttpAnswer
+from .hub import Hub, Published, Stats
+from .messages import (
+    AgentStatus,
+    ChatMessage,
+    ErrorCode,
+    MessageError,
+    Notification,
+    PreparedMessage,
+    decode_client_message,
+    encode_server_message,
+)
+from .session import CloseCode, Session, Sink
+from .timestamps import format_timestamp
+from .websocket import ConnectionState, WebSocketConnection
+
+__all__ = [
+    "SUBPROTOCOL",
+    "AgentStatus",
+    "AuthFailure",
+    "AuthRequested",
+    "AuthResult",
+    "Authenticator",
+    "BytesReceived",
+    "ChatMessage",
+    "CloseCode",
+    "ConnectionClosed",
+    "ConnectionState",
+    "DevAuthenticator",
+    "ErrorCode",
+    "Event",
+    "HttpAnswer",
+    "HttpRequest",
+    "Hub",
+    "Identity",
+    "LocalProtocolError",
+    "MessageError",
+    "Notification",
+    "PreparedMessage",
+    "ProtocolError",
+    "Published",
+    "ServerConnection",
+    "Session",
+    "Settings",
+    "Sink",
+    "StaticAuthenticator",
+    "Stats",
+    "TextReceived",
+    "UpgradeRequested",
+    "WebSocketConnection",
+    "decode_client_message",
+    "encode_server_message",
+    "extract_token",
+    "format_timestamp",
+]

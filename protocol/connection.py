@@ -1,0 +1,244 @@
+"""The agentcast server connection: the transport layer composed with a session.
+
+:class:`ServerConnection` is what the reference server runs per TCP connection. It feeds
+bytes to a :class:`~agentcast.protocol.WebSocketConnection`, answers what the contract
+lets it answer by itself (404, 405, 426, 400, 401, pongs, closes, ``error`` messages),
+and hands the adapter only what needs the outside world:
+
+* :class:`~agentcast.protocol.events.AuthRequested`: run the authenticator, then call
+  :meth:`ServerConnection.complete_auth` (the upgrade waits for it: with ``require_auth``
+  a refused token gets ``401`` and no WebSocket);
+* :class:`~agentcast.protocol.events.HttpRequest` for ``GET /healthz``, ``GET /metrics``
+  and ``/api/...``: answer with :meth:`ServerConnection.send_http_response` (see
+  :mod:`agentcast.protocol.http` for the first and last);
+* :class:`~agentcast.protocol.events.ConnectionClosed`: log it; close the socket once
+  :meth:`ServerConnection.data_to_send` is written.
+
+Drive it like this::
+
+    conn = ServerConnection(hub, now=now, client=peer)
+    conn.receive_data(data, now, wall)        # or receive_eof / handle_timer
+    for event in conn.events_received(): ...  # dispatch
+    writer.write(conn.data_to_send())         # when the previous write has completed
+    wait until conn.next_deadline() or more bytes arrive
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from urllib.parse import parse_qsl
+
+from .auth import AuthFailure, AuthResult
+from .errors import LocalProtocolError
+from .events import (
+    AuthRequested,
+    BytesReceived,
+    ConnectionClosed,
+    Event,
+    HttpRequest,
+    TextReceived,
+    UpgradeRequested,
+)
+from .hub import Hub
+from .session import Session
+from .websocket import ConnectionState, WebSocketConnection
+
+__all__ = ["SUBPROTOCOL", "ServerConnection", "extract_token"]
+
+#: The subprotocol a browser offers to pass its token as ``bearer.<token>`` (PROTOCOL.md 2).
+SUBPROTOCOL = "agentcast.v1"
+_BEARER_PROTOCOL = "bearer."
+_HTTP_ROUTES = {"/healthz": "GET", "/metrics": "GET"}
+
+
+def extract_token(
+    query: str, headers: Iterable[tuple[str, str]], subprotocols: Iterable[str]
+) -> tuple[str | None, str | None]:
+    """Find the client's token and the subprotocol to select (PROTOCOL.md 2).
+
+    In order: the ``token`` query parameter, ``Authorization: Bearer``, then a
+    ``bearer.<token>`` subprotocol offered beside ``agentcast.v1``. An empty value counts
+    as no token. Returns ``(token, subprotocol)``.
+    """
+    offered = tuple(subprotocols)
+    selected = SUBPROTOCOL if SUBPROTOCOL in offered else None
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == "token":
+            return (value or None), selected
+    for key, value in headers:
+        if key.lower() == "authorization":
+            scheme, _, credentials = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                return credentials.strip(), selected
+    if selected is not None:
+        for proto in offered:
+            if proto.startswith(_BEARER_PROTOCOL) and len(proto) > len(_BEARER_PROTOCOL):
+                return proto[len(_BEARER_PROTOCOL) :], selected
+    return None, selected
+
+
+class ServerConnection:
+    """One client of the agentcast server, from its first byte to its close."""
+
+    __slots__ = ("__weakref__", "_events", "_hub", "_session", "_subprotocol", "_ws")
+
+    def __init__(self, hub: Hub, *, now: float, client: str | None = None) -> None:
+        s = hub.settings
+        self._hub = hub
+        self._ws = WebSocketConnection(
+            now=now,
+            path=s.path,
+            max_message_size=s.max_message_size,
+            max_header_size=s.max_header_size,
+            max_body_size=s.max_body_size,
+            handshake_timeout=s.handshake_timeout,
+            close_timeout=s.close_timeout,
+            client=client,
+        )
+        self._session: Session | None = None
+        self._subprotocol: str | None = None
+        self._events: list[Event] = []
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def transport(self) -> WebSocketConnection:
+        return self._ws
+
+    @property
+    def session(self) -> Session | None:
+        """The session once the WebSocket is open, else ``None``."""
+        return self._session
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed
+
+    @property
+    def on_output(self) -> Callable[[], None] | None:
+        return self._ws.on_output
+
+    @on_output.setter
+    def on_output(self, callback: Callable[[], None] | None) -> None:
+        self._ws.on_output = callback
+
+    # -- outputs ------------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        return self._ws.data_to_send()
+
+    def events_received(self) -> list[Event]:
+        events = self._events
+        self._events = []
+        return events
+
+    def next_deadline(self) -> float | None:
+        deadline = self._ws.next_deadline()
+        session = self._session
+        if session is not None:
+            other = session.next_deadline()
+            if other is not None and (deadline is None or other < deadline):
+                return other
+        return deadline
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float, wall: float) -> None:
+        self._ws.receive_data(data, now)
+        if self._session is not None:
+            self._session.touch(self._ws.last_activity)
+        self._dispatch(now, wall)
+
+    def receive_eof(self, now: float, wall: float) -> None:
+        self._ws.receive_eof(now)
+        self._dispatch(now, wall)
+
+    def handle_timer(self, now: float, wall: float) -> None:
+        self._ws.handle_timer(now)
+        if self._session is not None:
+            self._session.handle_timer(now, wall)
+        self._dispatch(now, wall)
+
+    def send_failed(self, now: float, wall: float) -> None:
+        """The socket failed: the connection is over, nothing more is produced."""
+        self._ws.send_failed()
+        self._dispatch(now, wall)
+
+    # -- commands -----------------------------------------------------------------------
+
+    def complete_auth(self, result: AuthResult | None, now: float, wall: float) -> None:
+        """Answer :class:`AuthRequested` (``None``: no token was given)."""
+        if self._ws.state is ConnectionState.UPGRADING:
+            if isinstance(result, AuthFailure | None) and self._hub.settings.require_auth:
+                reason = "missing token" if result is None else result.reason
+                self._ws.reject(401, f"Unauthorized: {reason}", [("www-authenticate", "Bearer")])
+                return
+            self._ws.accept(now, self._subprotocol)
+            self._session = Session(self._hub, self._ws, result, now=now, wall=wall)
+            self._dispatch(now, wall)
+        elif self._session is not None:
+            if result is None:
+                raise LocalProtocolError("a refresh needs a result")
+            self._session.complete_auth(result, now, wall)
+            self._dispatch(now, wall)
+        elif not self._ws.closed:
+            raise LocalProtocolError(f"complete_auth() in state {self._ws.state.name}")
+
+    def send_http_response(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        self._ws.send_http_response(status, body, content_type, headers)
+
+    def close(self, code: int, reason: str, now: float, wall: float) -> None:
+        """Close from the server side (1001 at shutdown); before the upgrade, just close."""
+        if self._session is not None:
+            self._session.close(code, reason, now, wall)
+        else:
+            self._ws.close(code, reason, now)
+        self._dispatch(now, wall)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _dispatch(self, now: float, wall: float) -> None:
+        for event in self._ws.events_received():
+            match event:
+                case TextReceived(text=text):
+                    if self._session is not None:
+                        self._session.receive_text(text, now, wall)
+                case BytesReceived():
+                    if self._session is not None:
+                        self._session.receive_binary(now, wall)
+                case UpgradeRequested():
+                    self._on_upgrade(event, now, wall)
+                case HttpRequest():
+                    self._on_http(event)
+                case ConnectionClosed(code=code):
+                    if self._session is not None:
+                        self._session.ended(code, now, wall)
+                    self._events.append(event)
+                case _:  # pragma: no cover - the transport emits nothing else
+                    raise AssertionError(event)
+        if self._session is not None:
+            self._events.extend(self._session.events_received())
+
+    def _on_upgrade(self, event: UpgradeRequested, now: float, wall: float) -> None:
+        token, self._subprotocol = extract_token(event.query, event.headers, event.subprotocols)
+        if token is None:
+            self.complete_auth(None, now, wall)
+        else:
+            self._events.append(AuthRequested(token=token))
+
+    def _on_http(self, event: HttpRequest) -> None:
+        method = _HTTP_ROUTES.get(event.path)
+        if method is None and not event.path.startswith("/api/"):
+            self._ws.send_http_response(404, b'{"error":"not found"}')
+        elif method is not None and event.method != method:
+            self._ws.send_http_response(
+                405, b'{"error":"method not allowed"}', headers=[("allow", method)]
+            )
+        else:
+            self._events.append(event)

@@ -1,0 +1,305 @@
+"""The session layer: everything PROTOCOL.md says about an open connection's messages.
+
+A :class:`Session` is fed already-decoded messages (``receive_text``) and liveness
+(``touch``), and writes its answers to a :class:`Sink`. It knows nothing of frames or
+sockets, so the same rules serve the reference server (where the sink is the
+:class:`~agentcast.protocol.WebSocketConnection`) and an ASGI server (where the sink
+queues text for ``websocket.send``). What it owns:
+
+* the auth outcome, sent first as the ``auth`` message, and in-band refresh (section 2);
+* the heartbeat: JSON ``ping`` and a protocol Ping every interval, close 4000 after the
+  timeout (section 5); token expiry, close 4001;
+* the rate limit and the ``error`` answers of section 6;
+* this connection's presence status, which the :class:`~agentcast.protocol.Hub`
+  aggregates per user;
+* the slow-client policy: a backlog past ``max_send_buffer`` closes with 1013.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from .auth import AuthFailure, AuthResult, Identity
+from .events import AuthRequested, Event
+from .messages import (
+    BINARY_NOT_SUPPORTED,
+    NOT_AUTHENTICATED,
+    RATE_LIMITED,
+    AuthRefresh,
+    ClientPing,
+    ClientPong,
+    MessageError,
+    PreparedMessage,
+    PresenceStatus,
+    PresenceUpdate,
+    decode_client_message,
+)
+from .ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+__all__ = ["CloseCode", "Session", "Sink"]
+
+
+class CloseCode:
+    """Close codes the session produces (PROTOCOL.md section 9)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY = 1008
+    TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+    HEARTBEAT_TIMEOUT = 4000
+    TOKEN_EXPIRED = 4001
+
+
+class Sink(Protocol):
+    """Where a session's output goes. The transport implements it."""
+
+    @property
+    def backlog(self) -> int:
+        """Bytes queued to this client and not yet known to be written."""
+        ...
+
+    def send_message(self, message: PreparedMessage) -> None:
+        """Queue one server message."""
+        ...
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        """Queue a protocol-level Ping (a no-op where the transport has none)."""
+        ...
+
+    def discard_pending(self) -> None:
+        """Drop queued output not yet handed to the socket."""
+        ...
+
+    def close(self, code: int, reason: str, now: float) -> None:
+        """Start closing the connection with *code*."""
+        ...
+
+
+class Session:
+    """One client's session. Create it when the WebSocket opens, with the auth outcome.
+
+    It sends ``auth`` (and, when authenticated, ``presence_state``) at once, and joins the
+    hub, which then delivers broadcasts to it. Inputs take the monotonic ``now`` and the
+    wall-clock ``wall``; after any of them, read :meth:`events_received` and
+    :meth:`next_deadline`.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_closed",
+        "_events",
+        "_expires_at",
+        "_hub",
+        "_last_seen",
+        "_limiter",
+        "_next_ping",
+        "_sink",
+        "messages_in",
+        "messages_out",
+        "presence",
+        "user_id",
+    )
+
+    def __init__(
+        self, hub: Hub, sink: Sink, auth: AuthResult | None, *, now: float, wall: float
+    ) -> None:
+        settings = hub.settings
+        self._hub = hub
+        self._sink = sink
+        self._closed = False
+        self._events: list[Event] = []
+        self._last_seen = now
+        self._next_ping = now + settings.heartbeat_interval
+        self._expires_at: float | None = None
+        self._limiter = RateLimiter(
+            settings.rate_limit,
+            settings.rate_burst,
+            settings.rate_limit_strikes,
+            settings.rate_limit_window,
+            now,
+        )
+        #: The authenticated user, or ``None``.
+        self.user_id: str | None = None
+        #: This connection's own presence status (the hub aggregates per user).
+        self.presence: PresenceStatus = "online"
+        self.messages_in = 0
+        self.messages_out = 0
+        result = auth if auth is not None else AuthFailure("Missing token")
+        if isinstance(result, Identity):
+            self.user_id = result.user_id
+            self._set_expiry(result, now, wall)
+            self._send_auth(result, now, wall)
+            hub._join(self, now, wall)
+        else:
+            self._send_auth(result, now, wall)
+            hub._add(self)
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def authenticated(self) -> bool:
+        return self.user_id is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def next_deadline(self) -> float | None:
+        """The next heartbeat, timeout or token expiry (monotonic), or ``None`` once closed."""
+        if self._closed:
+            return None
+        deadline = min(self._next_ping, self._last_seen + self._hub.settings.heartbeat_timeout)
+        if self._expires_at is not None and self._expires_at < deadline:
+            return self._expires_at
+        return deadline
+
+    def events_received(self) -> list[Event]:
+        events = self._events
+        self._events = []
+        return events
+
+    # -- inputs -------------------------------------------------------------------------
+
+    def touch(self, now: float) -> None:
+        """The client proved it is alive (any frame, PROTOCOL.md 5)."""
+        self._last_seen = max(self._last_seen, now)
+
+    def receive_text(self, text: str, now: float, wall: float) -> None:
+        """Handle one complete text message from the client."""
+        if self._closed:
+            return
+        self.touch(now)
+        if not self._admit(now, wall):
+            return
+        message = decode_client_message(text)
+        stats = self._hub.stats
+        match message:
+            case MessageError():
+                self._error(message, now, wall)
+            case ClientPing():
+                stats.messages_in["ping"] += 1
+                self._send("pong", None, now, wall)
+            case ClientPong():
+                stats.messages_in["pong"] += 1
+            case PresenceUpdate(status=status):
+                if self.user_id is None:
+                    self._error(NOT_AUTHENTICATED, now, wall)
+                    return
+                stats.messages_in["user_presence"] += 1
+                self.presence = status
+                self._hub._presence_changed(self.user_id, now, wall)
+            case AuthRefresh(token=token):
+                if self.user_id is None:
+                    self._error(NOT_AUTHENTICATED, now, wall)
+                    return
+                stats.messages_in["auth"] += 1
+                self._events.append(AuthRequested(token=token, refresh=True))
+
+    def receive_binary(self, now: float, wall: float) -> None:
+        """A binary message arrived: we do not take those (PROTOCOL.md 6)."""
+        if self._closed:
+            return
+        self.touch(now)
+        if self._admit(now, wall):
+            self._error(BINARY_NOT_SUPPORTED, now, wall)
+
+    def complete_auth(self, result: AuthResult, now: float, wall: float) -> None:
+        """Answer an in-band refresh (:class:`AuthRequested` with ``refresh=True``).
+
+        The new token must be for the same user; on success its expiry replaces the old
+        one. On failure the connection keeps its current identity until that expires.
+        """
+        if self._closed:
+            return
+        if isinstance(result, Identity) and result.user_id != self.user_id:
+            result = AuthFailure("Token is for another user")
+        if isinstance(result, Identity):
+            self._set_expiry(result, now, wall)
+        else:
+            self._hub.stats.errors["auth_failed"] += 1
+        self._send_auth(result, now, wall)
+
+    def handle_timer(self, now: float, wall: float) -> None:
+        """Act on the deadlines that have passed at *now*."""
+        if self._closed:
+            return
+        settings = self._hub.settings
+        if now >= self._last_seen + settings.heartbeat_timeout:
+            self._hub.stats.heartbeat_timeouts += 1
+            self.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", now, wall)
+            return
+        if self._expires_at is not None and now >= self._expires_at:
+            self.close(CloseCode.TOKEN_EXPIRED, "token expired", now, wall)
+            return
+        if now >= self._next_ping:
+            interval = settings.heartbeat_interval
+            while self._next_ping <= now:
+                self._next_ping += interval
+            self._send("ping", None, now, wall)
+            self._sink.send_ping()
+
+    def close(self, code: int, reason: str, now: float, wall: float) -> None:
+        """Close the connection with *code* (e.g. 1001 at shutdown). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sink.close(code, reason, now)
+        self._hub._leave(self, now, wall)
+
+    def ended(self, code: int, now: float, wall: float) -> None:
+        """The transport is gone (closing handshake done, or the TCP connection ended)."""
+        self._closed = True
+        self._hub._leave(self, now, wall)
+        self._hub.stats.closes[code] += 1
+
+    # -- output -------------------------------------------------------------------------
+
+    def _deliver(self, message: PreparedMessage, now: float, wall: float) -> bool:
+        """Queue a broadcast (called by the hub). ``False`` if this client was dropped."""
+        if self._closed:
+            return False
+        sink = self._sink
+        if sink.backlog + len(message.frame) > self._hub.settings.max_send_buffer:
+            self._hub.stats.slow_client_drops += 1
+            sink.discard_pending()
+            self.close(CloseCode.TRY_AGAIN_LATER, "client too slow", now, wall)
+            return False
+        sink.send_message(message)
+        self.messages_out += 1
+        return True
+
+    def _send(self, kind: str, data: object, now: float, wall: float) -> None:
+        self._hub.stats.messages_out[kind] += 1
+        self._deliver(PreparedMessage.build(kind, data, wall), now, wall)
+
+    def _send_auth(self, result: AuthResult, now: float, wall: float) -> None:
+        if isinstance(result, Identity):
+            data: dict[str, object] = {"success": True, "userId": result.user_id}
+        else:
+            data = {"success": False, "error": result.reason}
+        self._send("auth", data, now, wall)
+
+    def _error(self, error: MessageError, now: float, wall: float) -> None:
+        self._hub.stats.errors[error.code.value] += 1
+        self._send("error", {"error": error.error, "code": error.code.value}, now, wall)
+
+    def _admit(self, now: float, wall: float) -> bool:
+        """Count one inbound message against the rate limit (PROTOCOL.md 6)."""
+        self.messages_in += 1
+        if self._limiter.allow(now):
+            return True
+        self._error(RATE_LIMITED, now, wall)
+        if self._limiter.exhausted:
+            self._hub.stats.rate_limit_closes += 1
+            self.close(CloseCode.POLICY, "rate limit exceeded", now, wall)
+        return False
+
+    def _set_expiry(self, identity: Identity, now: float, wall: float) -> None:
+        # exp is wall-clock; deadlines are monotonic: convert once, at the moment we learn it.
+        exp = identity.expires_at
+        self._expires_at = None if exp is None else now + (exp - wall)
