@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_CONFLATION_THRESHOLD",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_HEARTBEAT_INTERVAL",
     "DEFAULT_HEARTBEAT_TIMEOUT",
@@ -33,6 +34,9 @@ DEFAULT_HEARTBEAT_TIMEOUT = 60.0  # seed: "Clients that don't respond within 60 
 DEFAULT_PRESENCE_GRACE = 5.0  # PROTOCOL.md 4: a reload must not flap offline/online
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024  # PROTOCOL.md 6; client messages are tiny JSON objects
 DEFAULT_MAX_SEND_BUFFER = 1024 * 1024  # PROTOCOL.md 9 (1013): ~5,000 notifications of backlog
+# A healthy client drains its backlog within a round trip; 64 KiB pending (~300 statuses)
+# means it is falling behind, and from then on only the latest status per agent is kept.
+DEFAULT_CONFLATION_THRESHOLD = 64 * 1024
 DEFAULT_RATE_LIMIT = 20.0  # PROTOCOL.md 6: messages per second, token bucket refill
 DEFAULT_RATE_BURST = 40  # PROTOCOL.md 6: bucket size
 DEFAULT_RATE_LIMIT_STRIKES = 10  # PROTOCOL.md 6: drops within the window before 1008
@@ -56,6 +60,9 @@ class Settings:
     presence_grace: float = DEFAULT_PRESENCE_GRACE
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER
+    #: Past this backlog (bytes), a pending ``agent_status`` is replaced by a newer one
+    #: for the same agent instead of queued behind it (issue 6, conflation).
+    conflation_threshold: int = DEFAULT_CONFLATION_THRESHOLD
     rate_limit: float = DEFAULT_RATE_LIMIT
     rate_burst: int = DEFAULT_RATE_BURST
     rate_limit_strikes: int = DEFAULT_RATE_LIMIT_STRIKES
@@ -88,6 +95,7 @@ class Settings:
         for name in (
             "max_message_size",
             "max_send_buffer",
+            "conflation_threshold",
             "rate_burst",
             "rate_limit_strikes",
             "max_header_size",

@@ -34,6 +34,7 @@ from .messages import (
     PresenceUpdate,
     decode_client_message,
 )
+from .outbox import Outbox
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -59,20 +60,12 @@ class Sink(Protocol):
     """Where a session's output goes. The transport implements it."""
 
     @property
-    def backlog(self) -> int:
-        """Bytes queued to this client and not yet known to be written."""
-        ...
-
-    def send_message(self, message: PreparedMessage) -> None:
-        """Queue one server message."""
+    def outbox(self) -> Outbox:
+        """The connection's pending output; the session queues its messages there."""
         ...
 
     def send_ping(self, payload: bytes = b"") -> None:
         """Queue a protocol-level Ping (a no-op where the transport has none)."""
-        ...
-
-    def discard_pending(self) -> None:
-        """Drop queued output not yet handed to the socket."""
         ...
 
     def close(self, code: int, reason: str, now: float) -> None:
@@ -263,13 +256,26 @@ class Session:
         """Queue a broadcast (called by the hub). ``False`` if this client was dropped."""
         if self._closed:
             return False
-        sink = self._sink
-        if sink.backlog + len(message.frame) > self._hub.settings.max_send_buffer:
+        outbox = self._sink.outbox
+        settings = self._hub.settings
+        if (
+            message.key is not None
+            and outbox.backlog > settings.conflation_threshold
+            and outbox.replace(message)
+        ):
+            # A newer agent_status replaced the pending one for the same agent.
+            self.messages_out += 1
+            return True
+        size = len(message.frame)
+        limit = settings.max_send_buffer
+        # 1013 when what conflation cannot shrink passes the limit; a hard stop at twice
+        # the limit bounds memory even with very many distinct agents.
+        if outbox.firm_backlog + size > limit or outbox.backlog + size > 2 * limit:
             self._hub.stats.slow_client_drops += 1
-            sink.discard_pending()
+            outbox.discard()
             self.close(CloseCode.TRY_AGAIN_LATER, "client too slow", now, wall)
             return False
-        sink.send_message(message)
+        outbox.push(message)
         self.messages_out += 1
         return True
 

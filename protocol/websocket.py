@@ -50,6 +50,7 @@ from .events import (
     UpgradeRequested,
 )
 from .messages import PreparedMessage, frame_text
+from .outbox import Outbox
 
 __all__ = ["ConnectionState", "WebSocketConnection", "format_http_response"]
 
@@ -112,19 +113,16 @@ class WebSocketConnection:
         "_events",
         "_h11",
         "_handshake_key",
-        "_inflight",
         "_max_body_size",
         "_max_message_size",
         "_msg_parts",
         "_msg_size",
-        "_out",
+        "_outbox",
         "_path",
-        "_pending",
         "_request",
         "_state",
         "_ws",
         "last_activity",
-        "on_output",
     )
 
     def __init__(
@@ -154,9 +152,7 @@ class WebSocketConnection:
         self._handshake_key = b""
         # The handshake deadline is armed at creation, not at the first byte.
         self._deadline: float | None = now + handshake_timeout
-        self._out: list[bytes] = []
-        self._pending = 0
-        self._inflight = 0
+        self._outbox = Outbox()
         self._events: list[Event] = []
         self._msg_parts: list[str | bytes] = []
         self._msg_size = 0
@@ -164,9 +160,6 @@ class WebSocketConnection:
         self._close_reason = ""
         #: Monotonic time of the last frame received (any frame: PROTOCOL.md 5).
         self.last_activity = now
-        #: Called when output becomes pending outside an input call (a broadcast),
-        #: so the adapter can wake its writer. Set by the adapter; ``None`` by default.
-        self.on_output: Callable[[], None] | None = None
 
     # -- state --------------------------------------------------------------------------
 
@@ -187,22 +180,29 @@ class WebSocketConnection:
     @property
     def backlog(self) -> int:
         """Bytes queued and not yet known to be written (pending plus the last write)."""
-        return self._pending + self._inflight
+        return self._outbox.backlog
+
+    @property
+    def outbox(self) -> Outbox:
+        """The pending output (the :class:`~agentcast.protocol.session.Sink` attribute)."""
+        return self._outbox
+
+    @property
+    def on_output(self) -> Callable[[], None] | None:
+        """Called when output becomes pending in an empty outbox, e.g. by a broadcast,
+        so the adapter can wake its writer. ``None`` by default."""
+        return self._outbox.on_output
+
+    @on_output.setter
+    def on_output(self, callback: Callable[[], None] | None) -> None:
+        self._outbox.on_output = callback
 
     # -- outputs ------------------------------------------------------------------------
 
     def data_to_send(self) -> bytes:
         """Everything pending, in one piece. Call it when the previous write has completed:
         the bytes returned count as the backlog until the next call."""
-        out = self._out
-        if not out:
-            self._inflight = 0
-            return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        self._pending = 0
-        self._inflight = len(data)
-        return data
+        return self._outbox.take_bytes()
 
     def events_received(self) -> list[Event]:
         """The events produced by the inputs since the last call, in order."""
@@ -215,10 +215,7 @@ class WebSocketConnection:
         return self._deadline
 
     def _push(self, data: bytes) -> None:
-        if not self._out and self.on_output is not None:
-            self.on_output()
-        self._out.append(data)
-        self._pending += len(data)
+        self._outbox.push(data)
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -257,8 +254,8 @@ class WebSocketConnection:
 
     def send_failed(self) -> None:
         """The socket could not take our data: produce nothing more."""
-        self._out.clear()
-        self._pending = self._inflight = 0
+        self._outbox.discard()
+        self._outbox.sent()
         if self._state is ConnectionState.OPEN or self._state is ConnectionState.CLOSING:
             self._finish(None)
         self._state = ConnectionState.CLOSED
@@ -324,7 +321,7 @@ class WebSocketConnection:
     def send_message(self, message: PreparedMessage) -> None:
         """Queue a server message (the :class:`~agentcast.protocol.session.Sink` method)."""
         if self._state is ConnectionState.OPEN:
-            self._push(message.frame)
+            self._outbox.push(message)
 
     def send_text(self, text: str) -> None:
         """Queue one text message."""
@@ -344,8 +341,7 @@ class WebSocketConnection:
 
     def discard_pending(self) -> None:
         """Drop queued output that has not been handed to the socket (a slow client)."""
-        self._out.clear()
-        self._pending = 0
+        self._outbox.discard()
 
     def close(self, code: int, reason: str, now: float) -> None:
         """Start the closing handshake with *code*; before the upgrade, just close."""

@@ -1,0 +1,135 @@
+"""A connection's pending output, with the accounting the slow-client policy needs.
+
+The pending output of every connection lives in the core (in an :class:`Outbox`), not in
+the adapter, so the core knows each connection's backlog and decides what happens when a
+client cannot keep up (PROTOCOL.md section 9, ``1013``). A broadcast appends the *same*
+:class:`~agentcast.protocol.PreparedMessage` object to every recipient's outbox; the
+adapter's writer takes everything pending in one piece when its previous write has
+completed.
+
+**Conflation.** ``agent_status`` is state, not a log: a dashboard needs the latest status
+of each agent, not every intermediate one. When a connection's backlog is past the
+conflation threshold, a pending, not yet written ``agent_status`` for an agent is
+replaced by the newer one for the same ``agentName`` (the older one is removed and the
+newer one appended, so what remains is still in publish order). Chat messages and
+notifications are never dropped or merged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .messages import PreparedMessage
+
+__all__ = ["Outbox"]
+
+
+class Outbox:
+    """Pending output of one connection: control bytes and prepared messages, in order."""
+
+    __slots__ = ("_conflatable", "_inflight", "_items", "_latest", "_pending", "on_output")
+
+    def __init__(self) -> None:
+        self._items: list[bytes | PreparedMessage | None] = []
+        self._pending = 0
+        self._inflight = 0
+        # Conflation key -> index in _items of the pending message with that key.
+        self._latest: dict[str, int] = {}
+        self._conflatable = 0  # bytes of the pending messages indexed in _latest
+        #: Called when output becomes pending in an empty outbox (wakes the writer).
+        self.on_output: Callable[[], None] | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Bytes queued plus the write in flight (what the last take returned)."""
+        return self._pending + self._inflight
+
+    @property
+    def firm_backlog(self) -> int:
+        """The part of :attr:`backlog` that conflation cannot shrink."""
+        return self._pending + self._inflight - self._conflatable
+
+    def __bool__(self) -> bool:
+        return self._pending > 0
+
+    def push(self, item: bytes | PreparedMessage) -> None:
+        """Append *item*; a prepared message with a key becomes replaceable."""
+        items = self._items
+        if not self._pending and self.on_output is not None:
+            self.on_output()
+        if isinstance(item, PreparedMessage):
+            size = len(item.frame)
+            key = item.key
+            if key is not None:
+                old = self._latest.get(key)
+                if old is not None:
+                    # Only the newest pending message per key stays replaceable.
+                    prev = items[old]
+                    assert isinstance(prev, PreparedMessage)
+                    self._conflatable -= len(prev.frame)
+                self._latest[key] = len(items)
+                self._conflatable += size
+        else:
+            size = len(item)
+        items.append(item)
+        self._pending += size
+
+    def replace(self, message: PreparedMessage) -> bool:
+        """Drop the pending message with *message*'s key, then append *message*.
+
+        ``False`` (and nothing done) when no message with that key is pending.
+        """
+        key = message.key
+        if key is None:
+            return False
+        index = self._latest.get(key)
+        if index is None:
+            return False
+        old = self._items[index]
+        assert isinstance(old, PreparedMessage)
+        self._items[index] = None
+        self._pending -= len(old.frame)
+        self._conflatable -= len(old.frame)
+        del self._latest[key]
+        self.push(message)
+        return True
+
+    def take_bytes(self) -> bytes:
+        """Everything pending as one ``bytes`` (frames of messages); it becomes in flight."""
+        items = self._items
+        if not items:
+            self._inflight = 0
+            return b""
+        if len(items) == 1:
+            only = items[0]
+            data = only.frame if isinstance(only, PreparedMessage) else (only or b"")
+        else:
+            data = b"".join(
+                item.frame if isinstance(item, PreparedMessage) else item
+                for item in items
+                if item is not None
+            )
+        self._reset()
+        self._inflight = len(data)
+        return data
+
+    def take_messages(self) -> list[PreparedMessage]:
+        """Everything pending as messages (for transports that send text, e.g. ASGI)."""
+        messages = [item for item in self._items if isinstance(item, PreparedMessage)]
+        self._inflight = self._pending
+        self._reset()
+        return messages
+
+    def sent(self) -> None:
+        """The write in flight has completed (for transports that take messages)."""
+        self._inflight = 0
+
+    def discard(self) -> None:
+        """Drop everything pending (a client too slow to keep up)."""
+        self._reset()
+
+    def _reset(self) -> None:
+        self._items = []
+        self._pending = 0
+        self._latest.clear()
+        self._conflatable = 0
