@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .origin import OriginAllowList
+
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_CONFLATION_THRESHOLD",
+    "DEFAULT_CONNECTION_RATE",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_HEARTBEAT_INTERVAL",
     "DEFAULT_HEARTBEAT_TIMEOUT",
     "DEFAULT_MAX_BATCH",
     "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_CONNECTIONS_PER_IP",
+    "DEFAULT_MAX_CONNECTIONS_PER_USER",
     "DEFAULT_MAX_HEADER_SIZE",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_SEND_BUFFER",
@@ -25,6 +31,7 @@ __all__ = [
     "DEFAULT_RATE_LIMIT",
     "DEFAULT_RATE_LIMIT_STRIKES",
     "DEFAULT_RATE_LIMIT_WINDOW",
+    "DEFAULT_UNAUTHENTICATED_TIMEOUT",
     "Settings",
 ]
 
@@ -48,6 +55,27 @@ DEFAULT_MAX_BATCH = 1000  # PROTOCOL.md 8: a batch holds up to 1,000 items
 # How long we wait for the peer's half of the closing handshake before we drop the
 # connection (websockets waits 10 s; a dashboard that is going away answers in a round trip).
 DEFAULT_CLOSE_TIMEOUT = 5.0
+# Connection limits (issue 4): over any of them the upgrade is answered 503.
+# One process is sized for ~10,000 connections (a few tens of KiB each, and a file
+# descriptor: raise `ulimit -n`); past that, run more processes (PROTOCOL.md 10).
+DEFAULT_MAX_CONNECTIONS = 10_000
+# One address may take 5 % of a process: a runaway reconnect loop or a single attacking
+# host cannot fill the server, while an office behind one NAT address (a few hundred
+# people, a tab or two each) still fits. Behind a reverse proxy every client has the
+# proxy's address: raise this or set it to None there, and limit per client at the proxy.
+DEFAULT_MAX_CONNECTIONS_PER_IP = 500
+# A person has a tab or a few per device; 32 leaves room for connections a network change
+# left half-open until their heartbeat timeout (60 s), and bounds a leaked token.
+DEFAULT_MAX_CONNECTIONS_PER_USER = 32
+# New WebSocket connections per second per process (a token bucket holding one second's
+# worth): after a restart 10,000 clients come back within ~20 s of their jittered
+# back-off instead of all at once; the others get 503 with Retry-After and retry.
+DEFAULT_CONNECTION_RATE = 500.0
+# An unauthenticated connection receives nothing but pings (PROTOCOL.md 2): keep it long
+# enough for a person to read the failed `auth` in the dev tools, not long enough for
+# token-less sockets to pile up. Closed with 1008 "authentication required": a policy
+# close (section 9); 4001 would tell the client to fetch a fresh token, which it never had.
+DEFAULT_UNAUTHENTICATED_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,6 +104,21 @@ class Settings:
     require_auth: bool = False
     #: The publish API key. ``None``: the publish API answers loopback clients only.
     api_key: str | None = field(default=None, repr=False)
+    #: Origins allowed to open a WebSocket (``scheme://host[:port]``, or a wildcard first
+    #: label ``https://*.example.com``); others get 403 at the upgrade. ``None``: any
+    #: origin (dev; the server says so when it starts). An upgrade without ``Origin`` (a
+    #: non-browser client) is always allowed: see :mod:`agentcast.protocol.origin`.
+    allowed_origins: tuple[str, ...] | None = None
+    #: Open (or upgrading) WebSocket connections per process; ``None``: unlimited.
+    max_connections: int | None = DEFAULT_MAX_CONNECTIONS
+    #: ... per remote address (an IPv6 client counts per /64); ``None``: unlimited.
+    max_connections_per_ip: int | None = DEFAULT_MAX_CONNECTIONS_PER_IP
+    #: ... per authenticated user; ``None``: unlimited.
+    max_connections_per_user: int | None = DEFAULT_MAX_CONNECTIONS_PER_USER
+    #: New WebSocket connections per second per process; ``None``: unlimited.
+    connection_rate: float | None = DEFAULT_CONNECTION_RATE
+    #: Seconds before an unauthenticated connection is closed (1008); ``None``: never.
+    unauthenticated_timeout: float | None = DEFAULT_UNAUTHENTICATED_TIMEOUT
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
@@ -104,3 +147,17 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        for name in ("max_connections", "max_connections_per_ip", "max_connections_per_user"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or None: unlimited)")
+        for name in ("connection_rate", "unauthenticated_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive (or None: no limit)")
+        origins: object = self.allowed_origins
+        if origins is not None:
+            if isinstance(origins, str):
+                raise ValueError("allowed_origins is a sequence of origins, not one string")
+            object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins or ()))
+            OriginAllowList(self.allowed_origins or ())  # ValueError for a bad pattern

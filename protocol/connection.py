@@ -2,7 +2,8 @@
 
 :class:`ServerConnection` is what the reference server runs per TCP connection. It feeds
 bytes to a :class:`~agentcast.protocol.WebSocketConnection`, answers what the contract
-lets it answer by itself (404, 405, 426, 400, 401, pongs, closes, ``error`` messages),
+lets it answer by itself (404, 405, 426, 400, 401, and 403/503 from the hub's
+:class:`~agentcast.protocol.admission.Admission`, pongs, closes, ``error`` messages),
 and hands the adapter only what needs the outside world:
 
 * :class:`~agentcast.protocol.events.AuthRequested`: run the authenticator, then call
@@ -21,6 +22,9 @@ Drive it like this::
     for event in conn.events_received(): ...  # dispatch
     writer.write(conn.data_to_send())         # when the previous write has completed
     wait until conn.next_deadline() or more bytes arrive
+
+However the socket ends, tell the connection (``receive_eof`` or ``send_failed``) before
+dropping it: that is what gives its place in the hub's connection limits back.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from urllib.parse import parse_qsl
 
-from .auth import AuthFailure, AuthResult
+from .admission import Refusal, Ticket
+from .auth import AuthFailure, AuthResult, Identity
 from .errors import LocalProtocolError
 from .events import (
     AuthRequested,
@@ -80,7 +85,17 @@ def extract_token(
 class ServerConnection:
     """One client of the agentcast server, from its first byte to its close."""
 
-    __slots__ = ("__weakref__", "_events", "_hub", "_session", "_subprotocol", "_ws")
+    __slots__ = (
+        "__weakref__",
+        "_client",
+        "_events",
+        "_hub",
+        "_session",
+        "_subprotocol",
+        "_ticket",
+        "_wall",
+        "_ws",
+    )
 
     def __init__(self, hub: Hub, *, now: float, client: str | None = None) -> None:
         s = hub.settings
@@ -95,9 +110,17 @@ class ServerConnection:
             close_timeout=s.close_timeout,
             client=client,
         )
+        self._client = client
+        # Messages are handed to the session as the transport decodes them, so each
+        # answer precedes the output of the frames after it (see WebSocketConnection).
+        self._ws.on_message = self._on_message
+        self._wall = 0.0  # the wall-clock time of the input being processed
         self._session: Session | None = None
         self._subprotocol: str | None = None
         self._events: list[Event] = []
+        # This connection's place in the hub's connection counts, from the upgrade
+        # request until the connection is closed (released on every way it ends).
+        self._ticket: Ticket | None = None
 
     # -- state --------------------------------------------------------------------------
 
@@ -144,6 +167,7 @@ class ServerConnection:
     # -- inputs -------------------------------------------------------------------------
 
     def receive_data(self, data: bytes, now: float, wall: float) -> None:
+        self._wall = wall
         self._ws.receive_data(data, now)
         if self._session is not None:
             self._session.touch(self._ws.last_activity)
@@ -169,12 +193,26 @@ class ServerConnection:
     def complete_auth(self, result: AuthResult | None, now: float, wall: float) -> None:
         """Answer :class:`AuthRequested` (``None``: no token was given)."""
         if self._ws.state is ConnectionState.UPGRADING:
+            admission = self._hub.admission
             if isinstance(result, AuthFailure | None) and self._hub.settings.require_auth:
                 reason = "missing token" if result is None else result.reason
+                admission.refused["auth"] += 1
                 self._ws.reject(401, f"Unauthorized: {reason}", [("www-authenticate", "Bearer")])
+                self._release_if_closed()
                 return
-            self._ws.accept(now, self._subprotocol)
-            self._session = Session(self._hub, self._ws, result, now=now, wall=wall)
+            if isinstance(result, Identity) and self._ticket is not None:
+                refusal = admission.admit_user(self._ticket, result.user_id)
+                if refusal is not None:
+                    self._ws.reject(refusal.status, refusal.reason, refusal.headers)
+                    self._release_if_closed()
+                    return
+
+            def start() -> None:
+                # Between the 101 and the frames pipelined with the request.
+                self._session = Session(self._hub, self._ws, result, now=now, wall=wall)
+
+            self._wall = wall
+            self._ws.accept(now, self._subprotocol, start)
             self._dispatch(now, wall)
         elif self._session is not None:
             if result is None:
@@ -206,26 +244,45 @@ class ServerConnection:
     def _dispatch(self, now: float, wall: float) -> None:
         for event in self._ws.events_received():
             match event:
-                case TextReceived(text=text):
-                    if self._session is not None:
-                        self._session.receive_text(text, now, wall)
-                case BytesReceived():
-                    if self._session is not None:
-                        self._session.receive_binary(now, wall)
                 case UpgradeRequested():
                     self._on_upgrade(event, now, wall)
                 case HttpRequest():
                     self._on_http(event)
                 case ConnectionClosed(code=code):
-                    if self._session is not None:
-                        self._session.ended(code, now, wall)
+                    # Only an open WebSocket closes, and it has its session from the 101.
+                    assert self._session is not None
+                    self._session.ended(code, now, wall)
                     self._events.append(event)
                 case _:  # pragma: no cover - the transport emits nothing else
                     raise AssertionError(event)
-        if self._session is not None:
-            self._events.extend(self._session.events_received())
+        session = self._session
+        if session is not None:
+            if not session.closed and self._ws.state is not ConnectionState.OPEN:
+                # The transport started closing by itself (1009): the session ends now,
+                # so nothing is queued after the close frame.
+                session.close(self._ws.close_code, "", now, wall)
+            self._events.extend(session.events_received())
+        self._release_if_closed()
+
+    def _on_message(self, event: TextReceived | BytesReceived, now: float) -> None:
+        session = self._session
+        assert session is not None  # created before any frame is read
+        if isinstance(event, TextReceived):
+            session.receive_text(event.text, now, self._wall)
+        else:
+            session.receive_binary(now, self._wall)
+
+    def _release_if_closed(self) -> None:
+        if self._ticket is not None and self._ws.closed:
+            self._hub.admission.release(self._ticket)
+            self._ticket = None
 
     def _on_upgrade(self, event: UpgradeRequested, now: float, wall: float) -> None:
+        decision = self._hub.admission.admit(event.headers, self._client, now)
+        if isinstance(decision, Refusal):
+            self._ws.reject(decision.status, decision.reason, decision.headers)
+            return
+        self._ticket = decision
         token, self._subprotocol = extract_token(event.query, event.headers, event.subprotocols)
         if token is None:
             self.complete_auth(None, now, wall)

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .admission import Admission
 from .config import Settings
 from .messages import (
     AgentState,
@@ -84,6 +85,8 @@ class Hub:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else Settings()
         self.stats = Stats()
+        #: Origin check, connection limits and rate, asked at every upgrade (issue 4).
+        self.admission = Admission(self.settings)
         self._sessions: dict[Session, None] = {}
         self._authenticated: dict[Session, None] = {}
         self._users: dict[str, _User] = {}

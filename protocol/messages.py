@@ -155,7 +155,9 @@ def decode_client_message(text: str) -> ClientMessage | MessageError:
         return INVALID_FORMAT
     if kind in SERVER_ONLY_TYPES:
         return NOT_ALLOWED
-    return MessageError(ErrorCode.UNKNOWN_TYPE, f"Unknown message type: {kind[:MAX_ECHOED_TYPE]}")
+    # A lone surrogate (JSON "\ud800") has no UTF-8 form: echo it as "?".
+    echoed = kind[:MAX_ECHOED_TYPE].encode("utf-8", "replace").decode("utf-8")
+    return MessageError(ErrorCode.UNKNOWN_TYPE, f"Unknown message type: {echoed}")
 
 
 # -- server broadcast payloads, validated --------------------------------------------------
@@ -171,7 +173,18 @@ def _string(data: Mapping[str, object], key: str, *, required: bool = True) -> s
         raise ValueError(f"{key} must not be empty")
     if len(value) > MAX_FIELD_LENGTH:
         raise ValueError(f"{key} is longer than {MAX_FIELD_LENGTH} characters")
+    _unicode(key, value)
     return value
+
+
+def _unicode(key: str, value: str) -> None:
+    """Refuse a string with a lone surrogate (JSON allows ``"\\ud800"``): it has no UTF-8
+    form, so no text frame can carry it."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{key} is not valid Unicode (a lone surrogate)") from None
 
 
 def _get(data: Mapping[str, Any], key: str) -> Any:
@@ -197,7 +210,7 @@ class AgentStatus:
 
     def __post_init__(self) -> None:
         _string({"agentName": self.agent_name}, "agentName")
-        if self.state not in AGENT_STATES:
+        if not isinstance(self.state, str) or self.state not in AGENT_STATES:
             raise ValueError("state must be one of idle, working, stopped")
         _string({"currentTask": self.current_task}, "currentTask", required=False)
         p = self.progress
@@ -249,6 +262,7 @@ class ChatMessage:
             raise ValueError("content must be a string")
         if len(self.content) > MAX_FIELD_LENGTH:
             raise ValueError(f"content is longer than {MAX_FIELD_LENGTH} characters")
+        _unicode("content", self.content)
         _string({"sender": self.sender}, "sender")
         if self.timestamp is not None and not is_iso_timestamp(self.timestamp):
             raise ValueError(
@@ -289,7 +303,7 @@ class Notification:
     _FIELDS: ClassVar[frozenset[str]] = frozenset({"level", "message", "userId"})
 
     def __post_init__(self) -> None:
-        if self.level not in NOTIFICATION_LEVELS:
+        if not isinstance(self.level, str) or self.level not in NOTIFICATION_LEVELS:
             raise ValueError("level must be one of info, success, warning, error")
         _string({"message": self.message}, "message")
         _string({"userId": self.user_id}, "userId", required=False)

@@ -125,8 +125,17 @@ class Outbox:
         self._inflight = 0
 
     def discard(self) -> None:
-        """Drop everything pending (a client too slow to keep up)."""
+        """Drop everything pending (the socket failed)."""
         self._reset()
+
+    def discard_messages(self) -> None:
+        """Drop the pending messages (a client too slow to keep up). Raw bytes (the
+        ``101`` response, control frames) stay, so what is written is still a valid
+        stream for the close frame that follows."""
+        kept = [item for item in self._items if isinstance(item, bytes)]
+        self._reset()
+        for item in kept:
+            self.push(item)
 
     def _reset(self) -> None:
         self._items = []

@@ -8,7 +8,8 @@ queues text for ``websocket.send``). What it owns:
 
 * the auth outcome, sent first as the ``auth`` message, and in-band refresh (section 2);
 * the heartbeat: JSON ``ping`` and a protocol Ping every interval, close 4000 after the
-  timeout (section 5); token expiry, close 4001;
+  timeout (section 5); token expiry, close 4001; an unauthenticated connection is
+  closed 1008 after ``unauthenticated_timeout`` (issue 4);
 * the rate limit and the ``error`` answers of section 6;
 * this connection's presence status, which the :class:`~agentcast.protocol.Hub`
   aggregates per user;
@@ -17,12 +18,13 @@ queues text for ``websocket.send``). What it owns:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, assert_never
 
 from .auth import AuthFailure, AuthResult, Identity
 from .events import AuthRequested, Event
 from .messages import (
     BINARY_NOT_SUPPORTED,
+    INVALID_PRESENCE,
     NOT_AUTHENTICATED,
     RATE_LIMITED,
     AuthRefresh,
@@ -84,6 +86,7 @@ class Session:
 
     __slots__ = (
         "__weakref__",
+        "_auth_deadline",
         "_closed",
         "_events",
         "_expires_at",
@@ -109,6 +112,8 @@ class Session:
         self._last_seen = now
         self._next_ping = now + settings.heartbeat_interval
         self._expires_at: float | None = None
+        # An unauthenticated connection is closed (1008) at this time (issue 4).
+        self._auth_deadline: float | None = None
         self._limiter = RateLimiter(
             settings.rate_limit,
             settings.rate_burst,
@@ -129,6 +134,8 @@ class Session:
             self._send_auth(result, now, wall)
             hub._join(self, now, wall)
         else:
+            if settings.unauthenticated_timeout is not None:
+                self._auth_deadline = now + settings.unauthenticated_timeout
             self._send_auth(result, now, wall)
             hub._add(self)
 
@@ -143,12 +150,14 @@ class Session:
         return self._closed
 
     def next_deadline(self) -> float | None:
-        """The next heartbeat, timeout or token expiry (monotonic), or ``None`` once closed."""
+        """The next heartbeat, timeout, token expiry or unauthenticated timeout
+        (monotonic), or ``None`` once closed."""
         if self._closed:
             return None
         deadline = min(self._next_ping, self._last_seen + self._hub.settings.heartbeat_timeout)
-        if self._expires_at is not None and self._expires_at < deadline:
-            return self._expires_at
+        for other in (self._expires_at, self._auth_deadline):
+            if other is not None and other < deadline:
+                deadline = other
         return deadline
 
     def events_received(self) -> list[Event]:
@@ -173,6 +182,8 @@ class Session:
         stats = self._hub.stats
         match message:
             case MessageError():
+                if message is INVALID_PRESENCE and self.user_id is None:
+                    message = NOT_AUTHENTICATED  # authentication is checked first
                 self._error(message, now, wall)
             case ClientPing():
                 stats.messages_in["ping"] += 1
@@ -192,6 +203,8 @@ class Session:
                     return
                 stats.messages_in["auth"] += 1
                 self._events.append(AuthRequested(token=token, refresh=True))
+            case _:
+                assert_never(message)
 
     def receive_binary(self, now: float, wall: float) -> None:
         """A binary message arrived: we do not take those (PROTOCOL.md 6)."""
@@ -228,6 +241,9 @@ class Session:
             return
         if self._expires_at is not None and now >= self._expires_at:
             self.close(CloseCode.TOKEN_EXPIRED, "token expired", now, wall)
+            return
+        if self._auth_deadline is not None and now >= self._auth_deadline:
+            self.close(CloseCode.POLICY, "authentication required", now, wall)
             return
         if now >= self._next_ping:
             interval = settings.heartbeat_interval
@@ -272,7 +288,7 @@ class Session:
         # the limit bounds memory even with very many distinct agents.
         if outbox.firm_backlog + size > limit or outbox.backlog + size > 2 * limit:
             self._hub.stats.slow_client_drops += 1
-            outbox.discard()
+            outbox.discard_messages()
             self.close(CloseCode.TRY_AGAIN_LATER, "client too slow", now, wall)
             return False
         outbox.push(message)

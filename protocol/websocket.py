@@ -32,6 +32,7 @@ from wsproto.connection import ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.utilities import generate_accept_token
 
+from ._framecut import HeaderCutter
 from .config import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -56,6 +57,8 @@ __all__ = ["ConnectionState", "WebSocketConnection", "format_http_response"]
 
 #: 1006 is never sent on the wire: it reports "the transport ended without a close frame".
 ABNORMAL_CLOSURE = 1006
+#: The reasons we give when failing a connection (RFC 6455 7.1.7).
+_FAILURE_REASONS = {1002: "protocol error", 1007: "invalid UTF-8"}
 
 
 class ConnectionState(Enum):
@@ -109,20 +112,24 @@ class WebSocketConnection:
         "_close_code",
         "_close_reason",
         "_close_timeout",
+        "_cutter",
         "_deadline",
         "_events",
         "_h11",
         "_handshake_key",
         "_max_body_size",
+        "_max_header_size",
         "_max_message_size",
         "_msg_parts",
         "_msg_size",
         "_outbox",
         "_path",
+        "_received",
         "_request",
         "_state",
         "_ws",
         "last_activity",
+        "on_message",
     )
 
     def __init__(
@@ -142,11 +149,17 @@ class WebSocketConnection:
         self._client = client
         self._max_message_size = max_message_size
         self._max_body_size = max_body_size
+        self._max_header_size = max_header_size
         self._close_timeout = close_timeout
+        # h11 refuses an *incomplete* head past its limit; a complete one is checked in
+        # _process_http. With h11's limit one byte lower, a head is refused exactly when it
+        # is longer than max_header_size, however the input is split.
         self._h11: h11.Connection | None = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=max_header_size
+            h11.SERVER, max_incomplete_event_size=max_header_size - 1
         )
+        self._received = 0  # bytes fed to h11, to measure the request head
         self._ws: _WsConnection | None = None
+        self._cutter = HeaderCutter()
         self._request: h11.Request | None = None
         self._body: bytearray | None = None
         self._handshake_key = b""
@@ -160,6 +173,11 @@ class WebSocketConnection:
         self._close_reason = ""
         #: Monotonic time of the last frame received (any frame: PROTOCOL.md 5).
         self.last_activity = now
+        #: If set, called with each complete message (and ``now``) as soon as it is
+        #: decoded, instead of queuing it for :meth:`events_received`: the owner's answer
+        #: then goes out before the output caused by the frames after it (a Pong, a close
+        #: frame), however the input was split. :class:`ServerConnection` sets it.
+        self.on_message: Callable[[TextReceived | BytesReceived, float], None] | None = None
 
     # -- state --------------------------------------------------------------------------
 
@@ -221,17 +239,24 @@ class WebSocketConnection:
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Feed bytes read from the socket. Peer faults never raise: they become an HTTP
-        error answer or a close."""
+        error answer or a close. ``b""`` is no data (EOF is :meth:`receive_eof`)."""
+        if not data:
+            return  # h11 would take b"" for EOF
         state = self._state
         if state is ConnectionState.HTTP or state is ConnectionState.UPGRADING:
             assert self._h11 is not None
+            self._received += len(data)
             self._h11.receive_data(data)
             if state is ConnectionState.HTTP:
                 self._process_http()
         elif state is ConnectionState.OPEN or state is ConnectionState.CLOSING:
             assert self._ws is not None
-            self._ws.receive_data(data)
-            self._process_frames(now)
+            # Each frame header on its own first: see _framecut.
+            for piece in self._cutter.split(data):
+                if self._state is ConnectionState.CLOSED:
+                    break
+                self._ws.receive_data(piece)
+                self._process_frames(now)
 
     def receive_eof(self, now: float) -> None:
         """The peer closed its side of the TCP connection (or it broke)."""
@@ -249,7 +274,7 @@ class WebSocketConnection:
             self._respond(_plain(408, "Request Timeout: the request took too long"))
         elif self._state is ConnectionState.UPGRADING:
             self._respond(_plain(408, "Request Timeout: the upgrade was not completed"))
-        elif self._state is ConnectionState.CLOSING:
+        else:  # CLOSING: the only other state with a deadline
             self._finish(self._close_code)
 
     def send_failed(self) -> None:
@@ -263,8 +288,17 @@ class WebSocketConnection:
 
     # -- commands -----------------------------------------------------------------------
 
-    def accept(self, now: float, subprotocol: str | None = None) -> None:
-        """Answer the pending upgrade with 101 and start the WebSocket session."""
+    def accept(
+        self,
+        now: float,
+        subprotocol: str | None = None,
+        on_open: Callable[[], None] | None = None,
+    ) -> None:
+        """Answer the pending upgrade with 101 and start the WebSocket session.
+
+        *on_open* is called right after the 101 is queued, before the bytes that followed
+        the request are processed, so what it sends precedes any answer to them.
+        """
         if self._state is not ConnectionState.UPGRADING:
             raise LocalProtocolError(f"accept() in state {self._state.name}")
         assert self._h11 is not None
@@ -286,9 +320,10 @@ class WebSocketConnection:
         self._state = ConnectionState.OPEN
         self._deadline = None
         self.last_activity = now
+        if on_open is not None:
+            on_open()
         if trailing:
-            self._ws.receive_data(trailing)
-            self._process_frames(now)
+            self.receive_data(bytes(trailing), now)
 
     def reject(
         self,
@@ -381,17 +416,20 @@ class WebSocketConnection:
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
+                if self._received - len(conn.trailing_data[0]) > self._max_header_size:
+                    self._respond(_plain(431, "Request Header Fields Too Large"))
+                    return
                 self._on_request(event)
             elif isinstance(event, h11.Data):
                 assert self._body is not None
                 self._body += event.data
                 if len(self._body) > self._max_body_size:
                     self._respond(_too_large(self._max_body_size))
-            elif isinstance(event, h11.EndOfMessage):
+            else:
+                # EndOfMessage. (h11's ConnectionClosed needs b"" fed to it, which we never
+                # do: EOF is receive_eof.)
+                assert isinstance(event, h11.EndOfMessage)
                 self._on_request_complete()
-            else:  # ConnectionClosed: EOF before a request
-                self._state = ConnectionState.CLOSED
-                self._deadline = None
 
     def _on_request(self, request: h11.Request) -> None:
         self._request = request
@@ -516,12 +554,17 @@ class WebSocketConnection:
         parts = self._msg_parts
         self._msg_parts = []
         self._msg_size = 0
+        received: TextReceived | BytesReceived
         if isinstance(event, TextMessage):
             text = parts[0] if len(parts) == 1 else "".join(parts)  # type: ignore[arg-type]
-            self._events.append(TextReceived(text=text))  # type: ignore[arg-type]
+            received = TextReceived(text=text)  # type: ignore[arg-type]
         else:
             blob = b"".join(parts)  # type: ignore[arg-type]
-            self._events.append(BytesReceived(data=blob))
+            received = BytesReceived(data=blob)
+        if self.on_message is not None:
+            self.on_message(received, now)
+        else:
+            self._events.append(received)
 
     def _too_big(self, now: float) -> None:
         self._msg_parts = []
@@ -543,12 +586,14 @@ class WebSocketConnection:
         else:
             # wsproto reports a framing violation (1002) or invalid UTF-8 (1007) as a
             # close event while still OPEN: fail the connection (RFC 6455 7.1.7): send
-            # the close frame and drop the TCP connection without waiting.
+            # the close frame and drop the TCP connection without waiting. The reason is
+            # ours: wsproto's text depends on where the input was split.
+            reason = _FAILURE_REASONS.get(event.code, "")
             if ws.state is _WsState.OPEN:
-                self._push(ws.send(CloseConnection(code=event.code, reason="")))
-            self._close_code = event.code
-            self._close_reason = event.reason or ""
-            self._finish(event.code)
+                self._push(ws.send(CloseConnection(code=event.code, reason=reason)))
+            self._close_code = int(event.code)
+            self._close_reason = reason
+            self._finish(self._close_code)
 
     def _finish(self, code: int | None) -> None:
         self._state = ConnectionState.CLOSED

@@ -1,0 +1,228 @@
+"""Who may open a WebSocket: origin, connection limits and connection rate (issue 4).
+
+The :class:`~agentcast.protocol.Hub` holds one :class:`Admission`; every
+:class:`~agentcast.protocol.ServerConnection` asks it at the upgrade, before the ``101``:
+
+1. the ``Origin`` allow-list (``403``), see :mod:`agentcast.protocol.origin`;
+2. ``max_connections`` in total and ``max_connections_per_ip`` per remote address
+   (``503``);
+3. ``connection_rate``, new WebSocket connections per second per process, a token bucket
+   (``503`` with ``Retry-After``). It is consulted last, so attempts already refused for
+   another reason do not use up the allowance of everyone else;
+4. once the token's verdict is in (still before the ``101``), ``max_connections_per_user``
+   (``503``).
+
+An admitted upgrade holds a :class:`Ticket`, counted from the moment the upgrade is
+requested (so upgrades waiting for a slow authenticator count too) until the connection
+is closed, whichever way it ends; :meth:`Admission.release` is idempotent. Plain HTTP
+requests (``/healthz``, ``/metrics``, the publish API) are not limited here.
+
+Addresses are counted as the adapter reports them, except that an IPv4-mapped IPv6
+address counts as its IPv4 address and any other IPv6 address counts as its /64: one
+host usually holds a whole /64, so counting single IPv6 addresses would limit nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .origin import OriginAllowList
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+__all__ = ["Admission", "Refusal", "Ticket", "address_key"]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The HTTP answer that refuses an upgrade: *status*, a one-line *reason*, *headers*."""
+
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...] = ()
+    #: What was exceeded, for metrics: ``origin``, ``max_connections``,
+    #: ``max_connections_per_ip``, ``max_connections_per_user`` or ``connection_rate``.
+    limit: str = ""
+
+
+class Ticket:
+    """One admitted connection's place in the counts."""
+
+    __slots__ = ("address", "released", "user_id")
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+        self.user_id: str | None = None
+        self.released = False
+
+
+def address_key(client: str | None) -> str | None:
+    """The key *client* (an address as the adapter reports it) is counted under."""
+    if client is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return client
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+_FORBIDDEN_ORIGIN = Refusal(403, "Forbidden: origin not allowed", limit="origin")
+_TOO_MANY = Refusal(503, "Service Unavailable: too many connections", limit="max_connections")
+_TOO_MANY_FROM_ADDRESS = Refusal(
+    503,
+    "Service Unavailable: too many connections from this address",
+    limit="max_connections_per_ip",
+)
+_TOO_MANY_FOR_USER = Refusal(
+    503,
+    "Service Unavailable: too many connections for this user",
+    limit="max_connections_per_user",
+)
+
+
+class Admission:
+    """Counts connections per process, per address and per user; decides upgrades."""
+
+    __slots__ = (
+        "_bucket_at",
+        "_origins",
+        "_per_address",
+        "_per_user",
+        "_settings",
+        "_tokens",
+        "_total",
+        "refused",
+    )
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        origins = settings.allowed_origins
+        self._origins = None if origins is None else OriginAllowList(origins)
+        self._total = 0
+        self._per_address: dict[str, int] = {}
+        self._per_user: dict[str, int] = {}
+        # The connection-rate bucket starts full at the first upgrade it sees.
+        self._tokens: float | None = None
+        self._bucket_at = 0.0
+        #: Refused upgrades by :attr:`Refusal.limit` (and ``auth`` for a 401), for metrics.
+        self.refused: Counter[str] = Counter()
+
+    # -- counts -------------------------------------------------------------------------
+
+    @property
+    def connections(self) -> int:
+        """Admitted connections not yet closed (upgrading or open)."""
+        return self._total
+
+    def connections_from(self, client: str | None) -> int:
+        """Admitted connections counted under *client*'s address."""
+        key = address_key(client)
+        return 0 if key is None else self._per_address.get(key, 0)
+
+    def connections_of(self, user_id: str) -> int:
+        """Admitted connections authenticated as *user_id*."""
+        return self._per_user.get(user_id, 0)
+
+    # -- decisions ----------------------------------------------------------------------
+
+    def origin_allowed(self, headers: Iterable[tuple[str, str]]) -> bool:
+        """Whether the request's ``Origin`` passes the allow-list (absent: yes)."""
+        if self._origins is None:
+            return True
+        values = [value for name, value in headers if name.lower() == "origin"]
+        if not values:
+            return True
+        # More than one Origin is not something a browser sends: refuse the ambiguity.
+        return len(values) == 1 and self._origins.allows(values[0])
+
+    def admit(
+        self, headers: Iterable[tuple[str, str]], client: str | None, now: float
+    ) -> Ticket | Refusal:
+        """Decide an upgrade from *client*; a :class:`Ticket` is counted until released."""
+        settings = self._settings
+        refusal: Refusal | None = None
+        address = address_key(client)
+        if not self.origin_allowed(headers):
+            refusal = _FORBIDDEN_ORIGIN
+        elif settings.max_connections is not None and self._total >= settings.max_connections:
+            refusal = _TOO_MANY
+        elif (
+            address is not None
+            and settings.max_connections_per_ip is not None
+            and self._per_address.get(address, 0) >= settings.max_connections_per_ip
+        ):
+            refusal = _TOO_MANY_FROM_ADDRESS
+        else:
+            refusal = self._take_rate_token(now)
+        if refusal is not None:
+            self.refused[refusal.limit] += 1
+            return refusal
+        self._total += 1
+        if address is not None:
+            self._per_address[address] = self._per_address.get(address, 0) + 1
+        return Ticket(address)
+
+    def admit_user(self, ticket: Ticket, user_id: str) -> Refusal | None:
+        """Count *ticket*'s connection for *user_id*, or refuse it (the caller then
+        rejects the upgrade and releases the ticket)."""
+        if ticket.released or ticket.user_id is not None:
+            return None
+        limit = self._settings.max_connections_per_user
+        if limit is not None and self._per_user.get(user_id, 0) >= limit:
+            self.refused[_TOO_MANY_FOR_USER.limit] += 1
+            return _TOO_MANY_FOR_USER
+        self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
+        ticket.user_id = user_id
+        return None
+
+    def release(self, ticket: Ticket) -> None:
+        """The connection is closed: give its places back. Idempotent."""
+        if ticket.released:
+            return
+        ticket.released = True
+        self._total -= 1
+        _decrement(self._per_address, ticket.address)
+        _decrement(self._per_user, ticket.user_id)
+
+    def _take_rate_token(self, now: float) -> Refusal | None:
+        rate = self._settings.connection_rate
+        if rate is None:
+            return None
+        capacity = max(1.0, rate)  # one second's worth
+        if self._tokens is None:
+            self._tokens = capacity
+            self._bucket_at = now
+        elif now > self._bucket_at:
+            self._tokens = min(capacity, self._tokens + (now - self._bucket_at) * rate)
+        self._bucket_at = max(self._bucket_at, now)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return None
+        retry_after = max(1, math.ceil((1.0 - self._tokens) / rate))
+        return Refusal(
+            503,
+            "Service Unavailable: too many new connections, retry later",
+            (("retry-after", str(retry_after)),),
+            limit="connection_rate",
+        )
+
+
+def _decrement(counts: dict[str, int], key: str | None) -> None:
+    if key is None:
+        return
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]

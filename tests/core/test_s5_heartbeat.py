@@ -1,0 +1,156 @@
+"""PROTOCOL.md section 5: heartbeat with scripted time, at the exact boundaries."""
+
+from __future__ import annotations
+
+import json
+
+from wsproto.events import Message, Ping, Pong
+
+from agentcast.protocol import ConnectionClosed, Hub, Settings
+
+
+def test_no_ping_before_the_interval_then_json_ping_and_protocol_ping(h, pair):
+    assert pair.server.next_deadline() == 30.0
+    pair.tick(29.999)
+    assert pair.flush() == []
+    pair.tick(30.0)
+    events = pair.flush()
+    assert [type(e).__name__ for e in events] == ["TextMessage", "Ping"]
+    assert pair.messages() == []  # nothing more queued
+    assert json.loads(events[0].data) == {"type": "ping", "timestamp": "2025-12-26T13:00:30.000Z"}
+    assert pair.server.next_deadline() == 60.0
+
+
+def test_silent_client_is_closed_4000_at_exactly_the_timeout(h, pair):
+    pair.tick(30.0)
+    pair.flush()
+    pair.tick(59.999)
+    assert pair.flush() == []
+    assert not pair.server.closed
+    assert pair.close_events() == []
+    pair.tick(60.0)
+    pair.flush()
+    [close] = pair.close_events()
+    assert (close.code, close.reason) == (4000, "heartbeat timeout")
+    # The server waits for the client's close frame (close_timeout), then it is over.
+    assert pair.server.next_deadline() == 65.0
+    pair.feed(pair.client.send(close.response()))
+    assert [e for e in pair.events if isinstance(e, ConnectionClosed)] == [
+        ConnectionClosed(code=4000, reason="heartbeat timeout")
+    ]
+    assert pair.server.closed
+    assert pair.server.next_deadline() is None
+
+
+def test_client_answering_only_protocol_pings_stays_connected(h, pair):
+    """The seed's clients never answer JSON pings; their WebSocket library answers the
+    protocol Ping by itself. That must be enough, interval after interval."""
+    now = 0.0
+    for _ in range(10):
+        deadline = pair.server.next_deadline()
+        assert deadline == now + 30.0
+        now = deadline
+        pair.tick(now)
+        events = pair.flush()
+        [ping] = [e for e in events if isinstance(e, Ping)]
+        pair.send(ping.response())  # what browsers and Node's ws do
+    assert now == 300.0
+    assert not pair.server.closed
+    assert pair.close_events() == []
+    pair.send_json({"type": "ping"})
+    assert pair.types() == ["pong"]
+
+
+def test_json_pong_alone_keeps_it_alive_too(h, pair):
+    for now in (30.0, 60.0, 90.0):
+        pair.tick(now)
+        assert pair.types() == ["ping"]
+        pair.send_json({"type": "pong"})
+        assert pair.messages() == []  # a pong needs no answer
+    assert not pair.server.closed
+
+
+def test_any_inbound_frame_is_liveness(h, pair):
+    pair.now = 50.0
+    pair.send(Ping(payload=b"hi"))  # a client's protocol Ping is answered with a Pong
+    [pong] = [e for e in pair.flush() if isinstance(e, Pong)]
+    assert pong.payload == b"hi"
+    pair.tick(60.0)
+    pair.tick(109.999)
+    pair.flush()
+    assert pair.close_events() == []
+    pair.tick(110.0)
+    pair.flush()
+    assert [c.code for c in pair.close_events()] == [4000]
+
+
+def test_unsolicited_pong_frame_is_liveness(h, pair):
+    pair.now = 40.0
+    pair.send(Pong(payload=b""))
+    assert pair.flush() == []
+    pair.tick(60.0)
+    pair.tick(99.999)
+    pair.flush()
+    assert pair.close_events() == []
+    pair.tick(100.0)
+    pair.flush()
+    assert [c.code for c in pair.close_events()] == [4000]
+
+
+def test_a_message_fragment_is_liveness(h, pair):
+    pair.now = 45.0
+    pair.send(Message(data='{"type":', message_finished=False))
+    pair.tick(104.999)
+    pair.flush()
+    assert pair.close_events() == []
+    pair.now = 104.999
+    pair.send(Message(data='"ping"}', message_finished=True))
+    assert "pong" in pair.types()
+
+
+def test_deadline_is_armed_when_the_connection_opens(h, hub):
+    # No message at all after the upgrade: the timeout still runs from the open.
+    p = h.Pair(hub, now=7.0)
+    p.handshake()
+    assert p.server.next_deadline() == 37.0
+    p.tick(37.0)
+    p.tick(66.999)
+    p.flush()
+    assert p.close_events() == []
+    p.tick(67.0)
+    p.flush()
+    assert [c.code for c in p.close_events()] == [4000]
+
+
+def test_a_late_timer_sends_one_ping_and_keeps_the_schedule(h, hub):
+    hub = Hub(Settings(heartbeat_interval=10.0, heartbeat_timeout=60.0))
+    p = h.Pair(hub)
+    p.handshake()
+    p.tick(35.0)  # the adapter woke late: one ping, not three
+    assert p.types() == ["ping"]
+    assert p.server.next_deadline() == 40.0
+
+
+def test_timer_before_any_deadline_does_nothing(h, pair):
+    pair.tick(1.0)
+    assert pair.flush() == []
+    assert pair.server.next_deadline() == 30.0
+
+
+def test_next_deadline_values(h, hub):
+    p = h.Pair(hub, now=100.0)
+    assert p.server.next_deadline() == 110.0  # handshake timeout
+    p.handshake()
+    assert p.server.next_deadline() == 130.0  # first heartbeat
+    p.tick(130.0)
+    assert p.server.next_deadline() == 160.0  # next heartbeat and timeout coincide
+    p.now = 140.0
+    p.send_json({"type": "ping"})
+    assert p.server.next_deadline() == 160.0
+    p.tick(160.0)
+    assert p.server.next_deadline() == 190.0
+    p.server.close(1001, "going away", 170.0, p.wall)
+    assert p.server.next_deadline() == 175.0  # close timeout
+    p.flush()
+    p.feed(p.client.send(p.close_events()[0].response()))
+    assert p.server.next_deadline() is None
