@@ -1,0 +1,400 @@
+"""The reference server: anyio (asyncio, uvloop or trio) around the Sans-IO core.
+
+:class:`Server` is what user code holds, the equivalent of the seed's global
+``wsManager``: it owns the :class:`~agentcast.protocol.Hub`, the authenticator and the
+metrics, publishes (PROTOCOL.md section 8) and serves::
+
+    server = Server(Settings(heartbeat_interval=30.0), port=3000)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(server.run)          # listening once this returns
+            server.broadcast_agent_status("planner", "working", "indexing", progress=40)
+            server.send_notification("success", "Build finished", user_id="user_abc123")
+
+    anyio.run(main)                             # or backend="trio"
+
+The publishing methods are synchronous and never wait for a socket: they append the same
+prepared bytes to every recipient's pending output, wake the writers and return the
+:class:`~agentcast.protocol.Published` result. Call them from the event loop's thread
+(from another thread, go through ``anyio.from_thread.run_sync``).
+
+:meth:`Server.serve` listens (TLS when an ``ssl_context`` is given) until
+:meth:`Server.shutdown`, then sends close ``1001`` to every client, waits for the closing
+handshakes up to ``drain_timeout`` and returns; :meth:`Server.run` does the same and turns
+SIGINT/SIGTERM into :meth:`Server.shutdown`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import anyio
+from anyio.abc import (
+    ByteStream,
+    SocketAttribute,
+    SocketListener,
+    SocketStream,
+    TaskGroup,
+    TaskStatus,
+)
+from anyio.streams.tls import TLSStream
+
+from agentcast.protocol import (
+    AgentStatus,
+    Authenticator,
+    ChatMessage,
+    DevAuthenticator,
+    Hub,
+    Notification,
+    Published,
+    Settings,
+)
+from agentcast.protocol.messages import AgentState, NotificationLevel
+
+from ._connection import IO_ERRORS, Connection, clock
+from .metrics import Metrics
+
+__all__ = ["DEFAULT_DRAIN_TIMEOUT", "DEFAULT_HOST", "DEFAULT_PORT", "Server"]
+
+log = logging.getLogger("agentcast.server")
+
+DEFAULT_HOST = "127.0.0.1"  # seed: ws://localhost:3000/ws; loopback until asked otherwise
+DEFAULT_PORT = 3000  # seed
+DEFAULT_DRAIN_TIMEOUT = 10.0  # issue 3: wait this long for closing handshakes at shutdown
+#: After accept() fails for lack of file descriptors or memory, wait before trying again
+#: (spinning would only burn the CPU the open connections need).
+_ACCEPT_BACKOFF = 0.1
+
+
+class _MeteredHub(Hub):
+    """A hub that times every publish (the fan-out histogram) and tells the server."""
+
+    def __init__(self, settings: Settings, on_publish: Callable[[float, bool], None]) -> None:
+        super().__init__(settings)
+        self._on_publish = on_publish
+
+    def publish(
+        self, item: AgentStatus | ChatMessage | Notification, *, now: float, wall: float
+    ) -> Published:
+        drops = self.stats.slow_client_drops
+        start = time.perf_counter()
+        try:
+            return super().publish(item, now=now, wall=wall)
+        finally:
+            self._on_publish(time.perf_counter() - start, self.stats.slow_client_drops != drops)
+
+
+class _SerialSend(ByteStream):
+    """Serializes sends on the socket under a TLS stream: anyio's TLSStream may write
+    from ``receive()`` (TLS control records) while our writer task is sending."""
+
+    def __init__(self, stream: SocketStream) -> None:
+        self._stream = stream
+        self._lock = anyio.Lock()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return await self._stream.receive(max_bytes)
+
+    async def send(self, item: bytes) -> None:
+        async with self._lock:
+            await self._stream.send(item)
+
+    async def send_eof(self) -> None:
+        async with self._lock:
+            await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._stream.extra_attributes
+
+
+def _format_peer(address: object) -> tuple[str | None, str]:
+    """``(host, "host:port")`` of a socket address, for the core and for logs."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = str(address[0]), address[1]
+        return host, (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return None, str(address) if address else "-"
+
+
+class Server:
+    """The agentcast server: hub, authenticator, metrics, listener. See the module doc."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        authenticator: Authenticator | None = None,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        ssl_context: ssl.SSLContext | None = None,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        socket_send_buffer: int | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.hub: Hub = _MeteredHub(self.settings, self._published)
+        #: Verifies tokens; the embedded default is the development authenticator.
+        self.authenticator: Authenticator = (
+            authenticator if authenticator is not None else DevAuthenticator()
+        )
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+        self.drain_timeout = drain_timeout
+        #: SO_SNDBUF for accepted sockets (``None``: the kernel's autotuning, which on Linux
+        #: may buffer up to ``net.ipv4.tcp_wmem``'s maximum, 4 MiB, per slow client before
+        #: the ``max_send_buffer`` policy sees any backlog).
+        self.socket_send_buffer = socket_send_buffer
+        self._connections: dict[Connection, None] = {}
+        self.metrics = Metrics(self.hub, tcp=lambda: len(self._connections), backlog=self.backlog)
+        #: ``(host, port)`` of every listening socket, once :meth:`serve` has started.
+        self.addresses: list[tuple[str, int]] = []
+        self._stopping: anyio.Event | None = None
+        self._drained: anyio.Event | None = None
+        self._hub_wakeup: anyio.Event | None = None
+
+    # -- the in-process API (PROTOCOL.md 8) ---------------------------------------------
+
+    def broadcast_agent_status(
+        self,
+        agent_name: str,
+        state: AgentState,
+        current_task: str | None = None,
+        progress: float | None = None,
+    ) -> Published:
+        """Send ``agent_status`` to every authenticated connection. Invalid arguments raise
+        ``ValueError``."""
+        return self.hub.broadcast_agent_status(
+            agent_name, state, current_task, progress, now=clock(), wall=time.time()
+        )
+
+    def broadcast_chat_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        content: str,
+        sender: str,
+        timestamp: str | None = None,
+    ) -> Published:
+        """Send ``chat_message`` to every authenticated connection (``timestamp``, ISO 8601,
+        defaults to now)."""
+        return self.hub.broadcast_chat_message(
+            conversation_id, message_id, content, sender, timestamp, now=clock(), wall=time.time()
+        )
+
+    def send_notification(
+        self, level: NotificationLevel, message: str, user_id: str | None = None
+    ) -> Published:
+        """Send ``notification`` to every authenticated connection, or only to every
+        connection of *user_id*."""
+        return self.hub.send_notification(level, message, user_id, now=clock(), wall=time.time())
+
+    def publish(self, item: AgentStatus | ChatMessage | Notification) -> Published:
+        """Publish an already validated payload."""
+        return self.hub.publish(item, now=clock(), wall=time.time())
+
+    def clients_count(self) -> int:
+        """Open WebSocket connections, authenticated or not."""
+        return self.hub.clients_count()
+
+    def authenticated_clients_count(self) -> int:
+        return self.hub.authenticated_clients_count()
+
+    def backlog(self) -> int:
+        """Bytes queued for clients and not yet written, over all connections."""
+        return sum(c.conn.transport.backlog for c in self._connections)
+
+    @property
+    def urls(self) -> list[str]:
+        """The WebSocket URL of every listening socket (after :meth:`serve` started)."""
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        out = []
+        for host, port in self.addresses:
+            shown = f"[{host}]" if ":" in host else host
+            out.append(f"{scheme}://{shown}:{port}{self.settings.path}")
+        return out
+
+    # -- running ------------------------------------------------------------------------
+
+    async def run(
+        self,
+        *,
+        handle_signals: bool = True,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """:meth:`serve`, with SIGINT/SIGTERM starting the graceful shutdown (a second
+        signal stops waiting for the clients)."""
+        async with anyio.create_task_group() as tg:
+            if handle_signals:
+                await tg.start(self._watch_signals)
+            await self.serve(task_status=task_status)
+            tg.cancel_scope.cancel()
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until :meth:`shutdown`, then drain (see the module doc).
+
+        With ``task_group.start(server.serve)``, the start returns once the server listens;
+        :attr:`addresses` and :attr:`urls` then hold the bound addresses (``port=0``
+        picks a free port)."""
+        if self._stopping is not None:
+            raise RuntimeError("this server is already serving")
+        self._stopping = anyio.Event()
+        self._drained = None
+        self._hub_wakeup = anyio.Event()
+        self._warn_about_defaults()
+        multi = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        try:
+            # create_tcp_listener() makes socket listeners (one per address family).
+            listeners = [cast(SocketListener, listener) for listener in multi.listeners]
+            self.addresses = []
+            for listener in listeners:
+                address = listener.extra(SocketAttribute.local_address)
+                if isinstance(address, tuple):  # (host, port[, flowinfo, scope_id])
+                    self.addresses.append((str(address[0]), int(address[1])))
+            async with anyio.create_task_group() as connections:
+                connections.start_soon(self._hub_timer)
+                async with anyio.create_task_group() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(self._accept_loop, listener, connections)
+                    task_status.started()
+                    await self._stopping.wait()
+                    accepting.cancel_scope.cancel()
+                await multi.aclose()
+                await self._drain()
+                connections.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await multi.aclose()
+            self._stopping = self._drained = self._hub_wakeup = None
+
+    def shutdown(self) -> None:
+        """Stop accepting, close every connection with 1001, drain, return from
+        :meth:`serve`. Idempotent; call it from the event loop's thread."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _warn_about_defaults(self) -> None:
+        if isinstance(self.authenticator, DevAuthenticator):
+            log.warning(
+                "DEVELOPMENT authentication: any token of 1-128 characters [A-Za-z0-9_.-] "
+                "is accepted as user_<token>. Configure a real authenticator for production."
+            )
+        if self.settings.api_key is None:
+            log.warning(
+                "no API key configured: the publish API (/api/...) answers loopback clients only"
+            )
+
+    async def _accept_loop(self, listener: SocketListener, tg: TaskGroup) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM...
+                log.warning("accept() failed, retrying: %s", exc)
+                await anyio.sleep(_ACCEPT_BACKOFF)
+                continue
+            tg.start_soon(self._handle, stream)
+
+    async def _handle(self, raw: SocketStream) -> None:
+        host, peer = _format_peer(raw.extra(SocketAttribute.remote_address, None))
+        connection: Connection | None = None
+        try:
+            if self.socket_send_buffer:
+                sock = raw.extra(SocketAttribute.raw_socket)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.socket_send_buffer)
+            stream: ByteStream = raw
+            if self.ssl_context is not None:
+                tls = await self._tls_handshake(raw, peer)
+                if tls is None:
+                    return
+                stream = tls
+            connection = Connection(self, stream, host=host, peer=peer)
+            self._connections[connection] = None
+            await connection.run()  # closes the stream
+        except Exception:
+            log.exception("unexpected error serving %s", peer)
+        finally:
+            if connection is None:
+                with anyio.CancelScope(shield=True):
+                    await raw.aclose()
+            else:
+                del self._connections[connection]
+                if self._drained is not None and not self._connections:
+                    self._drained.set()
+
+    async def _tls_handshake(self, raw: SocketStream, peer: str) -> TLSStream | None:
+        assert self.ssl_context is not None
+        try:
+            with anyio.fail_after(self.settings.handshake_timeout):
+                return await TLSStream.wrap(
+                    _SerialSend(raw),
+                    server_side=True,
+                    ssl_context=self.ssl_context,
+                    standard_compatible=False,
+                )
+        except (TimeoutError, ssl.SSLError, *IO_ERRORS) as exc:
+            log.debug("TLS handshake with %s failed: %r", peer, exc)
+            return None
+
+    async def _drain(self) -> None:
+        if not self._connections:
+            return
+        log.info("shutting down: closing %d connections", len(self._connections))
+        self._drained = drained = anyio.Event()
+        for connection in list(self._connections):
+            connection.close(1001, "server shutting down")
+        with anyio.move_on_after(self.drain_timeout) as scope:
+            await drained.wait()
+        if scope.cancelled_caught:
+            log.warning(
+                "drain timeout: dropping %d connections still closing", len(self._connections)
+            )
+
+    async def _watch_signals(self, *, task_status: TaskStatus[None]) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if self._stopping is not None and not self._stopping.is_set():
+                    log.info("%s: shutting down (send it again to stop at once)", name)
+                    self.shutdown()
+                elif self._drained is not None:
+                    log.warning("%s again: not waiting for the clients any longer", name)
+                    self._drained.set()
+
+    def _published(self, seconds: float, dropped: bool) -> None:
+        self.metrics.fanout.observe(seconds)
+        if dropped:  # dropping a slow client may start a user's presence grace period
+            self._poke_hub_timer()
+
+    def _poke_hub_timer(self) -> None:
+        wakeup = self._hub_wakeup
+        if wakeup is not None and not wakeup.is_set():
+            wakeup.set()
+
+    async def _hub_timer(self) -> None:
+        """Turn users offline when their presence grace period ends."""
+        hub = self.hub
+        while True:
+            self._hub_wakeup = wakeup = anyio.Event()
+            deadline = hub.next_deadline()
+            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                await wakeup.wait()
+            now = clock()
+            if deadline is not None and now < deadline and scope.cancelled_caught:
+                now = deadline  # the loop woke a hair early: never before the deadline
+            try:
+                hub.handle_timer(now, time.time())
+            except Exception:  # pragma: no cover - the hub does not raise
+                log.exception("error in the hub timer")
