@@ -22,6 +22,11 @@ Exported (``agentcast_`` prefix):
 ``heartbeat_timeouts_total``               counter closes with 4000
 ``slow_client_drops_total``                counter closes with 1013 (backlog over the limit)
 ``rate_limit_closes_total``                counter closes with 1008 (rate-limit abuse)
+``upgrades_refused_total{reason}``         counter upgrades answered 401/403/503, by reason:
+                                                   ``auth``, ``origin``, ``max_connections``,
+                                                   ``max_connections_per_ip``,
+                                                   ``max_connections_per_user``,
+                                                   ``connection_rate``
 ``broadcast_fanout_seconds``               histo.  time to queue one publish on every recipient
 =========================================  ======  ==============================================
 """
@@ -36,7 +41,19 @@ from prometheus_client.registry import Collector
 
 from agentcast.protocol import Hub
 
-__all__ = ["FANOUT_BUCKETS", "Metrics"]
+__all__ = ["FANOUT_BUCKETS", "REFUSAL_REASONS", "Metrics"]
+
+#: The reasons an upgrade is refused (:attr:`agentcast.protocol.admission.Refusal.limit`,
+#: and ``auth`` for a 401), each exported from the start, at 0, so that alerts on their
+#: rate work before the first refusal.
+REFUSAL_REASONS = (
+    "auth",
+    "origin",
+    "max_connections",
+    "max_connections_per_ip",
+    "max_connections_per_user",
+    "connection_rate",
+)
 
 #: Fan-out is in-memory queueing: microseconds for a few clients, milliseconds for
 #: thousands. Buckets from 10 µs to 1 s.
@@ -131,6 +148,12 @@ class _HubCollector(Collector):
             p + "rate_limit_closes",
             "Connections closed for rate-limit abuse (1008).",
             value=stats.rate_limit_closes,
+        )
+        yield _labelled(
+            p + "upgrades_refused",
+            "WebSocket upgrades refused (401, 403, 503), by reason.",
+            "reason",
+            {**dict.fromkeys(REFUSAL_REASONS, 0), **hub.admission.refused},
         )
 
 

@@ -22,7 +22,8 @@ prepared bytes to every recipient's pending output, wake the writers and return 
 :meth:`Server.serve` listens (TLS when an ``ssl_context`` is given) until
 :meth:`Server.shutdown`, then sends close ``1001`` to every client, waits for the closing
 handshakes up to ``drain_timeout`` and returns; :meth:`Server.run` does the same and turns
-SIGINT/SIGTERM into :meth:`Server.shutdown`.
+SIGINT/SIGTERM into :meth:`Server.shutdown` (and SIGHUP into a reload of the JWT key file,
+when one is configured: see :mod:`agentcast.adapters.jwt_keyfile`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import anyio
 from anyio.abc import (
@@ -61,6 +62,9 @@ from agentcast.protocol.messages import AgentState, NotificationLevel
 
 from ._connection import IO_ERRORS, Connection, clock
 from .metrics import Metrics
+
+if TYPE_CHECKING:  # imported for real only with JWT configured (it needs PyJWT)
+    from .jwt_keyfile import JwtKeyFile
 
 __all__ = ["DEFAULT_DRAIN_TIMEOUT", "DEFAULT_HOST", "DEFAULT_PORT", "Server"]
 
@@ -119,6 +123,15 @@ class _SerialSend(ByteStream):
         return self._stream.extra_attributes
 
 
+class Attached(Protocol):
+    """A connection served by another adapter (:attr:`Server.attached`)."""
+
+    @property
+    def backlog(self) -> int:
+        """Bytes queued for the client and not yet written."""
+        ...
+
+
 def _format_peer(address: object) -> tuple[str | None, str]:
     """``(host, "host:port")`` of a socket address, for the core and for logs."""
     if isinstance(address, tuple) and len(address) >= 2:
@@ -140,13 +153,21 @@ class Server:
         ssl_context: ssl.SSLContext | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         socket_send_buffer: int | None = None,
+        jwt_key_file: JwtKeyFile | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings()
         self.hub: Hub = _MeteredHub(self.settings, self._published)
+        if jwt_key_file is not None:
+            if authenticator is not None and authenticator is not jwt_key_file.authenticator:
+                raise ValueError("jwt_key_file brings its own authenticator: pass one of them")
+            authenticator = jwt_key_file.authenticator
         #: Verifies tokens; the embedded default is the development authenticator.
         self.authenticator: Authenticator = (
             authenticator if authenticator is not None else DevAuthenticator()
         )
+        #: The JWT key file, re-read when it changes (polled while serving) and on SIGHUP
+        #: (under :meth:`run`).
+        self.jwt_key_file = jwt_key_file
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
@@ -156,7 +177,14 @@ class Server:
         #: the ``max_send_buffer`` policy sees any backlog).
         self.socket_send_buffer = socket_send_buffer
         self._connections: dict[Connection, None] = {}
-        self.metrics = Metrics(self.hub, tcp=lambda: len(self._connections), backlog=self.backlog)
+        #: Connections another adapter serves with this server (the ASGI adapter's
+        #: WebSockets and HTTP requests), counted in the backlog and connection gauges.
+        self.attached: dict[Attached, None] = {}
+        self.metrics = Metrics(
+            self.hub,
+            tcp=lambda: len(self._connections) + len(self.attached),
+            backlog=self.backlog,
+        )
         #: ``(host, port)`` of every listening socket, once :meth:`serve` has started.
         self.addresses: list[tuple[str, int]] = []
         self._stopping: anyio.Event | None = None
@@ -212,7 +240,9 @@ class Server:
 
     def backlog(self) -> int:
         """Bytes queued for clients and not yet written, over all connections."""
-        return sum(c.conn.transport.backlog for c in self._connections)
+        return sum(c.conn.transport.backlog for c in self._connections) + sum(
+            a.backlog for a in self.attached
+        )
 
     @property
     def urls(self) -> list[str]:
@@ -233,7 +263,7 @@ class Server:
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """:meth:`serve`, with SIGINT/SIGTERM starting the graceful shutdown (a second
-        signal stops waiting for the clients)."""
+        signal stops waiting for the clients) and SIGHUP re-reading the JWT key file."""
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 await tg.start(self._watch_signals)
@@ -263,6 +293,8 @@ class Server:
                     self.addresses.append((str(address[0]), int(address[1])))
             async with anyio.create_task_group() as connections:
                 connections.start_soon(self._hub_timer)
+                if self.jwt_key_file is not None:
+                    connections.start_soon(self.jwt_key_file.watch)
                 async with anyio.create_task_group() as accepting:
                     for listener in listeners:
                         accepting.start_soon(self._accept_loop, listener, connections)
@@ -294,6 +326,11 @@ class Server:
         if self.settings.api_key is None:
             log.warning(
                 "no API key configured: the publish API (/api/...) answers loopback clients only"
+            )
+        if self.settings.allowed_origins is None:
+            log.warning(
+                "no allowed origins configured: a page from ANY Origin may open a WebSocket "
+                "(development); list your sites' origins in production"
             )
 
     async def _accept_loop(self, listener: SocketListener, tg: TaskGroup) -> None:
@@ -362,10 +399,18 @@ class Server:
             )
 
     async def _watch_signals(self, *, task_status: TaskStatus[None]) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        watched = [signal.SIGINT, signal.SIGTERM]
+        hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+        if self.jwt_key_file is not None and hangup is not None:
+            watched.append(hangup)  # re-read the JWT keys
+        with anyio.open_signal_receiver(*watched) as signals:
             task_status.started()
             async for signum in signals:
                 name = signal.Signals(signum).name
+                if signum == hangup and self.jwt_key_file is not None:
+                    log.info("%s: re-reading the JWT keys", name)
+                    await self.jwt_key_file.reload()
+                    continue
                 if self._stopping is not None and not self._stopping.is_set():
                     log.info("%s: shutting down (send it again to stop at once)", name)
                     self.shutdown()

@@ -35,8 +35,9 @@ class HttpRequest(Event):
 
     method: str
     path: str
-    query: str
-    headers: tuple[tuple[str, str], ...]
+    # Not in the repr: the query may hold a token, the headers an API key (issue 4).
+    query: str = field(repr=False)
+    headers: tuple[tuple[str, str], ...] = field(repr=False)
     body: bytes = field(repr=False)
     client: str | None = None
 
@@ -54,7 +55,7 @@ class UpgradeRequested(Event):
     """A valid WebSocket upgrade for our path; the owner must ``accept()`` or ``reject()``."""
 
     path: str
-    query: str
+    query: str = field(repr=False)  # may hold the token
     headers: tuple[tuple[str, str], ...] = field(repr=False)
     subprotocols: tuple[str, ...] = field(repr=False)
 
