@@ -8,6 +8,8 @@ Layers, each usable without the one above it:
   limit, validation, presence) over any :class:`Sink`;
 * :class:`Hub`: every session, the delivery rules, per-user presence and the in-process
   publishing API;
+* :class:`Upgrade`: the decisions between an upgrade request and an open session
+  (admission, token, verdict), for any adapter, whoever does the HTTP upgrade;
 * :class:`ServerConnection`: the first two composed, what the reference server runs.
 
 Time enters only as arguments: a monotonic ``now`` for deadlines and a wall-clock
@@ -23,7 +25,7 @@ from .auth import (
     StaticAuthenticator,
 )
 from .config import Settings
-from .connection import SUBPROTOCOL, ServerConnection, extract_token
+from .connection import ServerConnection
 from .errors import LocalProtocolError, ProtocolError
 from .events import (
     AuthRequested,
@@ -48,6 +50,7 @@ from .messages import (
 )
 from .session import CloseCode, Session, Sink
 from .timestamps import format_timestamp
+from .upgrade import SUBPROTOCOL, Upgrade, extract_token
 from .websocket import ConnectionState, WebSocketConnection
 
 __all__ = [
@@ -82,6 +85,7 @@ __all__ = [
     "StaticAuthenticator",
     "Stats",
     "TextReceived",
+    "Upgrade",
     "UpgradeRequested",
     "WebSocketConnection",
     "decode_client_message",

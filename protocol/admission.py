@@ -50,6 +50,14 @@ class Refusal:
     #: ``max_connections_per_ip``, ``max_connections_per_user`` or ``connection_rate``.
     limit: str = ""
 
+    #: The body's media type: the reason as one line of plain text.
+    content_type = "text/plain; charset=utf-8"
+
+    @property
+    def body(self) -> bytes:
+        """The response body: the reason and a newline."""
+        return self.reason.encode() + b"\n"
+
 
 class Ticket:
     """One admitted connection's place in the counts."""

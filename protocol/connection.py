@@ -30,10 +30,8 @@ dropping it: that is what gives its place in the hub's connection limits back.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from urllib.parse import parse_qsl
 
-from .admission import Refusal, Ticket
-from .auth import AuthFailure, AuthResult, Identity
+from .auth import AuthResult
 from .errors import LocalProtocolError
 from .events import (
     AuthRequested,
@@ -44,42 +42,13 @@ from .events import (
     TextReceived,
     UpgradeRequested,
 )
+from .http import refuse
 from .hub import Hub
 from .session import Session
+from .upgrade import SUBPROTOCOL, Upgrade, extract_token
 from .websocket import ConnectionState, WebSocketConnection
 
 __all__ = ["SUBPROTOCOL", "ServerConnection", "extract_token"]
-
-#: The subprotocol a browser offers to pass its token as ``bearer.<token>`` (PROTOCOL.md 2).
-SUBPROTOCOL = "agentcast.v1"
-_BEARER_PROTOCOL = "bearer."
-_HTTP_ROUTES = {"/healthz": "GET", "/metrics": "GET"}
-
-
-def extract_token(
-    query: str, headers: Iterable[tuple[str, str]], subprotocols: Iterable[str]
-) -> tuple[str | None, str | None]:
-    """Find the client's token and the subprotocol to select (PROTOCOL.md 2).
-
-    In order: the ``token`` query parameter, ``Authorization: Bearer``, then a
-    ``bearer.<token>`` subprotocol offered beside ``agentcast.v1``. An empty value counts
-    as no token. Returns ``(token, subprotocol)``.
-    """
-    offered = tuple(subprotocols)
-    selected = SUBPROTOCOL if SUBPROTOCOL in offered else None
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key == "token":
-            return (value or None), selected
-    for key, value in headers:
-        if key.lower() == "authorization":
-            scheme, _, credentials = value.strip().partition(" ")
-            if scheme.lower() == "bearer" and credentials.strip():
-                return credentials.strip(), selected
-    if selected is not None:
-        for proto in offered:
-            if proto.startswith(_BEARER_PROTOCOL) and len(proto) > len(_BEARER_PROTOCOL):
-                return proto[len(_BEARER_PROTOCOL) :], selected
-    return None, selected
 
 
 class ServerConnection:
@@ -91,8 +60,7 @@ class ServerConnection:
         "_events",
         "_hub",
         "_session",
-        "_subprotocol",
-        "_ticket",
+        "_upgrade",
         "_wall",
         "_ws",
     )
@@ -116,11 +84,10 @@ class ServerConnection:
         self._ws.on_message = self._on_message
         self._wall = 0.0  # the wall-clock time of the input being processed
         self._session: Session | None = None
-        self._subprotocol: str | None = None
         self._events: list[Event] = []
-        # This connection's place in the hub's connection counts, from the upgrade
-        # request until the connection is closed (released on every way it ends).
-        self._ticket: Ticket | None = None
+        # The upgrade's decisions; it holds this connection's place in the hub's
+        # connection counts until the connection is closed (released on every way it ends).
+        self._upgrade: Upgrade | None = None
 
     # -- state --------------------------------------------------------------------------
 
@@ -193,26 +160,19 @@ class ServerConnection:
     def complete_auth(self, result: AuthResult | None, now: float, wall: float) -> None:
         """Answer :class:`AuthRequested` (``None``: no token was given)."""
         if self._ws.state is ConnectionState.UPGRADING:
-            admission = self._hub.admission
-            if isinstance(result, AuthFailure | None) and self._hub.settings.require_auth:
-                reason = "missing token" if result is None else result.reason
-                admission.refused["auth"] += 1
-                self._ws.reject(401, f"Unauthorized: {reason}", [("www-authenticate", "Bearer")])
-                self._release_if_closed()
+            upgrade = self._upgrade
+            assert upgrade is not None  # UPGRADING comes with an admitted upgrade
+            refusal = upgrade.decide(result)
+            if refusal is not None:
+                self._ws.reject(refusal.status, refusal.reason, refusal.headers)
                 return
-            if isinstance(result, Identity) and self._ticket is not None:
-                refusal = admission.admit_user(self._ticket, result.user_id)
-                if refusal is not None:
-                    self._ws.reject(refusal.status, refusal.reason, refusal.headers)
-                    self._release_if_closed()
-                    return
 
             def start() -> None:
                 # Between the 101 and the frames pipelined with the request.
-                self._session = Session(self._hub, self._ws, result, now=now, wall=wall)
+                self._session = upgrade.open(self._ws, result, now=now, wall=wall)
 
             self._wall = wall
-            self._ws.accept(now, self._subprotocol, start)
+            self._ws.accept(now, upgrade.subprotocol, start)
             self._dispatch(now, wall)
         elif self._session is not None:
             if result is None:
@@ -273,29 +233,33 @@ class ServerConnection:
             session.receive_binary(now, self._wall)
 
     def _release_if_closed(self) -> None:
-        if self._ticket is not None and self._ws.closed:
-            self._hub.admission.release(self._ticket)
-            self._ticket = None
+        if self._upgrade is not None and self._ws.closed:
+            self._upgrade.release()
 
     def _on_upgrade(self, event: UpgradeRequested, now: float, wall: float) -> None:
-        decision = self._hub.admission.admit(event.headers, self._client, now)
-        if isinstance(decision, Refusal):
-            self._ws.reject(decision.status, decision.reason, decision.headers)
+        upgrade = Upgrade(
+            self._hub,
+            query=event.query,
+            headers=event.headers,
+            subprotocols=event.subprotocols,
+            client=self._client,
+            now=now,
+        )
+        if upgrade.refusal is not None:
+            refusal = upgrade.refusal
+            self._ws.reject(refusal.status, refusal.reason, refusal.headers)
             return
-        self._ticket = decision
-        token, self._subprotocol = extract_token(event.query, event.headers, event.subprotocols)
-        if token is None:
+        self._upgrade = upgrade
+        if upgrade.token is None:
             self.complete_auth(None, now, wall)
         else:
-            self._events.append(AuthRequested(token=token))
+            self._events.append(AuthRequested(token=upgrade.token))
 
     def _on_http(self, event: HttpRequest) -> None:
-        method = _HTTP_ROUTES.get(event.path)
-        if method is None and not event.path.startswith("/api/"):
-            self._ws.send_http_response(404, b'{"error":"not found"}')
-        elif method is not None and event.method != method:
+        refusal = refuse(event.method, event.path)
+        if refusal is not None:
             self._ws.send_http_response(
-                405, b'{"error":"method not allowed"}', headers=[("allow", method)]
+                refusal.status, refusal.body, refusal.content_type, refusal.headers
             )
         else:
             self._events.append(event)

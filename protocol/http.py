@@ -1,10 +1,12 @@
 """Answers to the plain HTTP requests on the server's port (PROTOCOL.md sections 1 and 8).
 
-:func:`answer` gives the response to ``GET /healthz`` and to the publish API
-(``POST /api/agent-status``, ``/api/chat-messages``, ``/api/notifications``). It is pure:
-the adapter passes the :class:`~agentcast.protocol.events.HttpRequest`, the hub and the
-time, and writes the returned :class:`HttpAnswer` with ``send_http_response``.
-``GET /metrics`` is the adapter's (it owns the metrics registry).
+:func:`refuse` routes a request: ``404`` for an unknown path, ``405`` for a wrong method
+on ``/healthz`` or ``/metrics``, else ``None``. :func:`answer` then gives the response to
+``GET /healthz`` and to the publish API (``POST /api/agent-status``,
+``/api/chat-messages``, ``/api/notifications``). Both are pure: the adapter passes the
+:class:`~agentcast.protocol.events.HttpRequest`, the hub and the time, and writes the
+returned :class:`HttpAnswer`. ``GET /metrics`` is the adapter's (it owns the metrics
+registry).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from .events import HttpRequest
 from .hub import Hub
 from .messages import AgentStatus, ChatMessage, Notification
 
-__all__ = ["PUBLISH_PATHS", "HttpAnswer", "answer", "healthz"]
+__all__ = ["HTTP_ROUTES", "PUBLISH_PATHS", "HttpAnswer", "answer", "healthz", "refuse"]
+
+#: The plain HTTP paths besides the publish API (``/api/...``), and their method.
+HTTP_ROUTES = {"/healthz": "GET", "/metrics": "GET"}
 
 PUBLISH_PATHS: dict[str, type[AgentStatus | ChatMessage | Notification]] = {
     "/api/agent-status": AgentStatus,
@@ -37,6 +42,17 @@ class HttpAnswer:
 
 def _json(status: int, obj: object, headers: tuple[tuple[str, str], ...] = ()) -> HttpAnswer:
     return HttpAnswer(status, json.dumps(obj, separators=(",", ":")).encode(), headers)
+
+
+def refuse(method: str, path: str) -> HttpAnswer | None:
+    """``404`` for a path we do not serve, ``405`` for a wrong method on a route of
+    :data:`HTTP_ROUTES`; ``None``: answer the request (:func:`answer`, or ``/metrics``)."""
+    allowed = HTTP_ROUTES.get(path)
+    if allowed is None and not path.startswith("/api/"):
+        return _json(404, {"error": "not found"})
+    if allowed is not None and method != allowed:
+        return _json(405, {"error": "method not allowed"}, (("allow", allowed),))
+    return None
 
 
 def healthz(hub: Hub) -> HttpAnswer:

@@ -10,7 +10,10 @@ queues text for ``websocket.send``). What it owns:
 * the heartbeat: JSON ``ping`` and a protocol Ping every interval, close 4000 after the
   timeout (section 5); token expiry, close 4001; an unauthenticated connection is
   closed 1008 after ``unauthenticated_timeout`` (issue 4);
-* the rate limit and the ``error`` answers of section 6;
+* the rate limit and the ``error`` answers of section 6, and ``max_message_size`` (1009)
+  for messages framed by someone else (an ASGI server): the core's own transport refuses
+  an oversized message from its frame header, before buffering it, so such a message
+  never reaches the session there;
 * this connection's presence status, which the :class:`~agentcast.protocol.Hub`
   aggregates per user;
 * the slow-client policy: a backlog past ``max_send_buffer`` closes with 1013.
@@ -87,6 +90,7 @@ class Session:
     __slots__ = (
         "__weakref__",
         "_auth_deadline",
+        "_close_silent",
         "_closed",
         "_events",
         "_expires_at",
@@ -102,12 +106,23 @@ class Session:
     )
 
     def __init__(
-        self, hub: Hub, sink: Sink, auth: AuthResult | None, *, now: float, wall: float
+        self,
+        hub: Hub,
+        sink: Sink,
+        auth: AuthResult | None,
+        *,
+        now: float,
+        wall: float,
+        close_silent: bool = True,
     ) -> None:
         settings = hub.settings
         self._hub = hub
         self._sink = sink
         self._closed = False
+        # Close with 4000 after heartbeat_timeout of silence. False where the transport
+        # watches liveness itself: an ASGI server's keepalive sees the Pongs browsers send
+        # by themselves, which never reach the application, so silence there proves nothing.
+        self._close_silent = close_silent
         self._events: list[Event] = []
         self._last_seen = now
         self._next_ping = now + settings.heartbeat_interval
@@ -154,8 +169,8 @@ class Session:
         (monotonic), or ``None`` once closed."""
         if self._closed:
             return None
-        deadline = min(self._next_ping, self._last_seen + self._hub.settings.heartbeat_timeout)
-        for other in (self._expires_at, self._auth_deadline):
+        deadline = self._next_ping
+        for other in (self._silence_deadline(), self._expires_at, self._auth_deadline):
             if other is not None and other < deadline:
                 deadline = other
         return deadline
@@ -176,7 +191,8 @@ class Session:
         if self._closed:
             return
         self.touch(now)
-        if not self._admit(now, wall):
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        if self._too_big(size, now, wall) or not self._admit(now, wall):
             return
         message = decode_client_message(text)
         stats = self._hub.stats
@@ -206,12 +222,12 @@ class Session:
             case _:
                 assert_never(message)
 
-    def receive_binary(self, now: float, wall: float) -> None:
-        """A binary message arrived: we do not take those (PROTOCOL.md 6)."""
+    def receive_binary(self, now: float, wall: float, size: int = 0) -> None:
+        """A binary message of *size* bytes arrived: we do not take those (PROTOCOL.md 6)."""
         if self._closed:
             return
         self.touch(now)
-        if self._admit(now, wall):
+        if not self._too_big(size, now, wall) and self._admit(now, wall):
             self._error(BINARY_NOT_SUPPORTED, now, wall)
 
     def complete_auth(self, result: AuthResult, now: float, wall: float) -> None:
@@ -235,7 +251,8 @@ class Session:
         if self._closed:
             return
         settings = self._hub.settings
-        if now >= self._last_seen + settings.heartbeat_timeout:
+        silence = self._silence_deadline()
+        if silence is not None and now >= silence:
             self._hub.stats.heartbeat_timeouts += 1
             self.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", now, wall)
             return
@@ -309,6 +326,18 @@ class Session:
     def _error(self, error: MessageError, now: float, wall: float) -> None:
         self._hub.stats.errors[error.code.value] += 1
         self._send("error", {"error": error.error, "code": error.code.value}, now, wall)
+
+    def _silence_deadline(self) -> float | None:
+        if not self._close_silent:
+            return None
+        return self._last_seen + self._hub.settings.heartbeat_timeout
+
+    def _too_big(self, size: int, now: float, wall: float) -> bool:
+        """A message over ``max_message_size`` closes the connection (PROTOCOL.md 6)."""
+        if size <= self._hub.settings.max_message_size:
+            return False
+        self.close(CloseCode.TOO_BIG, "message too big", now, wall)
+        return True
 
     def _admit(self, now: float, wall: float) -> bool:
         """Count one inbound message against the rate limit (PROTOCOL.md 6)."""

@@ -33,6 +33,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.utilities import generate_accept_token
 
 from ._framecut import HeaderCutter
+from .admission import Refusal
 from .config import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -53,7 +54,15 @@ from .events import (
 from .messages import PreparedMessage, frame_text
 from .outbox import Outbox
 
-__all__ = ["ConnectionState", "WebSocketConnection", "format_http_response"]
+__all__ = [
+    "ConnectionState",
+    "WebSocketConnection",
+    "body_too_large",
+    "format_http_response",
+    "not_an_upgrade",
+    "plain_response",
+    "wrong_path",
+]
 
 #: 1006 is never sent on the wire: it reports "the transport ended without a close frame".
 ABNORMAL_CLOSURE = 1006
@@ -91,10 +100,37 @@ def format_http_response(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+def plain_response(refusal: Refusal) -> bytes:
+    """*refusal* as an HTTP/1.1 response: its reason as a one-line plain-text body."""
+    return format_http_response(refusal.status, refusal.body, refusal.content_type, refusal.headers)
+
+
 def _plain(status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> bytes:
-    return format_http_response(
-        status, reason.encode() + b"\n", "text/plain; charset=utf-8", headers
-    )
+    return plain_response(Refusal(status, reason, tuple(headers)))
+
+
+# The answers of PROTOCOL.md section 1 that do not depend on how the request was parsed,
+# shared with adapters whose HTTP server parses the request (the ASGI adapter).
+
+
+def not_an_upgrade(method: str) -> Refusal:
+    """A plain HTTP request for the WebSocket endpoint: ``426`` for ``GET`` (with
+    ``Upgrade: websocket``), ``400`` for any other method (a bad upgrade)."""
+    if method == "GET":
+        return Refusal(
+            426, "Upgrade Required: this endpoint speaks WebSocket", (("upgrade", "websocket"),)
+        )
+    return Refusal(400, "Bad Request: WebSocket upgrade must use GET")
+
+
+def wrong_path(endpoint: str) -> Refusal:
+    """An upgrade for a path other than the WebSocket *endpoint*: ``404``."""
+    return Refusal(404, f"Not Found: the WebSocket endpoint is {endpoint}")
+
+
+def body_too_large(limit: int) -> Refusal:
+    """A request body over *limit* bytes (``max_body_size``): ``413``."""
+    return Refusal(413, f"Content Too Large: the limit is {limit} bytes")
 
 
 def _tokens(value: str | None) -> set[str]:
@@ -243,8 +279,18 @@ class WebSocketConnection:
         if not data:
             return  # h11 would take b"" for EOF
         state = self._state
+        cut = self._max_header_size - self._received
+        if state is ConnectionState.HTTP and self._request is None and 0 < cut < len(data):
+            # h11 sees the first max_header_size bytes on their own: a head not complete
+            # within them is refused (431) before h11 parses a malformed remainder (400),
+            # however the input is split (found by fuzz/fuzz_http_upgrade.py).
+            self.receive_data(data[:cut], now)
+            self.receive_data(data[cut:], now)
+            return
         if state is ConnectionState.HTTP or state is ConnectionState.UPGRADING:
             assert self._h11 is not None
+            if state is ConnectionState.HTTP and self._h11.their_state in _REQUEST_DONE:
+                return  # a request awaits the adapter's answer; then the connection closes
             self._received += len(data)
             self._h11.receive_data(data)
             if state is ConnectionState.HTTP:
@@ -430,6 +476,9 @@ class WebSocketConnection:
                 # do: EOF is receive_eof.)
                 assert isinstance(event, h11.EndOfMessage)
                 self._on_request_complete()
+                # One request per connection: what follows it is not parsed (a second
+                # answer, a 400 to trailing garbage, would follow the adapter's).
+                return
 
     def _on_request(self, request: h11.Request) -> None:
         self._request = request
@@ -452,7 +501,7 @@ class WebSocketConnection:
         upgrade = "websocket" in _tokens(_header(request, b"upgrade"))
         if path != self._path:
             if upgrade:
-                self._respond(_plain(404, f"Not Found: the WebSocket endpoint is {self._path}"))
+                self._respond(plain_response(wrong_path(self._path)))
                 return
             self._events.append(
                 HttpRequest(
@@ -466,16 +515,7 @@ class WebSocketConnection:
             )
             return
         if not upgrade:
-            if method == "GET":
-                self._respond(
-                    _plain(
-                        426,
-                        "Upgrade Required: this endpoint speaks WebSocket",
-                        [("upgrade", "websocket")],
-                    )
-                )
-            else:
-                self._respond(_plain(400, "Bad Request: WebSocket upgrade must use GET"))
+            self._respond(plain_response(not_an_upgrade(method)))
             return
         problem = self._upgrade_problem(request, method)
         if problem is not None:
@@ -607,8 +647,12 @@ class WebSocketConnection:
         )
 
 
+#: h11's states of the client once its request is complete.
+_REQUEST_DONE = (h11.DONE, h11.MUST_CLOSE)
+
+
 def _too_large(limit: int) -> bytes:
-    return _plain(413, f"Content Too Large: the limit is {limit} bytes")
+    return plain_response(body_too_large(limit))
 
 
 def _header(request: h11.Request, name: bytes) -> str | None:

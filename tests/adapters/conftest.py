@@ -17,6 +17,14 @@ How every test in this folder runs
   the only thing that changes between the two runs.
 * **Subprocess tests** (CLI, shutdown, ``scripts/serve``) run the server with
   ``--backend`` set to the backend under test.
+* **One suite, every way of starting the server.** A test or module marked
+  ``@pytest.mark.servers("reference", "uvicorn", "hypercorn")`` runs once per way
+  (:data:`STARTERS`): the reference server on asyncio and on trio, the ASGI adapter
+  (:mod:`agentcast.adapters.asgi`) under real uvicorn (asyncio) and real hypercorn (trio),
+  each started in the test's loop on a free port. ``start_server`` returns the
+  :class:`~agentcast.adapters.Server` either way (for ASGI, the one behind the app, with
+  ``addresses`` set), so the test body is the same; ``server_kind`` names the way.
+  Unmarked tests (TLS, CLI, signals) run on the reference server only.
 
 Nothing waits by sleeping: a condition on the server is awaited with :func:`eventually`
 (re-checked until true, failing after a timeout), a client-side event with a timeout.
@@ -35,6 +43,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -42,12 +51,13 @@ from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import Process
+from anyio.abc import Process, TaskGroup
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from agentcast.adapters import Server
+from agentcast.adapters.asgi import AgentcastASGI, create_app, uvicorn_options
 from agentcast.protocol import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,6 +67,40 @@ TIMEOUT = 10.0  # generous: a loaded CI machine; tests finish long before
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+#: The ways of starting the server, and the event loops each runs on.
+STARTERS = {"reference": ("asyncio", "trio"), "uvicorn": ("asyncio",), "hypercorn": ("trio",)}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "servers(*kinds): run the test against each way of starting the server "
+        f"({', '.join(STARTERS)}), on each event loop that way runs on",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("servers")
+    if marker is None:
+        return
+    combos = [(backend, kind) for kind in marker.args for backend in STARTERS[kind]]
+    # As a parametrize mark, so that it replaces the anyio_backend fixture's own params.
+    metafunc.definition.add_marker(
+        pytest.mark.parametrize(
+            ("anyio_backend", "server_kind"),
+            combos,
+            ids=[f"{kind}-{backend}" for backend, kind in combos],
+        )
+    )
+
+
+@pytest.fixture
+def server_kind() -> str:
+    """How the server under test is started (see :data:`STARTERS`)."""
+    return "reference"
 
 
 # -- waiting ------------------------------------------------------------------------------
@@ -253,20 +297,173 @@ def http_url(server: Server, path: str) -> str:
     return f"{scheme}://{host}:{port}{path}"
 
 
-@pytest.fixture
-async def start_server(anyio_backend: str) -> AsyncIterator[StartServer]:
-    """``await start_server(settings, **Server options)``: a listening server on a free
-    loopback port, stopped (cancelled) after the test."""
-    async with anyio.create_task_group() as tg:
+class _Running:
+    """Servers started in the test's loop (one task group), stopped after the test."""
 
-        async def start(settings: Settings | None = None, **options: Any) -> Server:
+    def __init__(self, tg: TaskGroup, server_kind: str) -> None:
+        self.tg = tg
+        self.kind = server_kind
+        self.stops: list[Callable[[], Awaitable[None]]] = []
+
+    async def start(self, settings: Settings | None = None, **options: Any) -> Server:
+        if self.kind == "reference":
             options.setdefault("host", "127.0.0.1")
             server = Server(settings, port=0, **options)
-            await tg.start(server.serve)
+            await self.tg.start(server.serve)
             return server
+        send_buffer = options.pop("socket_send_buffer", None)
+        app = create_app(settings=settings, **options)
+        _APPS[app.server] = app
+        app.server.addresses = [
+            await self.serve_app(app, app.server.settings, socket_send_buffer=send_buffer)
+        ]
+        return app.server
 
-        yield start
-        tg.cancel_scope.cancel()
+    async def serve_app(
+        self,
+        app: Any,
+        settings: Settings,
+        *,
+        socket_send_buffer: int | None = None,
+        **overrides: Any,
+    ) -> tuple[str, int]:
+        """*app* under the ASGI server under test, configured from *settings* as the
+        adapter documents (uvicorn: plus *overrides*); its ``(host, port)``."""
+        assert self.kind in ("uvicorn", "hypercorn"), "an ASGI server is needed"
+        sock = _listening_socket(socket_send_buffer)
+        address = sock.getsockname()[:2]
+        if self.kind == "uvicorn":
+            self.stops.append(await _start_uvicorn(self.tg, app, sock, settings, overrides))
+        else:
+            self.stops.append(await _start_hypercorn(self.tg, app, sock, settings))
+        return address
+
+
+@pytest.fixture
+async def _running(anyio_backend: str, server_kind: str) -> AsyncIterator[_Running]:
+    async with anyio.create_task_group() as tg:
+        running = _Running(tg, server_kind)
+        try:
+            yield running
+        finally:
+            with anyio.fail_after(TIMEOUT), anyio.CancelScope(shield=True):
+                for stop in running.stops:
+                    await stop()
+            tg.cancel_scope.cancel()
+
+
+@pytest.fixture
+def start_server(_running: _Running) -> StartServer:
+    """``await start_server(settings, **Server options)``: a listening server on a free
+    loopback port, stopped after the test. Under an ASGI server the options it takes are
+    ``authenticator`` and ``socket_send_buffer`` (set on the listening socket, whose
+    accepted sockets inherit it)."""
+    return _running.start
+
+
+@pytest.fixture
+def serve_asgi(_running: _Running) -> Callable[..., Awaitable[tuple[str, int]]]:
+    """``await serve_asgi(app, settings, **uvicorn options)``: any ASGI application under
+    the ASGI server under test (``server_kind``); returns its ``(host, port)``."""
+    return _running.serve_app
+
+
+#: The ASGI application behind each server started under an ASGI server.
+_APPS: weakref.WeakKeyDictionary[Server, AgentcastASGI] = weakref.WeakKeyDictionary()
+
+
+@pytest.fixture
+def shut_down() -> Callable[[Server], Awaitable[None]]:
+    """``await shut_down(server)``: close every WebSocket with 1001, as at a shutdown: the
+    reference server's :meth:`~agentcast.adapters.Server.shutdown` (it then stops), or
+    the ASGI application's :meth:`~agentcast.adapters.asgi.AgentcastASGI.shutdown`."""
+
+    async def go(server: Server) -> None:
+        app = _APPS.get(server)
+        if app is None:
+            server.shutdown()
+        else:
+            await app.shutdown()
+
+    return go
+
+
+def _listening_socket(send_buffer: int | None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if send_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+async def _start_uvicorn(
+    tg: TaskGroup, app: Any, sock: socket.socket, settings: Settings, overrides: dict[str, Any]
+) -> Callable[[], Awaitable[None]]:
+    """Real uvicorn in this (asyncio) loop, configured as the adapter documents."""
+    import uvicorn
+
+    options = {**uvicorn_options(settings), **overrides}
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_config=None,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+        **options,
+    )
+    server = uvicorn.Server(config)
+    done = anyio.Event()
+
+    async def serve() -> None:
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            sock.close()
+            done.set()
+
+    tg.start_soon(serve)
+    await eventually(lambda: server.started or done.is_set())
+    assert server.started, "uvicorn did not start"
+
+    async def stop() -> None:
+        server.should_exit = True
+        await done.wait()
+
+    return stop
+
+
+async def _start_hypercorn(
+    tg: TaskGroup, app: Any, sock: socket.socket, settings: Settings
+) -> Callable[[], Awaitable[None]]:
+    """Real hypercorn in this (trio) loop: its keepalive pings every heartbeat interval
+    (it has no Pong timeout) and refuses messages over max_message_size."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns the socket from here
+    config.websocket_ping_interval = settings.heartbeat_interval
+    config.websocket_max_message_size = settings.max_message_size
+    config.graceful_timeout = 0.5  # its keepalive task outlives a closed WebSocket
+    stopping = anyio.Event()
+    done = anyio.Event()
+
+    async def run(*, task_status: Any) -> None:
+        try:
+            await serve(app, config, shutdown_trigger=stopping.wait, task_status=task_status)
+        finally:
+            done.set()
+
+    await tg.start(run)
+
+    async def stop() -> None:
+        stopping.set()
+        await done.wait()
+
+    return stop
 
 
 # -- plain HTTP (urllib in a worker thread) ----------------------------------------------

@@ -10,7 +10,7 @@ from websockets.exceptions import InvalidStatus
 
 from agentcast.protocol import AuthResult, Identity
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.servers("reference", "uvicorn", "hypercorn")]
 
 
 class Flaky:

@@ -9,7 +9,7 @@ import pytest
 
 from agentcast.protocol import Settings
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.servers("reference", "uvicorn", "hypercorn")]
 
 KEY = "k3y-for-tests"
 AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
@@ -129,6 +129,9 @@ async def test_healthz_counts_and_other_answers(start_server, clients, http_requ
     assert (await http_request(endpoint(server, "/healthz"), "POST", b""))[0] == 405
 
 
+# hypercorn (0.18) tells the application 1006 for every close the client starts, whatever
+# its code, so the closes-by-code counter cannot be checked there.
+@pytest.mark.servers("reference", "uvicorn")
 async def test_metrics_in_prometheus_text(start_server, clients, http_request, wait_for):
     server = await start_server(Settings(api_key=KEY))
     peer = await listener(clients, server, "m")

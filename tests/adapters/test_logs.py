@@ -11,7 +11,8 @@ import pytest
 from agentcast.adapters import configure_logging
 from agentcast.protocol import StaticAuthenticator
 
-pytestmark = pytest.mark.anyio
+# Not hypercorn: it tells the application 1006 for every close the client starts.
+pytestmark = [pytest.mark.anyio, pytest.mark.servers("reference", "uvicorn")]
 
 TOKEN = "s3cr3t-T0ken.value"
 

@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 
 from agentcast.protocol import Settings
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.servers("reference", "uvicorn", "hypercorn")]
 
 USERS = 10  # clients share 10 users, so joins do not flood everyone with presence
 # Every client comes from 127.0.0.1 at once: lift the per-address, per-user and
@@ -61,6 +61,9 @@ async def close_all(connections):
 # -- tests --------------------------------------------------------------------------------
 
 
+# Not hypercorn: it makes one socket write per message sent (ASGI sends one message at a
+# time), which makes this test slow there; its fan-out is covered by the test below.
+@pytest.mark.servers("reference", "uvicorn")
 async def test_500_concurrent_clients_all_receive_a_broadcast(start_server, clients, wait_for):
     server = await start_server(UNLIMITED)
     connections = await clients.call(open_clients, server.urls[0], 500)
@@ -74,7 +77,7 @@ async def test_500_concurrent_clients_all_receive_a_broadcast(start_server, clie
 
 
 async def test_resets_during_broadcasts_disturb_nobody_and_leave_nothing_counted(
-    start_server, clients, wait_for, held
+    start_server, clients, wait_for, held, server_kind
 ):
     server = await start_server(UNLIMITED)
     connections = await clients.call(open_clients, server.urls[0], 200)
@@ -90,7 +93,10 @@ async def test_resets_during_broadcasts_disturb_nobody_and_leave_nothing_counted
     assert all(received == ids for received in got)
     await wait_for(lambda: server.clients_count() == 150 and held(server) == 150)
     assert server.authenticated_clients_count() == 150
-    assert server.hub.stats.closes[1006] == 50
+    # Counted as closed without a close frame: 1006, or as uvicorn reports a lost
+    # connection to the application, 1005 (unless the adapter's write failed first).
+    lost = (1006,) if server_kind != "uvicorn" else (1005, 1006)
+    assert sum(server.hub.stats.closes[code] for code in lost) == 50
     await clients.call(close_all, survivors)
     await wait_for(lambda: held(server) == 0)
     assert server.backlog() == 0

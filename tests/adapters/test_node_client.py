@@ -13,7 +13,7 @@ import pytest
 
 from agentcast.protocol import Settings
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.servers("reference", "uvicorn", "hypercorn")]
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 HEARTBEAT = Settings(heartbeat_interval=0.2, heartbeat_timeout=0.6)
@@ -39,7 +39,7 @@ def node() -> str:
     return node
 
 
-async def test_seed_node_client_stays_connected(start_server, node, wait_for):
+async def test_seed_node_client_stays_connected(start_server, node, wait_for, shut_down):
     server = await start_server(HEARTBEAT)
     url = f"{server.urls[0]}?token=test-token"  # the seed's own token
     output: list[str] = []
@@ -69,7 +69,7 @@ async def test_seed_node_client_stays_connected(start_server, node, wait_for):
             assert "🔌 Disconnected" not in text()
             assert "type: 'ping'" in text()  # it saw (and ignored) the JSON pings
 
-            server.shutdown()  # 1001: the client closes and, with nothing left, exits
+            await shut_down(server)  # 1001: the client closes and, with nothing left, exits
             with anyio.fail_after(10):
                 assert await process.wait() == 0
             await wait_for(lambda: "🔌 Disconnected" in text())

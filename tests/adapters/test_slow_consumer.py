@@ -11,7 +11,7 @@ import pytest
 
 from agentcast.protocol import Settings
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.servers("reference", "uvicorn", "hypercorn")]
 
 BROADCASTS = 2_000
 LIMIT = 256 * 1024  # max_send_buffer: far below the 2 MB that go out

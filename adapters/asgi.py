@@ -1,0 +1,429 @@
+"""The ASGI adapter: agentcast under uvicorn, hypercorn, Starlette and FastAPI.
+
+An ASGI 3 application serving the same surface as the reference server: the WebSocket
+endpoint at ``settings.path`` (other paths: ``404``), ``GET /healthz``, ``GET /metrics``
+and the publish API (``POST /api/...``), from the same :class:`~agentcast.adapters.Server`
+object, so server code publishes the same way::
+
+    from agentcast.adapters.asgi import create_app
+    from agentcast.protocol import Settings
+
+    app = create_app(settings=Settings(heartbeat_interval=30.0))
+    app.server.send_notification("success", "Build finished")   # from the event loop
+
+Run it with any ASGI server; ``uvicorn agentcast.adapters.asgi:app`` serves the
+module-level ``app``, configured from the ``AGENTCAST_*`` environment variables exactly
+as ``agentcast serve`` is (host, port, TLS and the loop are then the ASGI server's).
+
+Mounted in a Starlette or FastAPI application, everything moves under the mount point::
+
+    api = FastAPI(lifespan=agentcast.lifespan)      # starts the presence timer
+    api.mount("/realtime", agentcast)               # ws://host/realtime/ws, /realtime/healthz
+
+or only the WebSocket endpoint, at a path of the application's router:
+``api.add_websocket_route("/ws", agentcast.websocket_endpoint)``. Paths are matched
+relative to ``scope["root_path"]`` (what a mount or ``--root-path`` adds).
+
+**What the ASGI server does here.** It does the HTTP upgrade and the framing, so
+``max_message_size`` is enforced twice over: pass it to the server (uvicorn
+``ws_max_size``; :func:`uvicorn_options` gives every matching option), which refuses a
+bigger message before buffering it, and a message that still arrives bigger is closed
+``1009`` by the session. Protocol Pings are the server's too (uvicorn
+``ws_ping_interval``/``ws_ping_timeout``, hypercorn ``websocket_ping_interval``), and
+their Pongs never reach an ASGI application: a browser (or the seed's Node client), which
+answers protocol Pings but never JSON pings, would look silent. So by default the session
+does not close silent clients (``4000``) under ASGI; the server's keepalive closes dead
+peers (uvicorn with ``1011``). ``create_app(close_silent_clients=True)`` restores the
+``4000`` rule for deployments whose clients all send JSON pings or messages.
+
+**Lifespan.** The presence timer (a user turns ``offline`` after the grace period) runs
+for the ASGI ``lifespan`` (or :meth:`AgentcastASGI.lifespan` in the host application's
+lifespan); without lifespan events it starts with the first request. At lifespan shutdown
+every WebSocket still open is closed with ``1001`` (uvicorn closes its own first, with
+``1012``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from anyio.lowlevel import RunVar
+
+from agentcast.protocol import Authenticator, HttpRequest, Settings
+from agentcast.protocol.http import HttpAnswer, answer, refuse
+from agentcast.protocol.websocket import body_too_large, not_an_upgrade, wrong_path
+
+from ._asgi_websocket import Receive, Scope, Send, WebSocketSession, peer_of, send_plain
+from ._connection import clock
+from .cli import build_config, build_parser
+from .server import Server
+
+__all__ = ["AgentcastASGI", "create_app", "from_environment", "route_path", "uvicorn_options"]
+
+log = logging.getLogger("agentcast.server")
+
+# The servers whose background tasks (presence timer, JWT key file) run in this event loop.
+_RUNNING: RunVar[weakref.WeakSet[Server]] = RunVar("agentcast_asgi_background")
+_TASKS: set[asyncio.Task[None]] = set()  # strong references to lazily started tasks
+
+
+def route_path(scope: Scope) -> str:
+    """The request path relative to where the application is mounted.
+
+    ASGI servers and routers put the mount point in ``root_path``; most keep it in
+    ``path`` too (Starlette's ``Mount``, uvicorn's ``--root-path``), some strip it (a
+    proxy that removed the prefix): both are handled.
+    """
+    path = str(scope.get("path") or "/")
+    root = str(scope.get("root_path") or "").rstrip("/")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        path = path[len(root) :]
+    return path or "/"
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Options for ``uvicorn.run``/``uvicorn.Config`` that match *settings*: the largest
+    message (``ws_max_size``); the keepalive, a protocol Ping every heartbeat interval and
+    a close when no Pong came back within the heartbeat timeout of the last one; and no
+    per-message compression (``ws_per_message_deflate``, on in uvicorn by default), which
+    would compress every broadcast once per recipient, as the reference server never does.
+    """
+    interval = settings.heartbeat_interval
+    timeout = settings.heartbeat_timeout
+    return {
+        "ws_max_size": settings.max_message_size,
+        "ws_ping_interval": interval,
+        "ws_ping_timeout": timeout - interval if timeout > interval else timeout,
+        "ws_per_message_deflate": False,
+    }
+
+
+class _HttpExchange:
+    """A plain HTTP request being answered, counted among the server's connections."""
+
+    __slots__ = ("__weakref__",)
+    backlog = 0
+
+
+class AgentcastASGI:
+    """The ASGI application (see the module doc). Build it with :func:`create_app`."""
+
+    def __init__(self, server: Server, *, close_silent_clients: bool = False) -> None:
+        #: The server object: publishing API, hub, authenticator, metrics.
+        self.server = server
+        #: Close a client that sent no message for ``heartbeat_timeout`` with 4000 (see
+        #: the module doc: under ASGI, Pongs are invisible, so off by default).
+        self.close_silent_clients = close_silent_clients
+        self._sessions: dict[WebSocketSession, None] = {}
+        self._drained: anyio.Event | None = None
+
+    # -- ASGI ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope.get("type")
+        if kind == "websocket":
+            self._start_background()
+            if route_path(scope) == self.server.settings.path:
+                await WebSocketSession(self, scope, receive, send).run()
+            else:
+                await _refuse_websocket(scope, receive, send, self.server.settings.path)
+        elif kind == "http":
+            self._start_background()
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan_events(receive, send)
+
+    @property
+    def websocket_endpoint(self) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+        """An ASGI application serving only the WebSocket endpoint, at whatever path a
+        router matched (``add_websocket_route("/ws", app.websocket_endpoint)``)."""
+        return _Endpoint(self)
+
+    @asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Run the background tasks while the context is open; close the WebSockets still
+        open with 1001 on the way out. Usable as a Starlette/FastAPI ``lifespan``."""
+        running = _running_servers()
+        if self.server in running:  # already running in this loop
+            yield
+            return
+        running.add(self.server)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._background)
+                try:
+                    yield
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self.shutdown()
+                    tg.cancel_scope.cancel()
+        finally:
+            running.discard(self.server)
+
+    async def shutdown(self) -> None:
+        """Close every open WebSocket with 1001 and wait (up to the server's
+        ``drain_timeout``) until they are closed."""
+        if not self._sessions:
+            return
+        log.info("shutting down: closing %d connections", len(self._sessions))
+        self._drained = drained = anyio.Event()
+        now, wall = clock(), time.time()
+        for connection in list(self._sessions):
+            if connection.session is not None:
+                connection.session.close(1001, "server shutting down", now, wall)
+        with anyio.move_on_after(self.server.drain_timeout):
+            await drained.wait()
+        self._drained = None
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _attach(self, connection: WebSocketSession | _HttpExchange) -> None:
+        if isinstance(connection, WebSocketSession):
+            self._sessions[connection] = None
+        self.server.attached[connection] = None
+
+    def _detach(self, connection: WebSocketSession | _HttpExchange) -> None:
+        self.server.attached.pop(connection, None)
+        if isinstance(connection, WebSocketSession):
+            self._sessions.pop(connection, None)
+            if self._drained is not None and not self._sessions:
+                self._drained.set()
+
+    async def _lifespan_events(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message.get("type") != "lifespan.startup":
+            return
+        started = False
+        try:
+            async with self.lifespan():
+                await send({"type": "lifespan.startup.complete"})
+                started = True
+                while (await receive()).get("type") != "lifespan.shutdown":
+                    pass
+        except Exception as exc:
+            log.exception("lifespan failed")
+            failed = "lifespan.shutdown.failed" if started else "lifespan.startup.failed"
+            await send({"type": failed, "message": str(exc)})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
+    def _start_background(self) -> None:
+        """Without lifespan events, start the background tasks with the first request."""
+        running = _running_servers()
+        if self.server in running:
+            return
+        running.add(self.server)
+        server = self.server
+
+        async def run() -> None:
+            try:
+                await self._background()
+            finally:
+                _running_servers().discard(server)
+
+        _spawn(run)
+
+    async def _background(self) -> None:
+        server = self.server
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server._hub_timer)
+                if server.jwt_key_file is not None:
+                    tg.start_soon(server.jwt_key_file.watch)
+        except Exception:  # pragma: no cover - both tasks catch their own errors
+            log.exception("error in a background task")
+        finally:
+            server._hub_wakeup = None
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = _HttpExchange()
+        self._attach(exchange)
+        try:
+            await self._answer_http(scope, receive, send)
+        except Exception:
+            log.exception("internal error answering %s", peer_of(scope)[1])
+            try:
+                await _send_answer(send, HttpAnswer(500, b'{"error":"internal error"}'))
+            except Exception:  # the response had started, or the client is gone
+                log.debug("could not answer 500", exc_info=True)
+        finally:
+            self._detach(exchange)
+
+    async def _answer_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = self.server
+        path = route_path(scope)
+        method = str(scope.get("method") or "GET")
+        if path == server.settings.path:
+            await send_plain(send, not_an_upgrade(method), websocket=False)
+            return
+        refused = refuse(method, path)
+        if refused is not None:
+            await _send_answer(send, refused)
+            return
+        if path == "/metrics":
+            metrics = server.metrics
+            await _send_answer(send, HttpAnswer(200, metrics.render(), (), metrics.content_type))
+            return
+        headers = tuple(
+            (bytes(k).decode("latin-1").lower(), bytes(v).decode("latin-1"))
+            for k, v in scope.get("headers") or ()
+        )
+        limit = server.settings.max_body_size
+        length = next((v for k, v in headers if k == "content-length"), None)
+        body = None
+        if length is None or not length.isdigit() or int(length) <= limit:
+            try:
+                body = await _read_body(receive, limit)
+            except _ClientGone:
+                return
+        if body is None:
+            await send_plain(send, body_too_large(limit), websocket=False)
+            return
+        request = HttpRequest(
+            method=method,
+            path=path,
+            query=bytes(scope.get("query_string") or b"").decode("latin-1"),
+            headers=headers,
+            body=body,
+            client=peer_of(scope)[0],
+        )
+        reply = answer(request, server.hub, now=clock(), wall=time.time())
+        # The path only: a query string may hold a token.
+        log.debug("http %s %s -> %d", method, path, reply.status)
+        await _send_answer(send, reply)
+
+
+class _Endpoint:
+    """:attr:`AgentcastASGI.websocket_endpoint`: the WebSocket at the router's path."""
+
+    __slots__ = ("_app",)
+
+    def __init__(self, app: AgentcastASGI) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") == "websocket":
+            self._app._start_background()
+            await WebSocketSession(self._app, scope, receive, send).run()
+        elif scope.get("type") == "http":
+            await send_plain(send, not_an_upgrade(str(scope.get("method"))), websocket=False)
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body was complete."""
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, read as it arrives; ``None`` as soon as it passes *limit* (the
+    rest is never read)."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message.get("type") == "http.disconnect":
+            raise _ClientGone
+        body += message.get("body") or b""
+        if len(body) > limit:
+            return None
+        if not message.get("more_body"):
+            return bytes(body)
+
+
+async def _send_answer(send: Send, reply: HttpAnswer) -> None:
+    headers = [
+        (b"content-type", reply.content_type.encode()),
+        (b"content-length", str(len(reply.body)).encode()),
+        *((name.encode("latin-1"), value.encode("latin-1")) for name, value in reply.headers),
+    ]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+async def _refuse_websocket(scope: Scope, receive: Receive, send: Send, endpoint: str) -> None:
+    """An upgrade for another path: ``404`` (or a close before accepting: ``403``)."""
+    if (await receive()).get("type") != "websocket.connect":
+        return
+    try:
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            await send_plain(send, wrong_path(endpoint), websocket=True)
+        else:
+            await send({"type": "websocket.close", "code": 1008})
+    except Exception:
+        log.debug("could not refuse an upgrade", exc_info=True)
+
+
+def _running_servers() -> weakref.WeakSet[Server]:
+    try:
+        return _RUNNING.get()
+    except LookupError:
+        running: weakref.WeakSet[Server] = weakref.WeakSet()
+        _RUNNING.set(running)
+        return running
+
+
+def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
+    """Start *fn* in the running event loop, outside any task group: for the background
+    tasks when the ASGI server sends no lifespan events (they end with the loop)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: trio, the other loop anyio runs on
+        trio = importlib.import_module("trio")
+        trio.lowlevel.spawn_system_task(fn)
+        return
+
+    async def run() -> None:
+        await fn()
+
+    task = loop.create_task(run())
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+
+
+# -- building the application ------------------------------------------------------------
+
+
+def create_app(
+    server: Server | None = None,
+    *,
+    settings: Settings | None = None,
+    authenticator: Authenticator | None = None,
+    close_silent_clients: bool = False,
+) -> AgentcastASGI:
+    """The ASGI application for *server*, or for a new :class:`Server` built from
+    *settings* and *authenticator* (the development authenticator by default)."""
+    if server is None:
+        server = Server(settings, authenticator=authenticator)
+    elif settings is not None or authenticator is not None:
+        raise ValueError("pass a server, or settings and an authenticator, not both")
+    server._warn_about_defaults()
+    return AgentcastASGI(server, close_silent_clients=close_silent_clients)
+
+
+def from_environment(environ: Mapping[str, str] | None = None) -> AgentcastASGI:
+    """The application configured from ``AGENTCAST_*`` variables, read as
+    ``agentcast serve`` reads them (:mod:`agentcast.adapters.cli`); the listening options
+    (host, port, TLS, backend) are the ASGI server's and are ignored here."""
+    args = build_parser(os.environ if environ is None else environ).parse_args(["serve"])
+    return create_app(build_config(args).server())
+
+
+_app: AgentcastASGI | None = None
+
+
+def __getattr__(name: str) -> AgentcastASGI:
+    """``app``: built from the environment on first use (``uvicorn
+    agentcast.adapters.asgi:app``), so importing this module has no side effects."""
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = from_environment()
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

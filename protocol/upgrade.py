@@ -1,0 +1,155 @@
+"""From a WebSocket upgrade request to an open session: the decisions, without a transport.
+
+Whoever does the HTTP upgrade (the core's own :class:`~agentcast.protocol.ServerConnection`
+over h11 and wsproto, or an ASGI server for the ASGI adapter) asks an :class:`Upgrade`
+what to answer, in this order (PROTOCOL.md section 2, issue 4):
+
+1. admission at the request: origin (``403``), connection limits and rate (``503``),
+   see :mod:`agentcast.protocol.admission`;
+2. the token: from the query, ``Authorization: Bearer`` or a ``bearer.<token>``
+   subprotocol (:func:`extract_token`); the adapter runs the authenticator on it;
+3. the verdict: with ``require_auth`` a missing or refused token is ``401``; an identity
+   is counted against ``max_connections_per_user`` (``503``);
+4. accept (with :attr:`Upgrade.subprotocol`), then :meth:`Upgrade.open` the
+   :class:`~agentcast.protocol.Session` on the adapter's :class:`~agentcast.protocol.Sink`.
+
+Drive it like this::
+
+    upgrade = Upgrade(hub, query=q, headers=h, subprotocols=p, client=addr, now=now)
+    refusal = upgrade.refusal                   # 403/503 at the request, or None
+    if refusal is None:
+        result = None if upgrade.token is None else authenticator.authenticate(...)
+        refusal = upgrade.decide(result)        # 401/503, or None
+    if refusal is not None:
+        answer refusal.status / .reason / .headers; no WebSocket
+    else:
+        accept with upgrade.subprotocol, then session = upgrade.open(sink, result, ...)
+    ...
+    upgrade.release()                           # when the connection is over, however
+
+The connection holds its place in the hub's counts from the request until
+:meth:`Upgrade.release` (idempotent; a refusal releases by itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+
+from .admission import Refusal, Ticket
+from .auth import AuthFailure, AuthResult, Identity
+from .errors import LocalProtocolError
+from .session import Session, Sink
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+__all__ = ["SUBPROTOCOL", "Upgrade", "extract_token"]
+
+#: The subprotocol a browser offers to pass its token as ``bearer.<token>`` (PROTOCOL.md 2).
+SUBPROTOCOL = "agentcast.v1"
+_BEARER_PROTOCOL = "bearer."
+
+
+def extract_token(
+    query: str, headers: Iterable[tuple[str, str]], subprotocols: Iterable[str]
+) -> tuple[str | None, str | None]:
+    """Find the client's token and the subprotocol to select (PROTOCOL.md 2).
+
+    In order: the ``token`` query parameter, ``Authorization: Bearer``, then a
+    ``bearer.<token>`` subprotocol offered beside ``agentcast.v1``. An empty value counts
+    as no token. Returns ``(token, subprotocol)``.
+    """
+    offered = tuple(subprotocols)
+    selected = SUBPROTOCOL if SUBPROTOCOL in offered else None
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == "token":
+            return (value or None), selected
+    for key, value in headers:
+        if key.lower() == "authorization":
+            scheme, _, credentials = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                return credentials.strip(), selected
+    if selected is not None:
+        for proto in offered:
+            if proto.startswith(_BEARER_PROTOCOL) and len(proto) > len(_BEARER_PROTOCOL):
+                return proto[len(_BEARER_PROTOCOL) :], selected
+    return None, selected
+
+
+class Upgrade:
+    """One upgrade request's way to an open session (or to a refusal). See the module doc."""
+
+    __slots__ = ("_decided", "_hub", "_ticket", "refusal", "subprotocol", "token")
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        query: str,
+        headers: Iterable[tuple[str, str]],
+        subprotocols: Iterable[str],
+        client: str | None,
+        now: float,
+    ) -> None:
+        headers = tuple(headers)
+        self._hub = hub
+        self._ticket: Ticket | None = None
+        self._decided = False
+        #: The token to verify, or ``None`` (then call :meth:`decide` with ``None``).
+        self.token: str | None = None
+        #: The subprotocol to select when accepting (``agentcast.v1`` or ``None``).
+        self.subprotocol: str | None = None
+        decision = hub.admission.admit(headers, client, now)
+        #: Set when the upgrade is refused (at the request, or by :meth:`decide`).
+        self.refusal: Refusal | None = None
+        if isinstance(decision, Refusal):
+            self.refusal = decision
+            return
+        self._ticket = decision
+        self.token, self.subprotocol = extract_token(query, headers, subprotocols)
+
+    def decide(self, result: AuthResult | None) -> Refusal | None:
+        """The token's verdict (``None``: there was no token): a refusal, or ``None`` to
+        accept. A refusal releases the connection's place."""
+        if self.refusal is not None:
+            return self.refusal
+        if self._decided:
+            raise LocalProtocolError("decide() called twice")
+        self._decided = True
+        admission = self._hub.admission
+        refusal: Refusal | None = None
+        if isinstance(result, AuthFailure | None) and self._hub.settings.require_auth:
+            reason = "missing token" if result is None else result.reason
+            admission.refused["auth"] += 1
+            refusal = Refusal(401, f"Unauthorized: {reason}", (("www-authenticate", "Bearer"),))
+        elif isinstance(result, Identity) and self._ticket is not None:
+            refusal = admission.admit_user(self._ticket, result.user_id)
+        if refusal is not None:
+            self.refusal = refusal
+            self.release()
+        return refusal
+
+    def open(
+        self,
+        sink: Sink,
+        result: AuthResult | None,
+        *,
+        now: float,
+        wall: float,
+        close_silent: bool = True,
+    ) -> Session:
+        """The session of the accepted upgrade (right after the ``101`` / accept).
+
+        *close_silent*: see :class:`~agentcast.protocol.Session`.
+        """
+        if not self._decided or self.refusal is not None:
+            raise LocalProtocolError("open() needs an accepted upgrade (decide() first)")
+        return Session(self._hub, sink, result, now=now, wall=wall, close_silent=close_silent)
+
+    def release(self) -> None:
+        """The connection is over: give its place in the hub's counts back. Idempotent."""
+        if self._ticket is not None:
+            self._hub.admission.release(self._ticket)
+            self._ticket = None
