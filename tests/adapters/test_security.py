@@ -354,9 +354,10 @@ async def test_a_flood_of_messages_is_rate_limited_then_closed(start_server, cli
     assert close == (1008, "rate limit exceeded"), (sent, answers)
     assert answers["error", "rate_limited"] >= server.settings.rate_limit_strikes
     assert server.hub.stats.rate_limit_closes == 1
-    # Memory stays bounded: what the flood sent (20 MB) is read, dropped and forgotten,
-    # never held.
-    assert sent == 10_000
+    # The flood went well past the limit before the close stopped it (how much of the
+    # 10,000 the client got out before it saw the close frame depends on scheduling).
+    assert sent > server.settings.rate_burst + server.settings.rate_limit_strikes, sent
+    # Memory stays bounded: what the flood sent is read, dropped and forgotten, never held.
     assert memory.growth < 8 * 1024 * 1024, memory.growth
     await receives_broadcast_within_a_second(server, good, "after the message flood")
 
