@@ -1,0 +1,210 @@
+"""An echo application on the reference server's own machinery, for RFC 6455 conformance.
+
+Used only by ``fuzz/autobahn`` (the Autobahn|Testsuite fuzzing client needs a server that
+echoes every message). What runs is the real stack with the message layer swapped out:
+
+* each TCP connection is served by the reference server's
+  :class:`agentcast.adapters._connection.Connection` (its pump that reads until
+  ``next_deadline()``, its single writer that takes everything ``data_to_send()`` holds,
+  its linger/close handling), unchanged;
+* the object it drives is :class:`EchoConnection`, which has the interface of
+  :class:`~agentcast.protocol.ServerConnection` but composes the same
+  :class:`~agentcast.protocol.WebSocketConnection` with an echo in place of the
+  session: every upgrade to ``--path`` is accepted (no token, no admission), a text
+  message comes back as text (``send_text``, our own framer), a binary one as binary
+  (``send_bytes``, wsproto's framer).
+
+``max_message_size`` is raised to 16 MiB here (Autobahn's 9.* cases send messages of up to
+16 MiB; the server's default is far lower). Nothing else differs from the server's
+defaults (close timeout, handshake timeout, header limit).
+
+    python fuzz/autobahn_echo.py --port 0 [--backend trio]   # prints "listening on PORT"
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream
+
+from agentcast.adapters import Server
+from agentcast.adapters._connection import Connection, clock
+from agentcast.protocol import (
+    BytesReceived,
+    ConnectionClosed,
+    Settings,
+    TextReceived,
+    UpgradeRequested,
+    WebSocketConnection,
+)
+from agentcast.protocol.events import Event, HttpRequest
+
+#: Autobahn's largest messages (9.1.6, 9.2.6) are exactly 16 MiB.
+MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+
+
+class _EchoSession:
+    """What the adapter reads of a session (for its open/close log lines)."""
+
+    __slots__ = ("closed", "messages_in", "messages_out")
+
+    user_id = None
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.messages_in = 0
+        self.messages_out = 0
+
+
+class EchoConnection:
+    """A :class:`~agentcast.protocol.ServerConnection` look-alike that echoes messages."""
+
+    def __init__(self, settings: Settings, *, now: float, client: str | None) -> None:
+        self._ws = WebSocketConnection(
+            now=now,
+            path=settings.path,
+            max_message_size=settings.max_message_size,
+            max_header_size=settings.max_header_size,
+            max_body_size=settings.max_body_size,
+            handshake_timeout=settings.handshake_timeout,
+            close_timeout=settings.close_timeout,
+            client=client,
+        )
+        self._ws.on_message = self._on_message
+        self._session: _EchoSession | None = None
+        self._events: list[Event] = []
+
+    # -- the interface Connection drives -------------------------------------------------
+
+    @property
+    def transport(self) -> WebSocketConnection:
+        return self._ws
+
+    @property
+    def session(self) -> _EchoSession | None:
+        return self._session
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed
+
+    @property
+    def on_output(self) -> Callable[[], None] | None:
+        return self._ws.on_output
+
+    @on_output.setter
+    def on_output(self, callback: Callable[[], None] | None) -> None:
+        self._ws.on_output = callback
+
+    def data_to_send(self) -> bytes:
+        return self._ws.data_to_send()
+
+    def events_received(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    def next_deadline(self) -> float | None:
+        return self._ws.next_deadline()
+
+    def receive_data(self, data: bytes, now: float, wall: float) -> None:
+        self._ws.receive_data(data, now)
+        self._dispatch(now)
+
+    def receive_eof(self, now: float, wall: float) -> None:
+        self._ws.receive_eof(now)
+        self._dispatch(now)
+
+    def handle_timer(self, now: float, wall: float) -> None:
+        self._ws.handle_timer(now)
+        self._dispatch(now)
+
+    def send_failed(self, now: float, wall: float) -> None:
+        self._ws.send_failed()
+        self._dispatch(now)
+
+    def close(self, code: int, reason: str, now: float, wall: float) -> None:
+        self._ws.close(code, reason, now)
+        self._dispatch(now)
+
+    def send_http_response(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        self._ws.send_http_response(status, body, content_type, headers)
+
+    # -- echo ----------------------------------------------------------------------------
+
+    def _dispatch(self, now: float) -> None:
+        for event in self._ws.events_received():
+            if isinstance(event, UpgradeRequested):
+                self._ws.accept(now, None, self._opened)
+            elif isinstance(event, HttpRequest):
+                self._ws.send_http_response(404, b"echo server: WebSocket only\n", "text/plain")
+            elif isinstance(event, ConnectionClosed):
+                if self._session is not None:
+                    self._session.closed = True
+                self._events.append(event)
+
+    def _opened(self) -> None:
+        self._session = _EchoSession()
+
+    def _on_message(self, event: TextReceived | BytesReceived, now: float) -> None:
+        session = self._session
+        assert session is not None
+        session.messages_in += 1
+        if isinstance(event, TextReceived):
+            self._ws.send_text(event.text)
+        else:
+            self._ws.send_bytes(event.data)
+        session.messages_out += 1
+
+
+async def serve(host: str, port: int, max_message_size: int) -> None:
+    settings = Settings(max_message_size=max_message_size)
+    # The server object is only the connections' context (settings, hub, logging hooks);
+    # its own accept loop would build ServerConnections, so this one builds the echo.
+    server = Server(settings, host=host, port=port)
+
+    async def handle(stream: SocketStream) -> None:
+        address = stream.extra(SocketAttribute.remote_address, None)
+        host_, peer = (str(address[0]), f"{address[0]}:{address[1]}") if address else (None, "-")
+        connection = Connection(server, stream, host=host_, peer=peer)
+        connection.conn = EchoConnection(settings, now=clock(), client=host_)  # type: ignore[assignment]
+        connection.conn.on_output = connection.wake
+        await connection.run()  # closes the stream
+
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    bound = listener.extra(SocketAttribute.local_port)
+    print(f"listening on {bound}", flush=True)
+    await listener.serve(handle)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9001, help="0 picks a free port")
+    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument("--max-message-size", type=int, default=MAX_MESSAGE_SIZE)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every connection")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.Formatter.converter = time.gmtime
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(serve, args.host, args.port, args.max_message_size, backend=args.backend)
+
+
+if __name__ == "__main__":
+    main()
