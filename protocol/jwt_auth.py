@@ -236,7 +236,12 @@ class JwtAuthenticator:
         user_id = claims.get(name)
         if user_id is None:
             return AuthFailure(f"missing claim: {name}")
-        if not isinstance(user_id, str) or not user_id or len(user_id) > MAX_USER_ID_LENGTH:
+        if (
+            not isinstance(user_id, str)
+            or not user_id
+            or len(user_id) > MAX_USER_ID_LENGTH
+            or not _has_utf8_form(user_id)
+        ):
             return AuthFailure(f"invalid claim: {name}")
         return Identity(user_id=user_id, expires_at=exp)
 
@@ -286,3 +291,12 @@ def make_dev_token(
     material = keys.keys[0].material
     assert isinstance(material, bytes)
     return jwt.encode(claims, material, algorithm=algorithm)
+
+
+def _has_utf8_form(text: str) -> bool:
+    """JSON allows a lone surrogate (``"\\ud800"``); it cannot go out in a UTF-8 frame."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -683,3 +683,11 @@ def test_make_dev_token_refuses_bad_arguments(kwargs: dict[str, Any], match: str
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=match):
         make_dev_token(**arguments)
+
+
+def test_a_subject_with_a_lone_surrogate_is_refused_not_crashing_the_connection() -> None:
+    # JSON allows "\ud800"; such a user id has no UTF-8 form for the auth message.
+    auth = JwtAuthenticator(JwtKeySet.from_secret(SECRET), issuer=ISSUER, audience=AUDIENCE)
+    token = jwt.encode(_claims(sub="user_\ud800"), SECRET, algorithm="HS256")
+    data = _auth_message(Hub(Settings()), auth, token)
+    assert data == {"success": False, "error": "invalid claim: sub"}
