@@ -212,6 +212,9 @@ class ServerConnection:
                     # Only an open WebSocket closes, and it has its session from the 101.
                     assert self._session is not None
                     self._session.ended(code, now, wall)
+                    # What the frames before the close caused (a refresh) comes first,
+                    # however the input was split (found by fuzz/fuzz_frames.py).
+                    self._events.extend(self._session.events_received())
                     self._events.append(event)
                 case _:  # pragma: no cover - the transport emits nothing else
                     raise AssertionError(event)

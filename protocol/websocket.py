@@ -187,9 +187,10 @@ class WebSocketConnection:
         self._max_body_size = max_body_size
         self._max_header_size = max_header_size
         self._close_timeout = close_timeout
-        # h11 refuses an *incomplete* head past its limit; a complete one is checked in
-        # _process_http. With h11's limit one byte lower, a head is refused exactly when it
-        # is longer than max_header_size, however the input is split.
+        # h11 refuses an *incomplete* head past its limit, and receive_data shows it the
+        # first max_header_size bytes on their own. With h11's limit one byte lower, a head
+        # is refused exactly when it is longer than max_header_size, however the input is
+        # split.
         self._h11: h11.Connection | None = h11.Connection(
             h11.SERVER, max_incomplete_event_size=max_header_size - 1
         )
@@ -462,9 +463,6 @@ class WebSocketConnection:
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
-                if self._received - len(conn.trailing_data[0]) > self._max_header_size:
-                    self._respond(_plain(431, "Request Header Fields Too Large"))
-                    return
                 self._on_request(event)
             elif isinstance(event, h11.Data):
                 assert self._body is not None
