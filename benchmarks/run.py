@@ -1,0 +1,512 @@
+"""Run the issue-6 benchmarks: agentcast and the websockets peer side by side.
+
+    .venv/bin/python benchmarks/run.py [--quick] [--rounds 3] [--only fanout-1000,rtt]
+                                       [--loop asyncio|uvloop] [--profile SCENARIO]
+
+For every round and scenario both servers run, one after the other (the order alternates
+between rounds), each freshly started and pinned to CPU 0 with ``taskset``, while the C
+load generator (benchmarks/loadgen/loadgen.c, compiled here with ``gcc -O2`` into
+benchmarks/.build/) runs pinned to CPU 1 and reads the server's CPU time and memory from
+/proc at the edges of the measured window. The table holds the median over the rounds.
+Notifications are published through the HTTP batch API (PROTOCOL.md section 8), 100 per
+``POST /api/notifications``, the same requests to both servers. See benchmarks/README.md.
+
+``--profile SCENARIO`` runs that scenario once against agentcast under ``py-spy record``
+(``pip install py-spy``) instead, writes a flame graph and prints the hottest frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BUILD = HERE / ".build"
+LOADGEN_SRC = HERE / "loadgen" / "loadgen.c"
+LOADGEN = BUILD / "loadgen"
+API_KEY = "bench-key"
+SERVER_CPU, LOADGEN_CPU = 0, 1
+SERVERS = ("agentcast", "websockets")
+BURST = 100  # notifications per POST /api/notifications
+MSG_BYTES = 200  # size of one notification frame on the wire
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    kind: str  # loadgen --scenario
+    clients: int
+    args: tuple[str, ...] = ()
+    timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class Metric:
+    label: str
+    unit: str
+    value: Callable[[dict[str, Any]], float]
+    lower_is_better: bool
+    target: float | None = None  # agentcast / websockets, from issue 6
+    digits: int = 2
+    ratio: bool = True  # False where the websockets value is ~0 and a ratio means nothing
+
+
+@dataclass
+class Results:
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = field(
+        default_factory=lambda: collections.defaultdict(list)
+    )
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    def fanout(clients: int, messages: int) -> Scenario:
+        bursts = max(2, messages // BURST)
+        return Scenario(
+            f"fanout-{clients}",
+            "fanout",
+            clients,
+            ("--same-user", "--bursts", str(bursts), "--burst-size", str(BURST),
+             "--msg-bytes", str(MSG_BYTES)),
+        )  # fmt: skip
+
+    if quick:
+        return [
+            fanout(100, 3_000),
+            fanout(1_000, 300),
+            fanout(5_000, 200),
+            Scenario("rtt-1000", "rtt", 1_000, ("--ping-rate", "1000", "--duration", "3")),
+            Scenario("connect", "churn", 1_000, ("--concurrency", "10",)),
+            Scenario("storm-2000", "storm", 2_000, ("--concurrency", "500",), timeout=300),
+        ]  # fmt: skip
+    return [
+        fanout(100, 10_000),
+        fanout(1_000, 1_000),
+        fanout(5_000, 400),
+        Scenario("rtt-1000", "rtt", 1_000, ("--ping-rate", "1000", "--duration", "5")),
+        Scenario("connect", "churn", 3_000, ("--concurrency", "10",)),
+        Scenario("storm-5000", "storm", 5_000, ("--concurrency", "500",), timeout=1200),
+    ]  # fmt: skip
+
+
+def metrics(scenario: Scenario) -> list[Metric]:
+    n = scenario.clients
+    if scenario.kind == "fanout":
+        at_scale = n >= 1_000
+        out = [
+            Metric(
+                "server CPU per delivered message", "µs",
+                lambda r: r["server_cpu_us"] / r["delivered"], True, 0.7 if at_scale else None,
+            ),
+            Metric(
+                "delivered messages/s", "msg/s",
+                lambda r: r["delivered"] / r["window_s"], False, 1.3 if at_scale else None, 0,
+            ),
+        ]  # fmt: skip
+        if at_scale:
+            out += [
+                Metric(
+                    "idle memory per authenticated connection (before the bursts)", "KiB",
+                    lambda r: (r["rss_ready_kb"] - r["rss0_kb"]) / n, True, 1.0, 1,
+                ),
+                Metric(
+                    "memory still held per connection after the bursts, once quiet", "KiB",
+                    lambda r: (r["rss_end_kb"] - r["rss_ready_kb"]) / n, True, None, 1,
+                    ratio=False,
+                ),
+            ]  # fmt: skip
+        return out
+    if scenario.kind == "rtt":
+        return [
+            Metric("ping RTT p50", "ms", lambda r: r["rtt_us"]["p50"] / 1e3, True, None, 3),
+            Metric("ping RTT p99", "ms", lambda r: r["rtt_us"]["p99"] / 1e3, True, 1.0, 3),
+            Metric(
+                f"memory per connection after {n:,} distinct users came online", "KiB",
+                lambda r: (r["rss_ready_kb"] - r["rss0_kb"]) / n, True, None, 1,
+            ),
+        ]  # fmt: skip
+    if scenario.kind == "churn":
+        return [
+            Metric(
+                "server CPU per accepted connection", "µs",
+                lambda r: r["server_cpu_us"] / r["delivered"], True, 1.0, 0,
+            ),
+            Metric("connections/s (10 at a time)", "conn/s",
+                   lambda r: r["delivered"] / r["window_s"], False, None, 0),
+        ]  # fmt: skip
+    return [
+        Metric("time until everyone saw everyone online", "s",
+               lambda r: r["window_s"], True, None, 2),
+        Metric("peak RSS", "MiB", lambda r: r["hwm_kb"] / 1024, True, None, 1),
+        Metric("server CPU", "s", lambda r: r["server_cpu_us"] / 1e6, True, None, 2),
+        Metric(
+            "server CPU per presence delivery", "µs",
+            lambda r: r["server_cpu_us"] / r["delivered"], True, None, 2,
+        ),
+        Metric(
+            "memory per connection afterwards", "KiB",
+            lambda r: (r["rss_end_kb"] - r["rss0_kb"]) / n, True, None, 1,
+        ),
+    ]  # fmt: skip
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_loadgen() -> None:
+    BUILD.mkdir(exist_ok=True)
+    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+        return
+    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(LOADGEN), str(LOADGEN_SRC)]
+    log("building the load generator: " + " ".join(cmd))
+    subprocess.run(cmd, check=True)
+
+
+def raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    if soft < needed:
+        log(f"warning: ulimit -n is {soft} (hard {hard}); the largest scenario needs ~{needed}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def pinned(cpu: int, cmd: list[str]) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) > cpu:
+        return ["taskset", "-c", str(cpu), *cmd]
+    return cmd
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], logfile: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({proc.returncode}): {logfile.read_text()}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"the server did not listen on {port}: {logfile.read_text()}")
+
+
+@contextlib.contextmanager
+def server(kind: str, loop: str, logfile: Path) -> Iterator[tuple[int, int, int]]:
+    """Start a server pinned to CPU 0; yields ``(pid, ws_port, publish_port)``."""
+    port = free_port()
+    python = sys.executable
+    if kind == "agentcast":
+        pub_port = port
+        cmd = [
+            python, str(HERE / "serve_agentcast.py"), "serve", "--port", str(port),
+            "--api-key", API_KEY, "--heartbeat-interval", "3600", "--heartbeat-timeout", "7200",
+            "--presence-grace", "0", "--log-level", "warning",
+        ]  # fmt: skip
+        if loop == "uvloop":
+            cmd.append("--uvloop")
+    else:
+        pub_port = free_port()
+        cmd = [
+            python, str(HERE / "peer_websockets.py"), "--port", str(port),
+            "--pub-port", str(pub_port), "--api-key", API_KEY, "--presence-grace", "0",
+        ]  # fmt: skip
+        if loop == "uvloop":
+            cmd.append("--uvloop")
+    with logfile.open("wb") as out:
+        proc = subprocess.Popen(pinned(SERVER_CPU, cmd), stdout=out, stderr=out, cwd=ROOT)
+    try:
+        wait_for_port(port, proc, logfile)
+        if pub_port != port:
+            wait_for_port(pub_port, proc, logfile)
+        yield proc.pid, port, pub_port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def loadgen_cmd(scenario: Scenario, pid: int, port: int, pub_port: int, tag: str) -> list[str]:
+    return pinned(
+        LOADGEN_CPU,
+        [
+            str(LOADGEN), "--scenario", scenario.kind, "--clients", str(scenario.clients),
+            "--port", str(port), "--pub-port", str(pub_port), "--api-key", API_KEY,
+            "--server-pid", str(pid), "--token-prefix", tag, "--timeout", str(scenario.timeout),
+            "--hold", *scenario.args,
+        ],
+    )  # fmt: skip
+
+
+def run_one(scenario: Scenario, kind: str, loop: str, tag: str) -> dict[str, Any]:
+    logfile = BUILD / "logs" / f"{tag}-{scenario.name}-{kind}.log"
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    with server(kind, loop, logfile) as (pid, port, pub_port):
+        lg = subprocess.Popen(
+            loadgen_cmd(scenario, pid, port, pub_port, tag),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert lg.stdout is not None
+        assert lg.stdin is not None
+        line = lg.stdout.readline()
+        # the server is stopped (leaving the with block) before the clients go away
+    lg.stdin.close()
+    lg.wait(timeout=60)
+    if not line:
+        raise RuntimeError(f"the load generator said nothing (exit {lg.returncode})")
+    result: dict[str, Any] = json.loads(line)
+    return result
+
+
+def summary(scenario: Scenario, r: dict[str, Any]) -> str:
+    parts = []
+    for m in metrics(scenario):
+        try:
+            parts.append(f"{m.label} {m.value(r):.{m.digits}f} {m.unit}")
+        except (ZeroDivisionError, KeyError):
+            parts.append(f"{m.label} n/a")
+    if r.get("window_s", 0) > 0:
+        parts.append(f"load generator CPU {r['loadgen_cpu_us'] / 1e4 / r['window_s']:.0f}%")
+    if r["ok"]:
+        flag = "ok"
+    elif r["timeout"]:
+        flag = f"NOT OK: timed out ({r['delivered']:,} of {r['expected']:,} delivered)"
+    else:
+        flag = f"NOT OK ({r['first_error'] or r['errors']})"
+    return f"{'; '.join(parts)}; {flag}"
+
+
+# -- the table ---------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def fmt(value: float | None, digits: int) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def table(results: Results, chosen: list[Scenario], servers: tuple[str, ...]) -> str:
+    rows = [
+        "| scenario | metric | agentcast | websockets | ratio | target |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for scenario in chosen:
+        runs = {kind: results.runs.get((scenario.name, kind), []) for kind in servers}
+        for m in metrics(scenario):
+            med: dict[str, float | None] = {}
+            for kind in SERVERS:
+                values = []
+                for r in runs.get(kind, []):
+                    with contextlib.suppress(ZeroDivisionError, KeyError, TypeError):
+                        if r["ok"]:
+                            values.append(m.value(r))
+                med[kind] = median(values)
+            a, w = med["agentcast"], med["websockets"]
+            ratio = a / w if a is not None and w and m.ratio else None
+            target = ""
+            if m.target is not None:
+                sign = "≤" if m.lower_is_better else "≥"
+                met = ratio is not None and (
+                    ratio <= m.target if m.lower_is_better else ratio >= m.target
+                )
+                target = f"{sign} {m.target} ({'met' if met else 'missed'})"
+            rows.append(
+                f"| {scenario.name} | {m.label} ({m.unit}) | {fmt(a, m.digits)} | "
+                f"{fmt(w, m.digits)} | {fmt(ratio, 2)} | {target} |"
+            )
+        checks = []
+        for kind in servers:
+            rs = runs.get(kind, [])
+            good = sum(1 for r in rs if r["ok"])
+            checks.append(f"{good}/{len(rs)}")
+        what = "rounds with zero loss and no error" if scenario.kind == "fanout" else "rounds ok"
+        rows.append(f"| {scenario.name} | {what} | {' | '.join(checks)} | | |")
+    return "\n".join(rows)
+
+
+def header(args: argparse.Namespace) -> str:
+    from websockets.version import version as websockets_version  # noqa: PLC0415
+
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return "\n".join(
+        [
+            f"date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}; "
+            f"{os.cpu_count()} CPUs ({cpu}); Linux {platform.release()}; "
+            f"Python {platform.python_version()}; websockets {websockets_version}; "
+            f"event loop: {args.loop} for both servers",
+            f"mode: {'quick' if args.quick else 'full'}, {args.rounds} rounds, median; "
+            f"server pinned to CPU {SERVER_CPU}, load generator (C, epoll) to CPU "
+            f"{LOADGEN_CPU}",
+            f"publishing: through the HTTP batch API, POST /api/notifications with {BURST} "
+            f"notifications (~{MSG_BYTES}-byte frames) per request, the same requests to "
+            "both servers",
+            "ratio = agentcast / websockets",
+        ]
+    )
+
+
+# -- profiling ---------------------------------------------------------------------------
+
+
+def profile(scenario: Scenario, loop: str) -> None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy")
+    tag = f"p{os.getpid()}"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    raw = BUILD / f"profile-{scenario.name}-{stamp}.txt"
+    svg = BUILD / f"profile-{scenario.name}-{stamp}.svg"
+    logfile = BUILD / "logs" / f"{tag}-{scenario.name}-profile.log"
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    with server("agentcast", loop, logfile) as (pid, port, pub_port):
+        lg = subprocess.Popen(
+            loadgen_cmd(scenario, pid, port, pub_port, tag),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        spy_cmd = [py_spy, "record", "--pid", str(pid), "--rate", "200"]
+        spies = [
+            subprocess.Popen(pinned(LOADGEN_CPU, [*spy_cmd, "--format", fmt_, "-o", str(out)]))
+            for fmt_, out in (("raw", raw), ("flamegraph", svg))
+        ]
+        assert lg.stdout is not None
+        assert lg.stdin is not None
+        line = lg.stdout.readline()
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            spy.wait(timeout=60)
+    lg.stdin.close()
+    lg.wait(timeout=60)
+    result = json.loads(line)
+    log(f"{scenario.name} under py-spy (numbers inflated by the sampling): "
+        f"{summary(scenario, result)}")  # fmt: skip
+    print(f"flame graph: {svg}\ncollapsed stacks: {raw}")
+    print(hot_frames(raw))
+
+
+def hot_frames(raw: Path, top: int = 20) -> str:
+    """The frames where the samples are (self time) and the ones they pass through
+    (inclusive time), from py-spy's collapsed stacks (idle samples excluded, as py-spy
+    does by default; the setup phase before the measured window is sampled too)."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if f]
+        if any("(threading.py:" in f for f in frames):
+            continue  # a worker thread (anyio's getaddrinfo pool), idle but sampled
+        total += count
+        if frames:
+            own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    lines = [f"{total} samples", "", "self time:"]
+    lines += [f"  {100 * c / total:5.1f}%  {f}" for f, c in own.most_common(top)]
+    lines += ["", "inclusive time:"]
+    lines += [f"  {100 * c / total:5.1f}%  {f}" for f, c in inclusive.most_common(top)]
+    return "\n".join(lines)
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller scenarios (minutes)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (median; default 3)")
+    parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="agentcast,websockets")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--profile", metavar="SCENARIO", help="py-spy agentcast on one")
+    parser.add_argument("--clients", type=int, help="override the scenarios' client count")
+    args = parser.parse_args()
+    everything = scenarios(args.quick)
+    if args.clients:
+        everything = [dataclasses.replace(s, clients=args.clients) for s in everything]
+    names = {s.name for s in everything}
+    wanted = [n for n in args.only.split(",") if n]
+    unknown = set(wanted) - names
+    if unknown or (args.profile and args.profile not in names):
+        parser.error(f"scenarios are: {', '.join(sorted(names))}")
+    chosen = [s for s in everything if not wanted or s.name in wanted]
+    servers = tuple(k for k in SERVERS if k in args.servers.split(","))
+
+    build_loadgen()
+    raise_fd_limit(max(s.clients for s in chosen) + 1024)
+    with contextlib.suppress(OSError):  # the driver sleeps; keep it off the server's CPU
+        os.sched_setaffinity(0, {LOADGEN_CPU})
+    if args.profile:
+        profile(next(s for s in everything if s.name == args.profile), args.loop)
+        return 0
+
+    results = Results()
+    started = time.monotonic()
+    for rnd in range(args.rounds):
+        order = servers if rnd % 2 == 0 else tuple(reversed(servers))
+        for scenario in chosen:
+            for kind in order:
+                tag = f"r{rnd}x{os.getpid() % 10000}"
+                try:
+                    r = run_one(scenario, kind, args.loop, tag)
+                except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+                    log(f"[round {rnd + 1}] {scenario.name} {kind}: FAILED: {exc}")
+                    continue
+                results.runs[(scenario.name, kind)].append(r)
+                log(f"[round {rnd + 1}/{args.rounds}] {scenario.name} {kind}: "
+                    f"{summary(scenario, r)}")  # fmt: skip
+    text = f"{header(args)}\n\n{table(results, chosen, servers)}\n"
+    text += f"\n(total {time.monotonic() - started:.0f} s)\n"
+    print(text)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = BUILD / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stamp}.md").write_text(text)
+    raw = {f"{name}/{kind}": runs for (name, kind), runs in results.runs.items()}
+    (out / f"{stamp}.json").write_text(json.dumps(raw, indent=1))
+    log(f"written: {out / stamp}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
