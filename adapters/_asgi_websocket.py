@@ -40,6 +40,7 @@ from agentcast.protocol.admission import Refusal
 from agentcast.protocol.outbox import Outbox
 
 from ._connection import clock
+from .logs import log_close, log_open
 
 if TYPE_CHECKING:
     from .asgi import AgentcastASGI
@@ -190,13 +191,7 @@ class WebSocketSession:
             )
             self.session = session
             self._opened_at = now
-            user = session.user_id or "-"
-            log.info(
-                "connection open user=%s peer=%s",
-                user,
-                self.peer,
-                extra={"agentcast": {"event": "open", "user": user, "peer": self.peer}},
-            )
+            log_open(session.user_id, self.peer)
             self._app._attach(self)
             try:
                 await self._serve()
@@ -345,27 +340,13 @@ class WebSocketSession:
         session = self.session
         assert session is not None
         session.ended(code, now, wall)
-        user = session.user_id or "-"
-        duration = now - self._opened_at
-        log.info(
-            "connection closed user=%s peer=%s code=%d duration=%.3fs in=%d out=%d",
-            user,
+        log_close(
+            session.user_id,
             self.peer,
-            code,
-            duration,
-            session.messages_in,
-            session.messages_out,
-            extra={
-                "agentcast": {
-                    "event": "close",
-                    "user": user,
-                    "peer": self.peer,
-                    "code": code,
-                    "duration": round(duration, 3),
-                    "messages_in": session.messages_in,
-                    "messages_out": session.messages_out,
-                }
-            },
+            code=code,
+            duration=now - self._opened_at,
+            messages_in=session.messages_in,
+            messages_out=session.messages_out,
         )
         # The user may now be in the presence grace period: re-arm the hub timer.
         self._app.server._poke_hub_timer()

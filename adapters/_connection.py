@@ -40,6 +40,8 @@ from agentcast.protocol import (
 )
 from agentcast.protocol.http import answer
 
+from .logs import log_close, log_open
+
 if TYPE_CHECKING:
     from .server import Server
 
@@ -245,13 +247,7 @@ class Connection:
         if session is not None:
             if self._opened_at is None:
                 self._opened_at = now
-                user = session.user_id or "-"
-                log.info(
-                    "connection open user=%s peer=%s",
-                    user,
-                    self.peer,
-                    extra={"agentcast": {"event": "open", "user": user, "peer": self.peer}},
-                )
+                log_open(session.user_id, self.peer)
             if session.closed and not self._session_closed:
                 # The user may now be in the presence grace period: re-arm the hub timer.
                 self._session_closed = True
@@ -287,29 +283,16 @@ class Connection:
 
     def _log_close(self, code: int, now: float) -> None:
         session = self.conn.session
-        user = (session.user_id if session is not None else None) or "-"
         duration = 0.0 if self._opened_at is None else now - self._opened_at
         messages_in = session.messages_in if session is not None else 0
         messages_out = session.messages_out if session is not None else 0
-        log.info(
-            "connection closed user=%s peer=%s code=%d duration=%.3fs in=%d out=%d",
-            user,
+        log_close(
+            session.user_id if session is not None else None,
             self.peer,
-            code,
-            duration,
-            messages_in,
-            messages_out,
-            extra={
-                "agentcast": {
-                    "event": "close",
-                    "user": user,
-                    "peer": self.peer,
-                    "code": code,
-                    "duration": round(duration, 3),
-                    "messages_in": messages_in,
-                    "messages_out": messages_out,
-                }
-            },
+            code=code,
+            duration=duration,
+            messages_in=messages_in,
+            messages_out=messages_out,
         )
         self._server._poke_hub_timer()
 

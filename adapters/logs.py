@@ -19,7 +19,15 @@ from typing import IO, Literal
 
 from agentcast.protocol import format_timestamp
 
-__all__ = ["LOG_FORMATS", "LOG_LEVELS", "JsonFormatter", "configure_logging", "logger"]
+__all__ = [
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "JsonFormatter",
+    "configure_logging",
+    "log_close",
+    "log_open",
+    "logger",
+]
 
 #: The package's logger; children: ``agentcast.server``, ``agentcast.connection``.
 logger = logging.getLogger("agentcast")
@@ -29,6 +37,52 @@ LOG_FORMATS = ("text", "json")
 LogFormat = Literal["text", "json"]
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+_connection_log = logging.getLogger("agentcast.connection")
+
+
+def log_open(user: str | None, peer: str) -> None:
+    """The one line for a WebSocket connection that opened (its token judged)."""
+    user = user or "-"
+    _connection_log.info(
+        "connection open user=%s peer=%s",
+        user,
+        peer,
+        extra={"agentcast": {"event": "open", "user": user, "peer": peer}},
+    )
+
+
+def log_close(
+    user: str | None,
+    peer: str,
+    *,
+    code: int,
+    duration: float,
+    messages_in: int,
+    messages_out: int,
+) -> None:
+    """The one line for a WebSocket connection that closed."""
+    user = user or "-"
+    _connection_log.info(
+        "connection closed user=%s peer=%s code=%d duration=%.3fs in=%d out=%d",
+        user,
+        peer,
+        code,
+        duration,
+        messages_in,
+        messages_out,
+        extra={
+            "agentcast": {
+                "event": "close",
+                "user": user,
+                "peer": peer,
+                "code": code,
+                "duration": round(duration, 3),
+                "messages_in": messages_in,
+                "messages_out": messages_out,
+            }
+        },
+    )
 
 
 class JsonFormatter(logging.Formatter):
