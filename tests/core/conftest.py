@@ -39,6 +39,7 @@ from agentcast.protocol import (
     ServerConnection,
     Settings,
 )
+from agentcast.protocol.outbox import Outbox
 
 # Hypothesis profiles: ``ci`` (the CI env var is set) is derandomized so a CI run is
 # reproducible; ``dev`` (default) is random; ``long`` (HYPOTHESIS_PROFILE=long) is a local
@@ -264,6 +265,30 @@ def error(text: str, code: str) -> dict[str, Any]:
     return {"error": text, "code": code}
 
 
+class ListSink:
+    """The smallest Sink, as an ASGI adapter provides: an outbox whose messages are taken
+    as text, a ping counter and the close it was asked for."""
+
+    def __init__(self) -> None:
+        self.outbox = Outbox()
+        self.pings = 0
+        self.closed: tuple[int, str] | None = None
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        self.pings += 1
+
+    def close(self, code: int, reason: str, now: float) -> None:
+        self.closed = (code, reason)
+
+    def messages(self) -> list[dict[str, Any]]:
+        out = [json.loads(m.text) for m in self.outbox.take_messages()]
+        self.outbox.sent()
+        return out
+
+    def types(self) -> list[str]:
+        return [m["type"] for m in self.messages()]
+
+
 class Helpers:
     """What the tests share, handed out by the ``h`` fixture (tests are not a package,
     so they cannot import this module)."""
@@ -272,6 +297,7 @@ class Helpers:
     TS0 = TS0
     UPGRADE_HEADERS = UPGRADE_HEADERS
     Pair = Pair
+    ListSink = ListSink
     connect = staticmethod(connect)
     error = staticmethod(error)
     http_request = staticmethod(http_request)

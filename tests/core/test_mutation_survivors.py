@@ -7,7 +7,6 @@ the accounting the slow-client policy (1013) and conflation depend on.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from typing import Any
@@ -33,28 +32,8 @@ from agentcast.protocol.outbox import Outbox
 W = 1766754000.0  # the wall clock at now == 0 (2025-12-26T13:00:00Z)
 
 
-class Sink:
-    """A minimal Sink, as an ASGI adapter provides: messages are taken as text."""
-
-    def __init__(self) -> None:
-        self.outbox = Outbox()
-        self.pings = 0
-        self.closed: tuple[int, str] | None = None
-
-    def send_ping(self, payload: bytes = b"") -> None:
-        self.pings += 1
-
-    def close(self, code: int, reason: str, now: float) -> None:
-        self.closed = (code, reason)
-
-    def messages(self) -> list[dict[str, Any]]:
-        out = [json.loads(m.text) for m in self.outbox.take_messages()]
-        self.outbox.sent()
-        return out
-
-
-def open_session(hub: Hub, user: str | None, now: float = 0.0) -> tuple[Session, Sink]:
-    sink = Sink()
+def open_session(h: Any, hub: Hub, user: str | None, now: float = 0.0) -> tuple[Session, Any]:
+    sink = h.ListSink()
     auth = Identity(user_id=user) if user is not None else AuthFailure("Missing token")
     session = Session(hub, sink, auth, now=now, wall=W + now)
     sink.messages()  # auth, presence_state, ...
@@ -64,9 +43,9 @@ def open_session(hub: Hub, user: str | None, now: float = 0.0) -> tuple[Session,
 # -- metrics counters ----------------------------------------------------------------------
 
 
-def test_stats_count_every_inbound_message_and_error_once():
+def test_stats_count_every_inbound_message_and_error_once(h):
     hub = Hub()
-    s, sink = open_session(hub, "u1")
+    s, sink = open_session(h, hub, "u1")
     texts = [
         '{"type":"ping"}',
         '{"type":"ping"}',
@@ -98,9 +77,9 @@ def test_stats_count_every_inbound_message_and_error_once():
     assert types.count("auth") == 2
 
 
-def test_stats_count_each_heartbeat_timeout_and_close():
+def test_stats_count_each_heartbeat_timeout_and_close(h):
     hub = Hub()
-    sessions = [open_session(hub, user) for user in ("u1", "u2")]
+    sessions = [open_session(h, hub, user) for user in ("u1", "u2")]
     for session, _ in sessions:
         session.handle_timer(60.0, W + 60)
     assert [sink.closed for _, sink in sessions] == [(4000, "heartbeat timeout")] * 2
@@ -110,9 +89,9 @@ def test_stats_count_each_heartbeat_timeout_and_close():
     assert hub.stats.closes == Counter({4000: 2})
 
 
-def test_stats_count_each_rate_limit_close():
+def test_stats_count_each_rate_limit_close(h):
     hub = Hub(Settings(rate_burst=1, rate_limit_strikes=2))
-    sessions = [open_session(hub, user) for user in ("u1", "u2")]
+    sessions = [open_session(h, hub, user) for user in ("u1", "u2")]
     for session, _ in sessions:
         for _ in range(3):
             session.receive_text('{"type":"ping"}', 1.0, W + 1)
@@ -124,10 +103,10 @@ def test_stats_count_each_rate_limit_close():
 # -- rate limit window ---------------------------------------------------------------------
 
 
-def test_a_strike_exactly_one_window_old_no_longer_counts():
+def test_a_strike_exactly_one_window_old_no_longer_counts(h):
     # One token, refilled very slowly; two strikes within 10 s close the connection.
     hub = Hub(Settings(rate_limit=0.01, rate_burst=1, rate_limit_strikes=2, rate_limit_window=10))
-    s, sink = open_session(hub, "u1")
+    s, sink = open_session(h, hub, "u1")
     s.receive_text('{"type":"ping"}', 0.0, W)  # the token
     s.receive_text('{"type":"ping"}', 0.0, W)  # strike at 0
     s.receive_text('{"type":"ping"}', 10.0, W + 10)  # strike at 10: the one at 0 expired
@@ -140,10 +119,10 @@ def test_a_strike_exactly_one_window_old_no_longer_counts():
 # -- presence ------------------------------------------------------------------------------
 
 
-def test_a_fractional_presence_grace_still_delays_offline():
+def test_a_fractional_presence_grace_still_delays_offline(h):
     hub = Hub(Settings(presence_grace=0.5))
-    leaver, _ = open_session(hub, "u1")
-    _, watcher = open_session(hub, "u2")
+    leaver, _ = open_session(h, hub, "u1")
+    _, watcher = open_session(h, hub, "u2")
     leaver.close(1000, "bye", 1.0, W + 1)
     assert watcher.messages() == []
     assert hub.presence()["u1"] == "online"
@@ -157,10 +136,10 @@ def test_a_fractional_presence_grace_still_delays_offline():
 # -- max_message_size for messages framed elsewhere (ASGI) -----------------------------
 
 
-def test_oversized_text_closes_1009_and_the_user_goes_offline_after_grace():
+def test_oversized_text_closes_1009_and_the_user_goes_offline_after_grace(h):
     hub = Hub(Settings(max_message_size=10))
-    s, sink = open_session(hub, "u1")
-    _, watcher = open_session(hub, "u2")
+    s, sink = open_session(h, hub, "u1")
+    _, watcher = open_session(h, hub, "u2")
     sink.messages()  # u2 came online
     s.receive_text('{"type":"ping","x":1}', 2.0, W + 2)
     assert sink.closed == (1009, "message too big")
@@ -172,10 +151,10 @@ def test_oversized_text_closes_1009_and_the_user_goes_offline_after_grace():
     assert [m["data"] for m in watcher.messages()] == [{"userId": "u1", "status": "offline"}]
 
 
-def test_oversized_text_counts_utf8_bytes_and_offline_is_stamped_at_the_close():
+def test_oversized_text_counts_utf8_bytes_and_offline_is_stamped_at_the_close(h):
     hub = Hub(Settings(max_message_size=10, presence_grace=0))
-    s, sink = open_session(hub, "u1")
-    _, watcher = open_session(hub, "u2")
+    s, sink = open_session(h, hub, "u1")
+    _, watcher = open_session(h, hub, "u2")
     sink.messages()  # u2 came online
     s.receive_text("ééééé", 1.0, W + 1)  # 5 characters, 10 bytes: allowed
     assert sink.closed is None
@@ -186,10 +165,10 @@ def test_oversized_text_counts_utf8_bytes_and_offline_is_stamped_at_the_close():
     assert offline["timestamp"] == format_timestamp(W + 3)
 
 
-def test_oversized_binary_closes_1009_without_an_error_message():
+def test_oversized_binary_closes_1009_without_an_error_message(h):
     hub = Hub(Settings(max_message_size=10, presence_grace=0))
-    s, sink = open_session(hub, "u1")
-    _, watcher = open_session(hub, "u2")
+    s, sink = open_session(h, hub, "u1")
+    _, watcher = open_session(h, hub, "u2")
     sink.messages()  # u2 came online
     s.receive_binary(4.0, W + 4, 11)
     assert sink.closed == (1009, "message too big")
@@ -202,9 +181,9 @@ def test_oversized_binary_closes_1009_without_an_error_message():
 # -- heartbeat and the end of a session ----------------------------------------------------
 
 
-def test_a_late_timer_sends_one_ping_and_keeps_the_ping_grid():
+def test_a_late_timer_sends_one_ping_and_keeps_the_ping_grid(h):
     hub = Hub()
-    s, sink = open_session(hub, "u1")
+    s, sink = open_session(h, hub, "u1")
     s.touch(95.0)
     s.handle_timer(95.0, W + 95)  # pings were due at 30, 60 and 90
     assert [m["type"] for m in sink.messages()] == ["ping"]
@@ -214,9 +193,9 @@ def test_a_late_timer_sends_one_ping_and_keeps_the_ping_grid():
     assert sink.pings == 1
 
 
-def test_ended_session_is_closed_and_sends_nothing_more():
+def test_ended_session_is_closed_and_sends_nothing_more(h):
     hub = Hub()
-    s, sink = open_session(hub, "u1")
+    s, sink = open_session(h, hub, "u1")
     s.ended(1006, 1.0, W + 1)
     assert s.closed
     assert s.next_deadline() is None
@@ -276,9 +255,9 @@ def test_outbox_replace_needs_a_key_and_keeps_the_accounting_exact():
 # -- validation answers (the publish API returns these texts as {"error": ...}) ------------
 
 
-def test_unknown_type_with_a_lone_surrogate_is_echoed_with_a_replacement():
+def test_unknown_type_with_a_lone_surrogate_is_echoed_with_a_replacement(h):
     hub = Hub()
-    s, sink = open_session(hub, "u1")
+    s, sink = open_session(h, hub, "u1")
     s.receive_text('{"type":"x\\ud800y"}', 1.0, W + 1)
     [answer] = sink.messages()
     assert answer["data"] == {"error": "Unknown message type: x?y", "code": "unknown_type"}
@@ -335,17 +314,17 @@ def test_fields_of_exactly_the_maximum_length_are_accepted():
 # -- delivery accounting -------------------------------------------------------------------
 
 
-def test_opened_total_counts_every_connection_authenticated_or_not():
+def test_opened_total_counts_every_connection_authenticated_or_not(h):
     hub = Hub()
-    open_session(hub, "u1")
-    open_session(hub, None)
-    open_session(hub, "u1")
+    open_session(h, hub, "u1")
+    open_session(h, hub, None)
+    open_session(h, hub, "u1")
     assert hub.stats.opened_total == 3
 
 
-def test_a_conflated_agent_status_still_counts_as_delivered():
+def test_a_conflated_agent_status_still_counts_as_delivered(h):
     hub = Hub(Settings(conflation_threshold=1))
-    s, sink = open_session(hub, "u1")
+    s, sink = open_session(h, hub, "u1")
     first = hub.broadcast_agent_status("a1", "working", now=1.0, wall=W + 1)
     out_before = s.messages_out
     second = hub.broadcast_agent_status("a1", "idle", now=2.0, wall=W + 2)
@@ -356,10 +335,10 @@ def test_a_conflated_agent_status_still_counts_as_delivered():
     assert latest["data"] == {"agentName": "a1", "state": "idle"}
 
 
-def notifications_until_closed(max_send_buffer: int) -> tuple[int, Sink, Hub]:
+def notifications_until_closed(h: Any, max_send_buffer: int) -> tuple[int, Any, Hub]:
     """Send four equal notifications to one client that reads nothing after the welcome."""
     hub = Hub(Settings(max_send_buffer=max_send_buffer))
-    _, sink = open_session(hub, "u1")
+    _, sink = open_session(h, hub, "u1")
     for sent in range(4):
         hub.send_notification("info", "m", now=1.0, wall=W + 1)
         if sink.closed is not None:
@@ -367,15 +346,15 @@ def notifications_until_closed(max_send_buffer: int) -> tuple[int, Sink, Hub]:
     return 4, sink, hub
 
 
-def test_a_backlog_of_exactly_max_send_buffer_is_kept_and_one_byte_more_is_1013():
+def test_a_backlog_of_exactly_max_send_buffer_is_kept_and_one_byte_more_is_1013(h):
     hub = Hub()
-    _, probe = open_session(hub, "u1")
+    _, probe = open_session(h, hub, "u1")
     hub.send_notification("info", "m", now=1.0, wall=W + 1)
     size = probe.outbox.backlog
-    sent, sink, hub = notifications_until_closed(3 * size)  # room for the welcome too
+    sent, sink, hub = notifications_until_closed(h, 3 * size)  # room for the welcome too
     assert sent == 3  # three fit exactly; the fourth is one too many
     assert sink.closed == (1013, "client too slow")
     assert hub.stats.slow_client_drops == 1
-    sent, sink, _ = notifications_until_closed(3 * size - 1)
+    sent, sink, _ = notifications_until_closed(h, 3 * size - 1)
     assert sent == 2
     assert sink.closed == (1013, "client too slow")

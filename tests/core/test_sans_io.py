@@ -5,7 +5,6 @@ transport)."""
 from __future__ import annotations
 
 import ast
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +35,6 @@ from agentcast.protocol import (
     UpgradeRequested,
     WebSocketConnection,
 )
-from agentcast.protocol.outbox import Outbox
 
 PROTOCOL_DIR = Path(agentcast.protocol.__file__).parent
 FORBIDDEN = {"anyio", "asyncio", "trio", "socket", "threading", "time", "sniffio", "selectors"}
@@ -217,29 +215,9 @@ def test_transport_send_frame_and_discard():
 # -- the session alone: fed decoded text, no wsproto ---------------------------------------
 
 
-class ListSink:
-    """The smallest Sink: what an ASGI adapter would provide."""
-
-    def __init__(self) -> None:
-        self.outbox = Outbox()
-        self.pings = 0
-        self.closed: tuple[int, str] | None = None
-
-    def send_ping(self, payload: bytes = b"") -> None:
-        self.pings += 1
-
-    def close(self, code: int, reason: str, now: float) -> None:
-        self.closed = (code, reason)
-
-    def messages(self) -> list[dict]:
-        out = [json.loads(m.text) for m in self.outbox.take_messages()]
-        self.outbox.sent()
-        return out
-
-
 def test_session_works_on_decoded_text_without_a_transport(h):
     hub = Hub(Settings(presence_grace=0))
-    sink = ListSink()
+    sink = h.ListSink()
     session = Session(hub, sink, Identity(user_id="u1"), now=0.0, wall=h.WALL0)
     assert [m["type"] for m in sink.messages()] == ["auth", "presence_state", "user_presence"]
     session.receive_text('{"type":"ping"}', 1.0, h.WALL0 + 1)
@@ -268,7 +246,7 @@ def test_session_works_on_decoded_text_without_a_transport(h):
 
 
 def test_session_touch_is_liveness(h, hub):
-    sink = ListSink()
+    sink = h.ListSink()
     session = Session(hub, sink, Identity(user_id="u1"), now=0.0, wall=h.WALL0)
     session.touch(50.0)
     session.touch(10.0)  # an older time never moves liveness back

@@ -4,8 +4,6 @@ transport; max_message_size for messages someone else framed. No transport at al
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from agentcast.protocol import (
@@ -17,27 +15,7 @@ from agentcast.protocol import (
     Upgrade,
 )
 from agentcast.protocol.http import refuse
-from agentcast.protocol.outbox import Outbox
 from agentcast.protocol.websocket import body_too_large, not_an_upgrade, wrong_path
-
-
-class Sink:
-    """What the ASGI adapter gives a session: an outbox and a close request."""
-
-    def __init__(self) -> None:
-        self.outbox = Outbox()
-        self.closed: tuple[int, str] | None = None
-
-    def send_ping(self, payload: bytes = b"") -> None:
-        pass
-
-    def close(self, code: int, reason: str, now: float) -> None:
-        self.closed = (code, reason)
-
-    def types(self) -> list[str]:
-        out = [json.loads(m.text)["type"] for m in self.outbox.take_messages()]
-        self.outbox.sent()
-        return out
 
 
 def request(hub, query="", headers=(), subprotocols=(), *, client="10.0.0.1", now=0.0):
@@ -55,7 +33,7 @@ def test_a_token_is_verified_then_the_session_opens_and_release_gives_the_place_
     assert hub.admission.connections == 1  # counted from the request
     identity = Identity(user_id="user_tok")
     assert upgrade.decide(identity) is None
-    sink = Sink()
+    sink = h.ListSink()
     session = upgrade.open(sink, identity, now=0.0, wall=h.WALL0)
     assert sink.types() == ["auth", "presence_state", "user_presence"]
     assert session.user_id == "user_tok"
@@ -71,7 +49,7 @@ def test_no_token_opens_an_unauthenticated_session(h):
     upgrade = request(hub)
     assert upgrade.token is None
     assert upgrade.decide(None) is None
-    sink = Sink()
+    sink = h.ListSink()
     session = upgrade.open(sink, None, now=0.0, wall=h.WALL0)
     assert sink.types() == ["auth"]
     assert not session.authenticated
@@ -113,24 +91,24 @@ def test_per_user_limit_refuses_with_503():
     assert hub.admission.connections == 1
 
 
-def test_misuse_raises():
+def test_misuse_raises(h):
     hub = Hub()
     upgrade = request(hub)
     with pytest.raises(LocalProtocolError):
-        upgrade.open(Sink(), None, now=0.0, wall=0.0)  # before decide()
+        upgrade.open(h.ListSink(), None, now=0.0, wall=0.0)  # before decide()
     upgrade.decide(None)
     with pytest.raises(LocalProtocolError):
         upgrade.decide(None)
     refused = request(Hub(Settings(require_auth=True)))
     refused.decide(None)
     with pytest.raises(LocalProtocolError):
-        refused.open(Sink(), None, now=0.0, wall=0.0)
+        refused.open(h.ListSink(), None, now=0.0, wall=0.0)
 
 
 def test_silence_can_be_left_to_the_transport(h):
     """close_silent=False: no 4000, whatever the silence; pings and expiry still run."""
     hub = Hub()
-    sink = Sink()
+    sink = h.ListSink()
     identity = Identity(user_id="u", expires_at=h.WALL0 + 500)
     upgrade = request(hub)
     upgrade.decide(identity)
@@ -148,7 +126,7 @@ def test_silence_can_be_left_to_the_transport(h):
 
 def test_a_message_framed_elsewhere_over_the_limit_closes_1009(h):
     hub = Hub(Settings(max_message_size=10))
-    sink = Sink()
+    sink = h.ListSink()
     upgrade = request(hub)
     upgrade.decide(None)
     session = upgrade.open(sink, None, now=0.0, wall=h.WALL0)
@@ -159,7 +137,7 @@ def test_a_message_framed_elsewhere_over_the_limit_closes_1009(h):
     assert sink.closed == (1009, "message too big")
     assert session.closed
 
-    other = Sink()
+    other = h.ListSink()
     upgrade = request(hub)
     upgrade.decide(None)
     session = upgrade.open(other, None, now=0.0, wall=h.WALL0)
