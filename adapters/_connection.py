@@ -1,12 +1,16 @@
-"""One TCP connection of the reference server: a pump and a writer around a ServerConnection.
+"""One TCP connection of the reference server: what it does with the core's events, and
+the anyio stream version that serves it on trio (asyncio has :mod:`._protocol`).
 
-The core (:class:`~agentcast.protocol.ServerConnection`) decides everything; this module
-moves bytes and time:
+The core (:class:`~agentcast.protocol.ServerConnection`) decides everything; the adapter
+moves bytes and time. :class:`ConnectionBase` holds what does not depend on how bytes move:
+run the authenticator, answer ``/metrics`` and the HTTP API, log the open and the close,
+and turn an unexpected error into ``500`` or ``1011`` for this connection only.
+
+:class:`Connection` serves one anyio byte stream with two tasks:
 
 * the **pump** reads the socket, but only until the core's ``next_deadline()``; it feeds
   ``receive_data`` / ``receive_eof`` / ``handle_timer`` with the loop's clock, then
-  dispatches the events (run the authenticator, answer ``/metrics`` and the HTTP API, log
-  the close);
+  dispatches the events;
 * the **writer** is the only task that writes: whenever the socket has taken its last
   write, it takes *everything* pending from ``data_to_send()`` and writes it in one call.
   The core counts that write as backlog until the next ``data_to_send()``, which is how it
@@ -45,7 +49,7 @@ from .logs import log_close, log_open
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["IO_ERRORS", "Connection", "clock"]
+__all__ = ["IO_ERRORS", "LINGER", "Connection", "ConnectionBase", "clock", "format_peer"]
 
 log = logging.getLogger("agentcast.connection")
 
@@ -56,10 +60,18 @@ _READ_SIZE = 65536
 #: still sends (e.g. the rest of a refused request body) for this long, so that closing
 #: a socket with unread input does not reset the connection before the client has read
 #: our answer (Apache's "lingering close").
-_LINGER = 1.0
+LINGER = 1.0
 
 _Event = AuthRequested | HttpRequest | ConnectionClosed | TextReceived | BytesReceived
 _AnyEvent = _Event | UpgradeRequested
+
+
+def format_peer(address: object) -> tuple[str | None, str]:
+    """``(host, "host:port")`` of a socket address, for the core and for logs."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = str(address[0]), address[1]
+        return host, (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return None, str(address) if address else "-"
 
 
 def clock() -> float:
@@ -72,36 +84,146 @@ def clock() -> float:
         return time.monotonic()
 
 
-class Connection:
-    """Drives one :class:`ServerConnection` over one byte stream until it is closed."""
+class ConnectionBase:
+    """What every kind of connection does with the core's events, whatever moves its bytes:
+    run the authenticator, answer ``/metrics`` and the HTTP API, log the open and the close,
+    and turn an unexpected error into ``500`` / ``1011``."""
 
     __slots__ = (
         "__weakref__",
         "_failed",
         "_opened_at",
-        "_receive_scope",
-        "_scope",
         "_server",
         "_session_closed",
-        "_stream",
-        "_wakeup",
         "conn",
         "peer",
     )
 
-    def __init__(self, server: Server, stream: ByteStream, *, host: str | None, peer: str) -> None:
+    _server: Server
+    #: ``host:port`` of the client, for logs.
+    peer: str
+    conn: ServerConnection
+
+    def _open(self, server: Server, *, host: str | None, peer: str, now: float) -> None:
         self._server = server
-        self._stream = stream
-        #: ``host:port`` of the client, for logs.
         self.peer = peer
-        self.conn = ServerConnection(server.hub, now=clock(), client=host)
+        self.conn = ServerConnection(server.hub, now=now, client=host)
         self.conn.on_output = self.wake
-        self._wakeup = anyio.Event()
-        self._receive_scope: anyio.CancelScope | None = None
-        self._scope: anyio.CancelScope | None = None
         self._opened_at: float | None = None
         self._session_closed = False
         self._failed = False
+
+    def wake(self) -> None:
+        """Output is pending or the state changed: get it written."""
+        raise NotImplementedError
+
+    def _abort(self) -> None:
+        """Drop the connection without further ado (closing it cleanly failed)."""
+        raise NotImplementedError
+
+    def close(self, code: int, reason: str) -> None:
+        """Start closing from the server side (1001 at shutdown)."""
+        now, wall = clock(), time.time()
+        try:
+            self.conn.close(code, reason, now, wall)
+            self._process_events(now, wall)
+        except Exception:
+            self._fail(now, wall)
+        self.wake()
+
+    # -- events --------------------------------------------------------------------------
+
+    def _process_events(self, now: float, wall: float) -> None:
+        conn = self.conn
+        while events := cast("list[_AnyEvent]", conn.events_received()):
+            for event in events:
+                self._on_event(event, now, wall)
+        session = conn.session
+        if session is not None:
+            if self._opened_at is None:
+                self._opened_at = now
+                log_open(session.user_id, self.peer)
+            if session.closed and not self._session_closed:
+                # The user may now be in the presence grace period: re-arm the hub timer.
+                self._session_closed = True
+                self._server._poke_hub_timer()
+
+    def _on_event(self, event: _AnyEvent, now: float, wall: float) -> None:
+        match event:
+            case AuthRequested(token=token):
+                result = self._server.authenticator.authenticate(token, wall)
+                self.conn.complete_auth(result, now, wall)
+            case HttpRequest():
+                self._answer_http(event, now, wall)
+            case ConnectionClosed(code=code):
+                self._log_close(code, now)
+            case TextReceived() | BytesReceived() | UpgradeRequested():
+                pass  # consumed inside ServerConnection, which never hands them out
+            case _:
+                assert_never(event)
+
+    def _answer_http(self, request: HttpRequest, now: float, wall: float) -> None:
+        server = self._server
+        if request.path == "/metrics":
+            status = 200
+            self.conn.send_http_response(200, server.metrics.render(), server.metrics.content_type)
+        else:
+            reply = answer(request, server.hub, now=now, wall=wall)
+            status = reply.status
+            self.conn.send_http_response(
+                reply.status, reply.body, reply.content_type, reply.headers
+            )
+        # The path only: a query string may hold a token.
+        log.debug("http %s %s -> %d peer=%s", request.method, request.path, status, self.peer)
+
+    def _log_close(self, code: int, now: float) -> None:
+        session = self.conn.session
+        duration = 0.0 if self._opened_at is None else now - self._opened_at
+        messages_in = session.messages_in if session is not None else 0
+        messages_out = session.messages_out if session is not None else 0
+        log_close(
+            session.user_id if session is not None else None,
+            self.peer,
+            code=code,
+            duration=duration,
+            messages_in=messages_in,
+            messages_out=messages_out,
+        )
+        self._server._poke_hub_timer()
+
+    def _fail(self, now: float, wall: float) -> None:
+        """An unexpected error: log it and close this connection (1011), or drop it."""
+        log.exception("internal error on the connection from %s", self.peer)
+        if not self._failed:
+            self._failed = True
+            conn = self.conn
+            try:
+                state = conn.transport.state
+                if state is ConnectionState.UPGRADING:
+                    conn.transport.reject(500, "Internal Server Error")
+                elif state is ConnectionState.HTTP:
+                    conn.send_http_response(500, b'{"error":"internal error"}')
+                else:
+                    conn.close(1011, "internal error", now, wall)
+                self._process_events(now, wall)
+                return
+            except Exception:
+                log.exception("could not close the connection from %s cleanly", self.peer)
+        self._abort()
+
+
+class Connection(ConnectionBase):
+    """Drives one :class:`ServerConnection` over one anyio byte stream until it is closed,
+    with two tasks (a pump and a writer): the reference server on trio."""
+
+    __slots__ = ("_receive_scope", "_scope", "_stream", "_wakeup")
+
+    def __init__(self, server: Server, stream: ByteStream, *, host: str | None, peer: str) -> None:
+        self._stream = stream
+        self._wakeup = anyio.Event()
+        self._receive_scope: anyio.CancelScope | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._open(server, host=host, peer=peer, now=clock())
 
     # -- called from anywhere in the loop ------------------------------------------------
 
@@ -116,15 +238,9 @@ class Connection:
             if deadline is not None and deadline < scope.deadline:
                 scope.deadline = deadline
 
-    def close(self, code: int, reason: str) -> None:
-        """Start closing from the server side (1001 at shutdown)."""
-        now, wall = clock(), time.time()
-        try:
-            self.conn.close(code, reason, now, wall)
-            self._process_events(now, wall)
-        except Exception:
-            self._fail(now, wall)
-        self.wake()
+    def _abort(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
 
     # -- the tasks -----------------------------------------------------------------------
 
@@ -138,7 +254,7 @@ class Connection:
                 # The writer flushes what is left, lingers, and cancels us; if the client
                 # does not read, give up after the close timeout.
                 self.wake()
-                await anyio.sleep(self._server.settings.close_timeout + _LINGER)
+                await anyio.sleep(self._server.settings.close_timeout + LINGER)
                 log.debug("gave up flushing to %s", self.peer)
                 tg.cancel_scope.cancel()
         except Exception:  # pragma: no cover - both tasks catch their own errors
@@ -223,7 +339,7 @@ class Connection:
             # the server is the one to close the TCP connection (RFC 6455 7.1.1).
             return
         stream = self._stream
-        with anyio.move_on_after(_LINGER):
+        with anyio.move_on_after(LINGER):
             try:
                 await stream.send_eof()
             except NotImplementedError:  # TLS cannot half-close
@@ -235,84 +351,3 @@ class Connection:
                     pass
             except IO_ERRORS:
                 pass
-
-    # -- events --------------------------------------------------------------------------
-
-    def _process_events(self, now: float, wall: float) -> None:
-        conn = self.conn
-        while events := cast("list[_AnyEvent]", conn.events_received()):
-            for event in events:
-                self._on_event(event, now, wall)
-        session = conn.session
-        if session is not None:
-            if self._opened_at is None:
-                self._opened_at = now
-                log_open(session.user_id, self.peer)
-            if session.closed and not self._session_closed:
-                # The user may now be in the presence grace period: re-arm the hub timer.
-                self._session_closed = True
-                self._server._poke_hub_timer()
-
-    def _on_event(self, event: _AnyEvent, now: float, wall: float) -> None:
-        match event:
-            case AuthRequested(token=token):
-                result = self._server.authenticator.authenticate(token, wall)
-                self.conn.complete_auth(result, now, wall)
-            case HttpRequest():
-                self._answer_http(event, now, wall)
-            case ConnectionClosed(code=code):
-                self._log_close(code, now)
-            case TextReceived() | BytesReceived() | UpgradeRequested():
-                pass  # consumed inside ServerConnection, which never hands them out
-            case _:
-                assert_never(event)
-
-    def _answer_http(self, request: HttpRequest, now: float, wall: float) -> None:
-        server = self._server
-        if request.path == "/metrics":
-            status = 200
-            self.conn.send_http_response(200, server.metrics.render(), server.metrics.content_type)
-        else:
-            reply = answer(request, server.hub, now=now, wall=wall)
-            status = reply.status
-            self.conn.send_http_response(
-                reply.status, reply.body, reply.content_type, reply.headers
-            )
-        # The path only: a query string may hold a token.
-        log.debug("http %s %s -> %d peer=%s", request.method, request.path, status, self.peer)
-
-    def _log_close(self, code: int, now: float) -> None:
-        session = self.conn.session
-        duration = 0.0 if self._opened_at is None else now - self._opened_at
-        messages_in = session.messages_in if session is not None else 0
-        messages_out = session.messages_out if session is not None else 0
-        log_close(
-            session.user_id if session is not None else None,
-            self.peer,
-            code=code,
-            duration=duration,
-            messages_in=messages_in,
-            messages_out=messages_out,
-        )
-        self._server._poke_hub_timer()
-
-    def _fail(self, now: float, wall: float) -> None:
-        """An unexpected error: log it and close this connection (1011), or drop it."""
-        log.exception("internal error on the connection from %s", self.peer)
-        if not self._failed:
-            self._failed = True
-            conn = self.conn
-            try:
-                state = conn.transport.state
-                if state is ConnectionState.UPGRADING:
-                    conn.transport.reject(500, "Internal Server Error")
-                elif state is ConnectionState.HTTP:
-                    conn.send_http_response(500, b'{"error":"internal error"}')
-                else:
-                    conn.close(1011, "internal error", now, wall)
-                self._process_events(now, wall)
-                return
-            except Exception:
-                log.exception("could not close the connection from %s cleanly", self.peer)
-        if self._scope is not None:
-            self._scope.cancel()

@@ -28,6 +28,7 @@ when one is configured: see :mod:`agentcast.adapters.jwt_keyfile`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import signal
@@ -60,7 +61,8 @@ from agentcast.protocol import (
 )
 from agentcast.protocol.messages import AgentState, NotificationLevel
 
-from ._connection import IO_ERRORS, Connection, clock
+from ._connection import IO_ERRORS, Connection, ConnectionBase, clock, format_peer
+from ._protocol import Flusher, ProtocolConnection
 from .metrics import Metrics
 
 if TYPE_CHECKING:  # imported for real only with JWT configured (it needs PyJWT)
@@ -76,6 +78,11 @@ DEFAULT_DRAIN_TIMEOUT = 10.0  # issue 3: wait this long for closing handshakes a
 #: After accept() fails for lack of file descriptors or memory, wait before trying again
 #: (spinning would only burn the CPU the open connections need).
 _ACCEPT_BACKOFF = 0.1
+#: listen() backlog (the kernel caps it at net.core.somaxconn): a connect storm must not
+#: find the queue full (a dropped SYN costs the client a second or more).
+_BACKLOG = 65535
+#: After the drain timeout, how long to wait for the dropped connections to be gone.
+_ABORT_WAIT = 1.0
 
 
 class _MeteredHub(Hub):
@@ -132,14 +139,6 @@ class Attached(Protocol):
         ...
 
 
-def _format_peer(address: object) -> tuple[str | None, str]:
-    """``(host, "host:port")`` of a socket address, for the core and for logs."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = str(address[0]), address[1]
-        return host, (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    return None, str(address) if address else "-"
-
-
 class Server:
     """The agentcast server: hub, authenticator, metrics, listener. See the module doc."""
 
@@ -176,7 +175,7 @@ class Server:
         #: may buffer up to ``net.ipv4.tcp_wmem``'s maximum, 4 MiB, per slow client before
         #: the ``max_send_buffer`` policy sees any backlog).
         self.socket_send_buffer = socket_send_buffer
-        self._connections: dict[Connection, None] = {}
+        self._connections: dict[ConnectionBase, None] = {}
         #: Connections another adapter serves with this server (the ASGI adapter's
         #: WebSockets and HTTP requests), counted in the backlog and connection gauges.
         self.attached: dict[Attached, None] = {}
@@ -282,7 +281,68 @@ class Server:
         self._drained = None
         self._hub_wakeup = anyio.Event()
         self._warn_about_defaults()
-        multi = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._hub_timer)
+                if self.jwt_key_file is not None:
+                    tasks.start_soon(self.jwt_key_file.watch)
+                try:
+                    asyncio.get_running_loop()
+                except RuntimeError:  # trio: two tasks per connection on anyio streams
+                    await self._serve_streams(task_status)
+                else:  # asyncio, uvloop: protocol callbacks, no task per connection
+                    await self._serve_protocols(task_status)
+                tasks.cancel_scope.cancel()
+        finally:
+            self._stopping = self._drained = self._hub_wakeup = None
+
+    def shutdown(self) -> None:
+        """Stop accepting, close every connection with 1001, drain, return from
+        :meth:`serve`. Idempotent; call it from the event loop's thread."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    # -- internals ----------------------------------------------------------------------
+
+    async def _serve_protocols(self, task_status: TaskStatus[None]) -> None:
+        assert self._stopping is not None
+        loop = asyncio.get_running_loop()
+        flusher = Flusher(loop)
+        tls = self.ssl_context
+        listener = await loop.create_server(
+            lambda: ProtocolConnection(self, flusher, loop),
+            host=self.host,
+            port=self.port,
+            ssl=tls,
+            ssl_handshake_timeout=self.settings.handshake_timeout if tls is not None else None,
+            backlog=_BACKLOG,
+            reuse_address=True,
+        )
+        try:
+            self.addresses = []
+            for sock in listener.sockets:
+                address = sock.getsockname()
+                if isinstance(address, tuple):  # (host, port[, flowinfo, scope_id])
+                    self.addresses.append((str(address[0]), int(address[1])))
+            task_status.started()
+            await self._stopping.wait()
+            listener.close()
+            await self._drain()
+            # What is left after the drain timeout is dropped.
+            self._drained = anyio.Event()
+            for connection in list(self._connections):
+                connection._abort()
+            if self._connections:
+                with anyio.move_on_after(_ABORT_WAIT):
+                    await self._drained.wait()
+        finally:
+            listener.close()
+
+    async def _serve_streams(self, task_status: TaskStatus[None]) -> None:
+        assert self._stopping is not None
+        multi = await anyio.create_tcp_listener(
+            local_host=self.host, local_port=self.port, backlog=_BACKLOG
+        )
         try:
             # create_tcp_listener() makes socket listeners (one per address family).
             listeners = [cast(SocketListener, listener) for listener in multi.listeners]
@@ -292,9 +352,6 @@ class Server:
                 if isinstance(address, tuple):  # (host, port[, flowinfo, scope_id])
                     self.addresses.append((str(address[0]), int(address[1])))
             async with anyio.create_task_group() as connections:
-                connections.start_soon(self._hub_timer)
-                if self.jwt_key_file is not None:
-                    connections.start_soon(self.jwt_key_file.watch)
                 async with anyio.create_task_group() as accepting:
                     for listener in listeners:
                         accepting.start_soon(self._accept_loop, listener, connections)
@@ -307,15 +364,6 @@ class Server:
         finally:
             with anyio.CancelScope(shield=True):
                 await multi.aclose()
-            self._stopping = self._drained = self._hub_wakeup = None
-
-    def shutdown(self) -> None:
-        """Stop accepting, close every connection with 1001, drain, return from
-        :meth:`serve`. Idempotent; call it from the event loop's thread."""
-        if self._stopping is not None:
-            self._stopping.set()
-
-    # -- internals ----------------------------------------------------------------------
 
     def _warn_about_defaults(self) -> None:
         if isinstance(self.authenticator, DevAuthenticator):
@@ -344,7 +392,7 @@ class Server:
             tg.start_soon(self._handle, stream)
 
     async def _handle(self, raw: SocketStream) -> None:
-        host, peer = _format_peer(raw.extra(SocketAttribute.remote_address, None))
+        host, peer = format_peer(raw.extra(SocketAttribute.remote_address, None))
         connection: Connection | None = None
         try:
             if self.socket_send_buffer:
@@ -366,9 +414,13 @@ class Server:
                 with anyio.CancelScope(shield=True):
                     await raw.aclose()
             else:
-                del self._connections[connection]
-                if self._drained is not None and not self._connections:
-                    self._drained.set()
+                self._forget(connection)
+
+    def _forget(self, connection: ConnectionBase) -> None:
+        """*connection* is over (its socket is closed)."""
+        del self._connections[connection]
+        if self._drained is not None and not self._connections:
+            self._drained.set()
 
     async def _tls_handshake(self, raw: SocketStream, peer: str) -> TLSStream | None:
         assert self.ssl_context is not None

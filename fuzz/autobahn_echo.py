@@ -3,10 +3,11 @@
 Used only by ``fuzz/autobahn`` (the Autobahn|Testsuite fuzzing client needs a server that
 echoes every message). What runs is the real stack with the message layer swapped out:
 
-* each TCP connection is served by the reference server's
-  :class:`agentcast.adapters._connection.Connection` (its pump that reads until
-  ``next_deadline()``, its single writer that takes everything ``data_to_send()`` holds,
-  its linger/close handling), unchanged;
+* each TCP connection is served by the reference server's own connection driver,
+  unchanged: on asyncio :class:`agentcast.adapters._protocol.ProtocolConnection` (protocol
+  callbacks, one write of everything ``data_to_send()`` holds per pass of the loop), on
+  trio :class:`agentcast.adapters._connection.Connection` (a pump that reads until
+  ``next_deadline()``, a single writer); their timers and linger/close handling;
 * the object it drives is :class:`EchoConnection`, which has the interface of
   :class:`~agentcast.protocol.ServerConnection` but composes the same
   :class:`~agentcast.protocol.WebSocketConnection` with an echo in place of the
@@ -24,6 +25,7 @@ defaults (close timeout, handshake timeout, header limit).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import sys
@@ -35,6 +37,7 @@ from anyio.abc import SocketAttribute, SocketStream
 
 from agentcast.adapters import Server
 from agentcast.adapters._connection import Connection, clock
+from agentcast.adapters._protocol import Flusher, ProtocolConnection
 from agentcast.protocol import (
     BytesReceived,
     ConnectionClosed,
@@ -168,11 +171,34 @@ class EchoConnection:
         session.messages_out += 1
 
 
+class EchoProtocol(ProtocolConnection):
+    """The asyncio connection driver, running an :class:`EchoConnection`."""
+
+    __slots__ = ()
+
+    def _open(self, server: Server, *, host: str | None, peer: str, now: float) -> None:
+        super()._open(server, host=host, peer=peer, now=now)
+        self.conn = EchoConnection(server.settings, now=now, client=host)  # type: ignore[assignment]
+        self.conn.on_output = self.wake
+
+
 async def serve(host: str, port: int, max_message_size: int) -> None:
     settings = Settings(max_message_size=max_message_size)
     # The server object is only the connections' context (settings, hub, logging hooks);
     # its own accept loop would build ServerConnections, so this one builds the echo.
     server = Server(settings, host=host, port=port)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # trio: the stream driver, two tasks per connection
+        pass
+    else:  # asyncio: the protocol driver, as the reference server runs it
+        flusher = Flusher(loop)
+        listening = await loop.create_server(
+            lambda: EchoProtocol(server, flusher, loop), host=host, port=port
+        )
+        print(f"listening on {listening.sockets[0].getsockname()[1]}", flush=True)
+        await listening.serve_forever()
+        return
 
     async def handle(stream: SocketStream) -> None:
         address = stream.extra(SocketAttribute.remote_address, None)

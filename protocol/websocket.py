@@ -432,9 +432,16 @@ class WebSocketConnection:
             assert self._ws is not None
             self._close_code = code
             self._close_reason = reason
-            self._push(self._ws.send(CloseConnection(code=code, reason=reason)))
+            frame = self._ws.send(CloseConnection(code=code, reason=reason))
             self._state = ConnectionState.CLOSING
             self._deadline = now + self._close_timeout
+            pending = bool(self._outbox)
+            self._push(frame)
+            if pending and self._outbox.on_output is not None:
+                # The output callback also says "the deadline moved": an adapter waiting
+                # for a write to complete (a client that reads nothing, 1013) must still
+                # time the closing handshake out.
+                self._outbox.on_output()
         elif state is ConnectionState.HTTP or state is ConnectionState.UPGRADING:
             self._state = ConnectionState.CLOSED
             self._deadline = None

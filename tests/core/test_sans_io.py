@@ -271,3 +271,17 @@ def test_server_connection_on_output_wakes_the_writer(h, hub):
     p.server.data_to_send()
     hub.send_notification("info", "3", now=0.0, wall=h.WALL0)
     assert wakes == [1, 1]
+
+
+def test_on_output_also_says_when_a_close_moves_the_deadline(h, hub):
+    # An adapter whose write is stuck (a client that reads nothing) waits on on_output and
+    # next_deadline(): when the server starts closing with output still pending, it must
+    # learn of the closing handshake's deadline, or it would wait for ever.
+    p, _ = h.connect(hub, "a")
+    p.server.data_to_send()
+    wakes: list[float | None] = []
+    p.server.on_output = lambda: wakes.append(p.server.next_deadline())
+    hub.send_notification("info", "pending", now=0.0, wall=h.WALL0)
+    assert len(wakes) == 1
+    p.server.close(1001, "going away", 1.0, h.WALL0 + 1)
+    assert wakes[1:] == [1.0 + hub.settings.close_timeout]
