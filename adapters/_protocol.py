@@ -117,6 +117,10 @@ class ProtocolConnection(ConnectionBase, asyncio.Protocol):
         except Exception:
             self._fail(now, wall)
         self._after_input(now)
+        if self._marked:
+            # An answer to this input (a pong, the 101 and auth): write it now rather than
+            # at the next pass. Broadcasts to other connections still wait for the pass.
+            self.flush()
 
     def eof_received(self) -> bool:
         if self._finishing:

@@ -43,6 +43,8 @@ _connection_log = logging.getLogger("agentcast.connection")
 
 def log_open(user: str | None, peer: str) -> None:
     """The one line for a WebSocket connection that opened (its token judged)."""
+    if not _connection_log.isEnabledFor(logging.INFO):
+        return
     user = user or "-"
     _connection_log.info(
         "connection open user=%s peer=%s",
@@ -62,6 +64,8 @@ def log_close(
     messages_out: int,
 ) -> None:
     """The one line for a WebSocket connection that closed."""
+    if not _connection_log.isEnabledFor(logging.INFO):
+        return
     user = user or "-"
     _connection_log.info(
         "connection closed user=%s peer=%s code=%d duration=%.3fs in=%d out=%d",

@@ -189,6 +189,7 @@ class Server:
         self._stopping: anyio.Event | None = None
         self._drained: anyio.Event | None = None
         self._hub_wakeup: anyio.Event | None = None
+        self._hub_deadline = math.inf  # what the hub timer waits for
 
     # -- the in-process API (PROTOCOL.md 8) ---------------------------------------------
 
@@ -476,9 +477,14 @@ class Server:
             self._poke_hub_timer()
 
     def _poke_hub_timer(self) -> None:
+        """A user may have entered its presence grace period: wake the hub timer if it
+        now has to act earlier than it is waiting for (once per closed connection, so
+        the common case, nothing earlier, costs no task switch)."""
         wakeup = self._hub_wakeup
         if wakeup is not None and not wakeup.is_set():
-            wakeup.set()
+            deadline = self.hub.next_deadline()
+            if deadline is not None and deadline < self._hub_deadline:
+                wakeup.set()
 
     async def _hub_timer(self) -> None:
         """Turn users offline when their presence grace period ends."""
@@ -486,7 +492,8 @@ class Server:
         while True:
             self._hub_wakeup = wakeup = anyio.Event()
             deadline = hub.next_deadline()
-            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+            self._hub_deadline = math.inf if deadline is None else deadline
+            with anyio.CancelScope(deadline=self._hub_deadline) as scope:
                 await wakeup.wait()
             now = clock()
             if deadline is not None and now < deadline and scope.cancelled_caught:
