@@ -18,6 +18,7 @@ in a table plus, for an adapter option, a line there.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import logging
 import math
@@ -334,6 +335,25 @@ class _Flags:
             flag, action="store_true", default=raw in _TRUE, help=f"{help} [env {env}]"
         )
 
+    def add_tristate(self, flag: str, negative: str, *, help: str) -> None:
+        """``flag`` (True), ``negative`` (False), or neither (``"auto"``: decide later)."""
+        env = _env_name(flag)
+        raw = self._environ.get(env, "").strip().lower()
+        if raw not in _TRUE | _FALSE:
+            raise ConfigError(f"{env} must be one of 1, 0, true, false, yes, no, on, off")
+        default: bool | str = "auto" if raw == "" else raw in _TRUE
+        dest = flag.lstrip("-").replace("-", "_")
+        group = self._parser.add_mutually_exclusive_group()
+        group.add_argument(
+            flag,
+            dest=dest,
+            action="store_const",
+            const=True,
+            default=default,
+            help=f"{help} [env {env}: 1 or 0, unset for auto]",
+        )
+        group.add_argument(negative, dest=dest, action="store_const", const=False)
+
     def add_repeatable(
         self, flag: str, *, type: Callable[[str], Any], metavar: str, help: str
     ) -> None:
@@ -383,7 +403,12 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         default="asyncio",
         help="event loop",
     )
-    flags.add_switch("--uvloop", help="run asyncio on uvloop (needs agentcast[uvloop])")
+    flags.add_tristate(
+        "--uvloop",
+        "--no-uvloop",
+        help="run asyncio on uvloop; by default it does when uvloop is installed "
+        "(agentcast[uvloop]), --no-uvloop for the standard asyncio loop",
+    )
     flags.add(
         "--auth",
         type=_choice(AUTH_MODES),
@@ -651,11 +676,15 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
         raise ConfigError("--drain-timeout must not be negative")
     if args.socket_send_buffer < 0:
         raise ConfigError("--socket-send-buffer must not be negative")
-    if args.uvloop:
+    uvloop = args.uvloop  # True, False or "auto"
+    if uvloop is True:
         if args.backend != "asyncio":
             raise ConfigError("--uvloop needs --backend asyncio")
         if importlib.util.find_spec("uvloop") is None:
             raise ConfigError("--uvloop: uvloop is not installed (agentcast[uvloop])")
+    elif uvloop == "auto":  # the default: uvloop whenever it can be had
+        uvloop = args.backend == "asyncio" and importlib.util.find_spec("uvloop") is not None
+    uvloop = bool(uvloop)
     return ServeConfig(
         settings=settings,
         authenticator=authenticator,
@@ -665,7 +694,7 @@ def build_config(args: argparse.Namespace) -> ServeConfig:
         drain_timeout=args.drain_timeout,
         socket_send_buffer=args.socket_send_buffer or None,
         backend=args.backend,
-        uvloop=args.uvloop,
+        uvloop=uvloop,
         log_level=args.log_level,
         log_format=args.log_format,
         jwt_key_file=key_file,
@@ -773,8 +802,18 @@ def _leaf(exc: BaseException) -> BaseException:
 async def _serve(server: Server) -> None:
     async with anyio.create_task_group() as tg:
         await tg.start(server.run)
+        # What start-up created (modules, settings, the server) lives as long as the
+        # process: keep it out of the garbage collector's full passes, so that their cost
+        # follows the connections only (the whole process is ours here, not in an embedding).
+        gc.freeze()
         for url in server.urls:
             print(f"agentcast listening on {url}", flush=True)
+
+
+def serve(config: ServeConfig) -> None:
+    """Run the server *config* describes until it shuts down, on the event loop it names."""
+    options: dict[str, Any] = {"use_uvloop": True} if config.uvloop else {}
+    anyio.run(_serve, config.server(), backend=config.backend, backend_options=options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -793,8 +832,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agentcast serve: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_format)
-    server = config.server()
-    options: dict[str, Any] = {"use_uvloop": True} if config.uvloop else {}
     log.info(
         "starting agentcast on %s:%d (backend=%s%s, auth=%s%s, tls=%s)",
         config.host,
@@ -808,7 +845,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.auth_description:
         log.info("JWT authentication with %s", config.auth_description)
     try:
-        anyio.run(_serve, server, backend=config.backend, backend_options=options)
+        serve(config)
     except KeyboardInterrupt:  # before the signal handlers were installed
         return 130
     except Exception as exc:

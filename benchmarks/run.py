@@ -230,8 +230,8 @@ def server(kind: str, loop: str, logfile: Path) -> Iterator[tuple[int, int, int]
             "--api-key", API_KEY, "--heartbeat-interval", "3600", "--heartbeat-timeout", "7200",
             "--presence-grace", "0", "--log-level", "warning",
         ]  # fmt: skip
-        if loop == "uvloop":
-            cmd.append("--uvloop")
+        # Both servers on the same loop (agentcast alone would pick uvloop when installed).
+        cmd.append("--uvloop" if loop == "uvloop" else "--no-uvloop")
     else:
         pub_port = free_port()
         cmd = [

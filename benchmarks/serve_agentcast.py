@@ -15,22 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any
 
-import anyio
-
-from agentcast.adapters import Server, configure_logging
-from agentcast.adapters.cli import build_config, build_parser
+from agentcast.adapters import configure_logging
+from agentcast.adapters.cli import build_config, build_parser, serve
 
 _UNLIMITED = ("max_connections", "max_connections_per_ip", "max_connections_per_user")
 _NO_RATE = ("connection_rate",)
-
-
-async def _serve(server: Server) -> None:
-    async with anyio.create_task_group() as tg:
-        await tg.start(server.run)
-        for url in server.urls:
-            print(f"agentcast listening on {url}", flush=True)
 
 
 def main() -> int:
@@ -43,8 +33,7 @@ def main() -> int:
     lifted = {name: None for name in (*_UNLIMITED, *_NO_RATE) if name in names}
     config = dataclasses.replace(config, settings=dataclasses.replace(config.settings, **lifted))
     configure_logging(config.log_level, config.log_format)
-    options: dict[str, Any] = {"use_uvloop": True} if config.uvloop else {}
-    anyio.run(_serve, config.server(), backend=config.backend, backend_options=options)
+    serve(config)  # as agentcast serve does it
     return 0
 
 

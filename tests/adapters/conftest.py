@@ -19,7 +19,7 @@ How every test in this folder runs
   ``--backend`` set to the backend under test.
 * **One suite, every way of starting the server.** A test or module marked
   ``@pytest.mark.servers("reference", "uvicorn", "hypercorn")`` runs once per way
-  (:data:`STARTERS`): the reference server on asyncio and on trio, the ASGI adapter
+  (:data:`STARTERS`): the reference server on asyncio, uvloop and trio, the ASGI adapter
   (:mod:`agentcast.adapters.asgi`) under real uvicorn (asyncio) and real hypercorn (trio),
   each started in the test's loop on a free port. ``start_server`` returns the
   :class:`~agentcast.adapters.Server` either way (for ASGI, the one behind the app, with
@@ -69,8 +69,19 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-#: The ways of starting the server, and the event loops each runs on.
-STARTERS = {"reference": ("asyncio", "trio"), "uvicorn": ("asyncio",), "hypercorn": ("trio",)}
+#: The ways of starting the server, and the event loops each runs on (the reference server
+#: runs on uvloop by default when it is installed, and on plain asyncio otherwise).
+STARTERS = {
+    "reference": ("asyncio", "uvloop", "trio"),
+    "uvicorn": ("asyncio",),
+    "hypercorn": ("trio",),
+}
+#: The anyio_backend value of each event loop.
+LOOPS: dict[str, object] = {
+    "asyncio": "asyncio",
+    "uvloop": ("asyncio", {"use_uvloop": True}),
+    "trio": "trio",
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -91,7 +102,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.definition.add_marker(
         pytest.mark.parametrize(
             ("anyio_backend", "server_kind"),
-            combos,
+            [(LOOPS[backend], kind) for backend, kind in combos],
             ids=[f"{kind}-{backend}" for backend, kind in combos],
         )
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
 import socket
@@ -47,7 +48,8 @@ def config(argv, environ=None):
 
 def test_embedded_defaults():
     c = config([])
-    assert (c.host, c.port, c.backend, c.uvloop) == ("127.0.0.1", 3000, "asyncio", False)
+    assert (c.host, c.port, c.backend) == ("127.0.0.1", 3000, "asyncio")
+    assert c.uvloop  # installed with the test extras: the default when it is there
     assert isinstance(c.authenticator, DevAuthenticator)
     assert c.settings.path == "/ws"
     assert c.settings.heartbeat_interval == 30.0
@@ -86,6 +88,21 @@ def test_every_flag_has_an_environment_variable_and_the_command_line_wins():
     for flag in ISSUE_FLAGS:
         assert flag in serve_help
         assert f"AGENTCAST_{flag[2:].upper().replace('-', '_')}" in serve_help
+
+
+def test_uvloop_is_the_default_on_asyncio_when_installed(monkeypatch):
+    assert config([]).uvloop
+    assert not config(["--no-uvloop"]).uvloop
+    assert not config([], {"AGENTCAST_UVLOOP": "0"}).uvloop
+    assert not config(["--no-uvloop"], {"AGENTCAST_UVLOOP": "1"}).uvloop  # the flag wins
+    assert not config(["--backend", "trio"]).uvloop
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a)
+    )
+    assert not config([]).uvloop  # not installed: the standard loop, no error
+    with pytest.raises(ConfigError, match="uvloop is not installed"):
+        config(["--uvloop"])
 
 
 def _serve_help(environ):
