@@ -219,7 +219,16 @@ class WebSocketSession:
             self._task_group = tg
             tg.start_soon(self._write_loop)
             tg.start_soon(self._timer_loop)
+            self._app._offer_host(self, tg)
             await self._read_loop()
+
+    def hosts_background(self, app: AgentcastASGI) -> bool:
+        """Take over *app*'s background tasks if this session is still being served."""
+        tg = self._task_group
+        if tg is None or self._ended:
+            return False
+        app._offer_host(self, tg)
+        return True
 
     async def _read_loop(self) -> None:
         session = self.session

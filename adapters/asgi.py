@@ -38,15 +38,15 @@ peers (uvicorn with ``1011``). ``create_app(close_silent_clients=True)`` restore
 
 **Lifespan.** The presence timer (a user turns ``offline`` after the grace period) runs
 for the ASGI ``lifespan`` (or :meth:`AgentcastASGI.lifespan` in the host application's
-lifespan); without lifespan events it starts with the first request. At lifespan shutdown
-every WebSocket still open is closed with ``1001`` (uvicorn closes its own first, with
-``1012``).
+lifespan). Without lifespan events (an application mounted in Starlette, say) it runs
+inside the task group of an open WebSocket, handed to another one when that one closes,
+and with no WebSocket open each request first turns offline the users whose grace period
+ended meanwhile. At lifespan shutdown every WebSocket still open is closed with ``1001``
+(uvicorn closes its own first, with ``1012``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib
 import logging
 import os
 import time
@@ -56,6 +56,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.lowlevel import RunVar
 
 from agentcast.protocol import Authenticator, HttpRequest, Settings
@@ -73,7 +74,6 @@ log = logging.getLogger("agentcast.server")
 
 # The servers whose background tasks (presence timer, JWT key file) run in this event loop.
 _RUNNING: RunVar[weakref.WeakSet[Server]] = RunVar("agentcast_asgi_background")
-_TASKS: set[asyncio.Task[None]] = set()  # strong references to lazily started tasks
 
 
 def route_path(scope: Scope) -> str:
@@ -125,19 +125,22 @@ class AgentcastASGI:
         self.close_silent_clients = close_silent_clients
         self._sessions: dict[WebSocketSession, None] = {}
         self._drained: anyio.Event | None = None
+        #: Without lifespan events: the open WebSocket whose task group runs the
+        #: background tasks.
+        self._host: WebSocketSession | None = None
 
     # -- ASGI ---------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
         if kind == "websocket":
-            self._start_background()
+            self._catch_up()
             if route_path(scope) == self.server.settings.path:
                 await WebSocketSession(self, scope, receive, send).run()
             else:
                 await _refuse_websocket(scope, receive, send, self.server.settings.path)
         elif kind == "http":
-            self._start_background()
+            self._catch_up()
             await self._http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan_events(receive, send)
@@ -197,6 +200,11 @@ class AgentcastASGI:
             self._sessions.pop(connection, None)
             if self._drained is not None and not self._sessions:
                 self._drained.set()
+            if self._host is connection:  # its task group, and the background, are gone
+                self._host = None
+                for other in self._sessions:
+                    if other.hosts_background(self):
+                        break
 
     async def _lifespan_events(self, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -216,21 +224,22 @@ class AgentcastASGI:
             return
         await send({"type": "lifespan.shutdown.complete"})
 
-    def _start_background(self) -> None:
-        """Without lifespan events, start the background tasks with the first request."""
-        running = _running_servers()
-        if self.server in running:
-            return
-        running.add(self.server)
-        server = self.server
-
-        async def run() -> None:
+    def _catch_up(self) -> None:
+        """Without lifespan events and without an open WebSocket nothing runs between
+        requests: turn offline, before answering, the users whose grace period ended."""
+        if self._host is None and self.server not in _running_servers():
             try:
-                await self._background()
-            finally:
-                _running_servers().discard(server)
+                self.server.hub.handle_timer(clock(), time.time())
+            except Exception:  # pragma: no cover - the hub does not raise
+                log.exception("error in the hub timer")
 
-        _spawn(run)
+    def _offer_host(self, session: WebSocketSession, tg: TaskGroup) -> None:
+        """Without lifespan events, the background tasks (presence timer, JWT key file)
+        run in the task group of an open WebSocket, *session*'s (there is no other scope
+        to own them); when it ends, another open one takes them over (:meth:`_detach`)."""
+        if self._host is None and self.server not in _running_servers():
+            self._host = session
+            tg.start_soon(self._background)
 
     async def _background(self) -> None:
         server = self.server
@@ -312,7 +321,7 @@ class _Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") == "websocket":
-            self._app._start_background()
+            self._app._catch_up()
             await WebSocketSession(self._app, scope, receive, send).run()
         elif scope.get("type") == "http":
             await send_plain(send, not_an_upgrade(str(scope.get("method"))), websocket=False)
@@ -367,24 +376,6 @@ def _running_servers() -> weakref.WeakSet[Server]:
         running: weakref.WeakSet[Server] = weakref.WeakSet()
         _RUNNING.set(running)
         return running
-
-
-def _spawn(fn: Callable[[], Awaitable[None]]) -> None:
-    """Start *fn* in the running event loop, outside any task group: for the background
-    tasks when the ASGI server sends no lifespan events (they end with the loop)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: trio, the other loop anyio runs on
-        trio = importlib.import_module("trio")
-        trio.lowlevel.spawn_system_task(fn)
-        return
-
-    async def run() -> None:
-        await fn()
-
-    task = loop.create_task(run())
-    _TASKS.add(task)
-    task.add_done_callback(_TASKS.discard)
 
 
 # -- building the application ------------------------------------------------------------

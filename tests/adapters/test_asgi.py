@@ -131,6 +131,38 @@ async def test_mounted_without_lifespan_and_as_a_websocket_route(serve_asgi, cli
 
 @pytest.mark.anyio
 @ASGI
+async def test_without_lifespan_the_presence_timer_outlives_the_connection_it_ran_in(
+    serve_asgi, clients, http_request, wait_for
+):
+    """With no lifespan the presence timer runs inside an open WebSocket: when that one
+    closes, another takes it over; with none open, a request catches up first."""
+    settings = Settings(presence_grace=0.2)
+    realtime = create_app(settings=settings)
+    hub = realtime.server.hub
+    address = base(await serve_asgi(Starlette(routes=[Mount("/rt", app=realtime)]), settings))
+    first, _ = await greeted(clients, f"ws://{address}/rt/ws?token=first")  # runs the timer
+    second, _ = await greeted(clients, f"ws://{address}/rt/ws?token=second")
+    await first.recv_until("user_presence")  # first online
+    await first.recv_until("user_presence")  # second online
+    assert (await second.recv_until("user_presence"))["data"]["userId"] == "user_second"
+    await first.close()
+    assert (await second.recv_until("user_presence"))["data"] == {
+        "userId": "user_first",
+        "status": "offline",
+    }
+    await second.close()  # no WebSocket left: nothing runs until the next request
+    await wait_for(lambda: hub.next_deadline() is not None)
+    await wait_for(lambda: hub.next_deadline() < anyio.current_time())
+    assert "user_second" in hub.presence()  # its grace period is over, but nobody looked
+    status, _, raw = await http_request(f"http://{address}/rt/healthz")
+    assert (status, json.loads(raw)) == (200, {"status": "ok", "clients": 0, "authenticated": 0})
+    assert hub.presence() == {}  # the request turned it offline before answering
+    third, _ = await greeted(clients, f"ws://{address}/rt/ws?token=third")
+    assert (await third.recv())["data"] == {"users": []}  # presence_state
+
+
+@pytest.mark.anyio
+@ASGI
 async def test_refused_upgrades_keep_their_status_and_count_nothing(start_server, clients, held):
     server = await start_server(
         Settings(
