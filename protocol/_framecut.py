@@ -27,17 +27,27 @@ class HeaderCutter:
         pieces = []
         start = pos = 0
         end = len(data)
+        head = self._head
         while pos < end:
             if self._left:
                 step = min(self._left, end - pos)
                 self._left -= step
                 pos += step
                 continue
-            self._head.append(data[pos])
+            if not head and end - pos >= 2:
+                # The usual case: a whole header at hand, cut without copying it byte by byte.
+                size = _header_size(data[pos : pos + 2])
+                if end - pos >= size:
+                    self._left = _payload_length(data[pos : pos + size])
+                    pos += size
+                    pieces.append(data[start:pos])
+                    start = pos
+                    continue
+            head.append(data[pos])
             pos += 1
-            if len(self._head) == _header_size(self._head):
-                self._left = _payload_length(self._head)
-                self._head.clear()
+            if len(head) == _header_size(head):
+                self._left = _payload_length(head)
+                head.clear()
                 pieces.append(data[start:pos])
                 start = pos
         if start < end:
@@ -45,7 +55,7 @@ class HeaderCutter:
         return pieces
 
 
-def _header_size(head: bytearray) -> int:
+def _header_size(head: bytes | bytearray) -> int:
     """The full size of the header that starts with *head* (2 until that is known)."""
     if len(head) < 2:
         return 2
@@ -54,7 +64,7 @@ def _header_size(head: bytearray) -> int:
     return 2 + extended + (4 if head[1] & 0x80 else 0)
 
 
-def _payload_length(head: bytearray) -> int:
+def _payload_length(head: bytes | bytearray) -> int:
     code = head[1] & 0x7F
     if code < 126:
         return code
