@@ -10,8 +10,10 @@ transport, with the same rule as on trio: whenever the transport is not holding 
 in the core's outbox, where the slow-client policy (1013) and conflation see it.
 
 Writes are batched per pass of the event loop by :class:`Flusher`: a broadcast, or any
-other output, only marks its connections, and at the start of the next pass each marked
-connection writes its whole backlog once. A presence storm (every new user is a message
+other output not caused by the connection's own input, only marks its connections, and at
+the start of the next pass each marked connection writes its whole backlog once (an answer
+to the connection's own input, a pong or the ``101``, is written at the end of that
+``data_received``). A presence storm (every new user is a message
 to every other one) therefore costs one ``send()`` per connection per pass, not one per
 message, and no task switch at all.
 
