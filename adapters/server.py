@@ -35,7 +35,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import anyio
@@ -320,11 +320,7 @@ class Server:
             reuse_address=True,
         )
         try:
-            self.addresses = []
-            for sock in listener.sockets:
-                address = sock.getsockname()
-                if isinstance(address, tuple):  # (host, port[, flowinfo, scope_id])
-                    self.addresses.append((str(address[0]), int(address[1])))
+            self._record_addresses(sock.getsockname() for sock in listener.sockets)
             task_status.started()
             await self._stopping.wait()
             listener.close()
@@ -347,11 +343,9 @@ class Server:
         try:
             # create_tcp_listener() makes socket listeners (one per address family).
             listeners = [cast(SocketListener, listener) for listener in multi.listeners]
-            self.addresses = []
-            for listener in listeners:
-                address = listener.extra(SocketAttribute.local_address)
-                if isinstance(address, tuple):  # (host, port[, flowinfo, scope_id])
-                    self.addresses.append((str(address[0]), int(address[1])))
+            self._record_addresses(
+                listener.extra(SocketAttribute.local_address) for listener in listeners
+            )
             async with anyio.create_task_group() as connections:
                 async with anyio.create_task_group() as accepting:
                     for listener in listeners:
@@ -416,6 +410,14 @@ class Server:
                     await raw.aclose()
             else:
                 self._forget(connection)
+
+    def _record_addresses(self, addresses: Iterable[object]) -> None:
+        """Keep the bound ``(host, port)`` of each listening socket in :attr:`addresses`."""
+        self.addresses = [
+            (str(address[0]), int(address[1]))  # (host, port[, flowinfo, scope_id])
+            for address in addresses
+            if isinstance(address, tuple)
+        ]
 
     def _forget(self, connection: ConnectionBase) -> None:
         """*connection* is over (its socket is closed)."""
