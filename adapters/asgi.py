@@ -2,14 +2,15 @@
 
 An ASGI 3 application serving the same surface as the reference server: the WebSocket
 endpoint at ``settings.path`` (other paths: ``404``), ``GET /healthz``, ``GET /metrics``
-and the publish API (``POST /api/...``), from the same :class:`~agentcast.adapters.Server`
-object, so server code publishes the same way::
+and the publish API (``POST /api/...``), from the same
+:class:`~agentcast.adapters.service.Service` the reference server holds, so server code
+publishes the same way::
 
     from agentcast.adapters.asgi import create_app
     from agentcast.protocol import Settings
 
     app = create_app(settings=Settings(heartbeat_interval=30.0))
-    app.server.send_notification("success", "Build finished")   # from the event loop
+    app.service.send_notification("success", "Build finished")   # from the event loop
 
 Run it with any ASGI server; ``uvicorn agentcast.adapters.asgi:app`` serves the
 module-level ``app``, configured from the ``AGENTCAST_*`` environment variables exactly
@@ -36,44 +37,41 @@ does not close silent clients (``4000``) under ASGI; the server's keepalive clos
 peers (uvicorn with ``1011``). ``create_app(close_silent_clients=True)`` restores the
 ``4000`` rule for deployments whose clients all send JSON pings or messages.
 
-**Lifespan.** The presence timer (a user turns ``offline`` after the grace period) runs
-for the ASGI ``lifespan`` (or :meth:`AgentcastASGI.lifespan` in the host application's
-lifespan). Without lifespan events (an application mounted in Starlette, say) it runs
-inside the task group of an open WebSocket, handed to another one when that one closes,
-and with no WebSocket open each request first turns offline the users whose grace period
-ended meanwhile. At lifespan shutdown every WebSocket still open is closed with ``1001``
-(uvicorn closes its own first, with ``1012``).
+**Lifespan.** The service's background work (:meth:`Service.run
+<agentcast.adapters.service.Service.run>`: the presence timer, a user turns ``offline``
+after the grace period, and the JWT key-file watch) runs for the ASGI ``lifespan`` (or
+:meth:`AgentcastASGI.lifespan` in the host application's lifespan). Without lifespan
+events (an application mounted in Starlette, say) it runs inside the task group of an
+open WebSocket, handed to another one when that one closes, and with no WebSocket open
+each request first turns offline the users whose grace period ended meanwhile. At
+lifespan shutdown every WebSocket still open is closed with ``1001`` (uvicorn closes its
+own first, with ``1012``). Each WebSocket is served by an
+:class:`~._asgi_driver.AsgiDriver`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.lowlevel import RunVar
 
 from agentcast.protocol import Authenticator, HttpRequest, Settings
 from agentcast.protocol.http import HttpAnswer, answer, refuse
 from agentcast.protocol.websocket import body_too_large, not_an_upgrade, wrong_path
 
-from ._asgi_websocket import Receive, Scope, Send, WebSocketSession, peer_of, send_plain
-from ._connection import clock
-from .cli import build_config, build_parser
+from ._asgi_driver import AsgiDriver, Receive, Scope, Send, peer_of, send_plain
+from .config import config_from_environment
 from .server import Server
+from .service import Service, clock
 
 __all__ = ["AgentcastASGI", "create_app", "from_environment", "route_path", "uvicorn_options"]
 
 log = logging.getLogger("agentcast.server")
-
-# The servers whose background tasks (presence timer, JWT key file) run in this event loop.
-_RUNNING: RunVar[weakref.WeakSet[Server]] = RunVar("agentcast_asgi_background")
 
 
 def route_path(scope: Scope) -> str:
@@ -108,39 +106,50 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 
 class _HttpExchange:
-    """A plain HTTP request being answered, counted among the server's connections."""
+    """A plain HTTP request being answered, counted among the service's connections."""
 
     __slots__ = ("__weakref__",)
     backlog = 0
+
+    def start_close(self, code: int, reason: str) -> None:
+        """An HTTP answer is never interrupted: it ends by itself."""
+
+    def abort(self) -> None:
+        """An HTTP answer is never interrupted: it ends by itself."""
 
 
 class AgentcastASGI:
     """The ASGI application (see the module doc). Build it with :func:`create_app`."""
 
-    def __init__(self, server: Server, *, close_silent_clients: bool = False) -> None:
-        #: The server object: publishing API, hub, authenticator, metrics.
-        self.server = server
+    def __init__(self, service: Service, *, close_silent_clients: bool = False) -> None:
+        #: The service: publishing API, hub, authenticator, metrics, live connections.
+        self.service = service
         #: Close a client that sent no message for ``heartbeat_timeout`` with 4000 (see
         #: the module doc: under ASGI, Pongs are invisible, so off by default).
         self.close_silent_clients = close_silent_clients
-        self._sessions: dict[WebSocketSession, None] = {}
-        self._drained: anyio.Event | None = None
+        #: The WebSockets being served, and the task group of each.
+        self._serving: dict[AsgiDriver, TaskGroup] = {}
         #: Without lifespan events: the open WebSocket whose task group runs the
-        #: background tasks.
-        self._host: WebSocketSession | None = None
+        #: service's background work.
+        self._host: AsgiDriver | None = None
+
+    @property
+    def server(self) -> Service:
+        """The former name of :attr:`service`, kept for existing code."""
+        return self.service
 
     # -- ASGI ---------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
         if kind == "websocket":
-            self._catch_up()
-            if route_path(scope) == self.server.settings.path:
-                await WebSocketSession(self, scope, receive, send).run()
+            self.service.catch_up()
+            if route_path(scope) == self.service.settings.path:
+                await self._websocket(scope, receive, send)
             else:
-                await _refuse_websocket(scope, receive, send, self.server.settings.path)
+                await _refuse_websocket(scope, receive, send, self.service.settings.path)
         elif kind == "http":
-            self._catch_up()
+            self.service.catch_up()
             await self._http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan_events(receive, send)
@@ -153,58 +162,68 @@ class AgentcastASGI:
 
     @asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
-        """Run the background tasks while the context is open; close the WebSockets still
-        open with 1001 on the way out. Usable as a Starlette/FastAPI ``lifespan``."""
-        running = _running_servers()
-        if self.server in running:  # already running in this loop
+        """Run the service's background work while the context is open; close the
+        WebSockets still open with 1001 on the way out. Usable as a Starlette/FastAPI
+        ``lifespan``."""
+        if self.service.running:  # already running in this loop
             yield
             return
-        running.add(self.server)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._background)
-                try:
-                    yield
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await self.shutdown()
-                    tg.cancel_scope.cancel()
-        finally:
-            running.discard(self.server)
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.service.run)
+            try:
+                yield
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.shutdown()
+                tg.cancel_scope.cancel()
 
     async def shutdown(self) -> None:
-        """Close every open WebSocket with 1001 and wait (up to the server's
-        ``drain_timeout``) until they are closed."""
-        if not self._sessions:
-            return
-        log.info("shutting down: closing %d connections", len(self._sessions))
-        self._drained = drained = anyio.Event()
-        now, wall = clock(), time.time()
-        for connection in list(self._sessions):
-            if connection.session is not None:
-                connection.session.close(1001, "server shutting down", now, wall)
-        with anyio.move_on_after(self.server.drain_timeout):
-            await drained.wait()
-        self._drained = None
+        """Close every open WebSocket with 1001 and wait (up to the service's
+        ``drain_timeout``) until they are closed; drop the ones left."""
+        await self.service.drain()
 
     # -- internals ----------------------------------------------------------------------
 
-    def _attach(self, connection: WebSocketSession | _HttpExchange) -> None:
-        if isinstance(connection, WebSocketSession):
-            self._sessions[connection] = None
-        self.server.attached[connection] = None
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        driver = AsgiDriver(
+            self.service,
+            scope,
+            receive,
+            send,
+            close_silent=self.close_silent_clients,
+            on_serving=self._driver_serving,
+        )
+        try:
+            await driver.run()
+        finally:
+            self._driver_ended(driver)
 
-    def _detach(self, connection: WebSocketSession | _HttpExchange) -> None:
-        self.server.attached.pop(connection, None)
-        if isinstance(connection, WebSocketSession):
-            self._sessions.pop(connection, None)
-            if self._drained is not None and not self._sessions:
-                self._drained.set()
-            if self._host is connection:  # its task group, and the background, are gone
-                self._host = None
-                for other in self._sessions:
-                    if other.hosts_background(self):
-                        break
+    def _driver_serving(self, driver: AsgiDriver, tg: TaskGroup) -> None:
+        self._serving[driver] = tg
+        self._offer_host(driver, tg)
+
+    def _driver_ended(self, driver: AsgiDriver) -> None:
+        self._serving.pop(driver, None)
+        if self._host is driver:  # its task group, and the background work, are gone
+            self._host = None
+            for other, tg in self._serving.items():
+                if other.serving:
+                    self._offer_host(other, tg)
+                    break
+
+    def _offer_host(self, driver: AsgiDriver, tg: TaskGroup) -> None:
+        """Without lifespan events, the service's background work runs in the task group
+        of an open WebSocket, *driver*'s (there is no other scope to own it); when it
+        ends, another open one takes it over (:meth:`_driver_ended`)."""
+        if self._host is None and not self.service.running:
+            self._host = driver
+            tg.start_soon(self._background)
+
+    async def _background(self) -> None:
+        try:
+            await self.service.run()
+        except Exception:  # pragma: no cover - its tasks catch their own errors
+            log.exception("error in a background task")
 
     async def _lifespan_events(self, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -224,38 +243,9 @@ class AgentcastASGI:
             return
         await send({"type": "lifespan.shutdown.complete"})
 
-    def _catch_up(self) -> None:
-        """Without lifespan events and without an open WebSocket nothing runs between
-        requests: turn offline, before answering, the users whose grace period ended."""
-        if self._host is None and self.server not in _running_servers():
-            try:
-                self.server.hub.handle_timer(clock(), time.time())
-            except Exception:  # pragma: no cover - the hub does not raise
-                log.exception("error in the hub timer")
-
-    def _offer_host(self, session: WebSocketSession, tg: TaskGroup) -> None:
-        """Without lifespan events, the background tasks (presence timer, JWT key file)
-        run in the task group of an open WebSocket, *session*'s (there is no other scope
-        to own them); when it ends, another open one takes them over (:meth:`_detach`)."""
-        if self._host is None and self.server not in _running_servers():
-            self._host = session
-            tg.start_soon(self._background)
-
-    async def _background(self) -> None:
-        server = self.server
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(server._hub_timer)
-                if server.jwt_key_file is not None:
-                    tg.start_soon(server.jwt_key_file.watch)
-        except Exception:  # pragma: no cover - both tasks catch their own errors
-            log.exception("error in a background task")
-        finally:
-            server._hub_wakeup = None
-
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = _HttpExchange()
-        self._attach(exchange)
+        self.service.register(exchange)
         try:
             await self._answer_http(scope, receive, send)
         except Exception:
@@ -265,13 +255,13 @@ class AgentcastASGI:
             except Exception:  # the response had started, or the client is gone
                 log.debug("could not answer 500", exc_info=True)
         finally:
-            self._detach(exchange)
+            self.service.unregister(exchange)
 
     async def _answer_http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        server = self.server
+        service = self.service
         path = route_path(scope)
         method = str(scope.get("method") or "GET")
-        if path == server.settings.path:
+        if path == service.settings.path:
             await send_plain(send, not_an_upgrade(method), websocket=False)
             return
         refused = refuse(method, path)
@@ -279,14 +269,14 @@ class AgentcastASGI:
             await _send_answer(send, refused)
             return
         if path == "/metrics":
-            metrics = server.metrics
+            metrics = service.metrics
             await _send_answer(send, HttpAnswer(200, metrics.render(), (), metrics.content_type))
             return
         headers = tuple(
             (bytes(k).decode("latin-1").lower(), bytes(v).decode("latin-1"))
             for k, v in scope.get("headers") or ()
         )
-        limit = server.settings.max_body_size
+        limit = service.settings.max_body_size
         length = next((v for k, v in headers if k == "content-length"), None)
         body = None
         if length is None or not length.isdigit() or int(length) <= limit:
@@ -305,7 +295,7 @@ class AgentcastASGI:
             body=body,
             client=peer_of(scope)[0],
         )
-        reply = answer(request, server.hub, now=clock(), wall=time.time())
+        reply = answer(request, service.hub, now=clock(), wall=time.time())
         # The path only: a query string may hold a token.
         log.debug("http %s %s -> %d", method, path, reply.status)
         await _send_answer(send, reply)
@@ -321,8 +311,8 @@ class _Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") == "websocket":
-            self._app._catch_up()
-            await WebSocketSession(self._app, scope, receive, send).run()
+            self._app.service.catch_up()
+            await self._app._websocket(scope, receive, send)
         elif scope.get("type") == "http":
             await send_plain(send, not_an_upgrade(str(scope.get("method"))), websocket=False)
 
@@ -369,41 +359,35 @@ async def _refuse_websocket(scope: Scope, receive: Receive, send: Send, endpoint
         log.debug("could not refuse an upgrade", exc_info=True)
 
 
-def _running_servers() -> weakref.WeakSet[Server]:
-    try:
-        return _RUNNING.get()
-    except LookupError:
-        running: weakref.WeakSet[Server] = weakref.WeakSet()
-        _RUNNING.set(running)
-        return running
-
-
 # -- building the application ------------------------------------------------------------
 
 
 def create_app(
-    server: Server | None = None,
+    service: Service | Server | None = None,
     *,
     settings: Settings | None = None,
     authenticator: Authenticator | None = None,
     close_silent_clients: bool = False,
 ) -> AgentcastASGI:
-    """The ASGI application for *server*, or for a new :class:`Server` built from
-    *settings* and *authenticator* (the development authenticator by default)."""
-    if server is None:
-        server = Server(settings, authenticator=authenticator)
+    """The ASGI application for *service* (or a reference server's service), or for a
+    new :class:`~agentcast.adapters.service.Service` built from *settings* and
+    *authenticator* (the development authenticator by default)."""
+    if service is None:
+        service = Service(settings, authenticator=authenticator)
     elif settings is not None or authenticator is not None:
-        raise ValueError("pass a server, or settings and an authenticator, not both")
-    server._warn_about_defaults()
-    return AgentcastASGI(server, close_silent_clients=close_silent_clients)
+        raise ValueError("pass a service, or settings and an authenticator, not both")
+    elif isinstance(service, Server):
+        service = service.service
+    service.warn_about_defaults()
+    return AgentcastASGI(service, close_silent_clients=close_silent_clients)
 
 
 def from_environment(environ: Mapping[str, str] | None = None) -> AgentcastASGI:
     """The application configured from ``AGENTCAST_*`` variables, read as
-    ``agentcast serve`` reads them (:mod:`agentcast.adapters.cli`); the listening options
-    (host, port, TLS, backend) are the ASGI server's and are ignored here."""
-    args = build_parser(os.environ if environ is None else environ).parse_args(["serve"])
-    return create_app(build_config(args).server())
+    ``agentcast serve`` reads them (:func:`agentcast.adapters.config.config_from_environment`);
+    the listening options (host, port, TLS, backend) are the ASGI server's and are
+    ignored here."""
+    return create_app(config_from_environment(environ).service())
 
 
 _app: AgentcastASGI | None = None

@@ -1,8 +1,8 @@
-"""The reference server: anyio (asyncio, uvloop or trio) around the Sans-IO core.
+"""The reference server: listening sockets, TLS, signals and drain around a service.
 
-:class:`Server` is what user code holds, the equivalent of the seed's global
-``wsManager``: it owns the :class:`~agentcast.protocol.Hub`, the authenticator and the
-metrics, publishes (PROTOCOL.md section 8) and serves::
+:class:`Server` serves a :class:`~agentcast.adapters.service.Service` (hub, authenticator,
+metrics, publishing API, hub timer: the seed's ``wsManager``) on its own sockets, with
+anyio (asyncio, uvloop or trio)::
 
     server = Server(Settings(heartbeat_interval=30.0), port=3000)
 
@@ -14,29 +14,28 @@ metrics, publishes (PROTOCOL.md section 8) and serves::
 
     anyio.run(main)                             # or backend="trio"
 
-The publishing methods are synchronous and never wait for a socket: they append the same
-prepared bytes to every recipient's pending output, wake the writers and return the
-:class:`~agentcast.protocol.Published` result. Call them from the event loop's thread
-(from another thread, go through ``anyio.from_thread.run_sync``).
+The publishing methods (and ``hub``, ``metrics``, ``settings``...) are the service's,
+offered on the server too for convenience: ``server.service`` is the object to hand to
+the rest of an application, and the one an ASGI application can serve as well.
 
-:meth:`Server.serve` listens (TLS when an ``ssl_context`` is given) until
-:meth:`Server.shutdown`, then sends close ``1001`` to every client, waits for the closing
-handshakes up to ``drain_timeout`` and returns; :meth:`Server.run` does the same and turns
-SIGINT/SIGTERM into :meth:`Server.shutdown` (and SIGHUP into a reload of the JWT key file,
-when one is configured: see :mod:`agentcast.adapters.jwt_keyfile`).
+:meth:`Server.serve` runs the service's background work and listens (TLS when an
+``ssl_context`` is given) until :meth:`Server.shutdown`, then sends close ``1001`` to
+every client, waits for the closing handshakes up to ``drain_timeout`` and returns;
+:meth:`Server.run` does the same and turns SIGINT/SIGTERM into :meth:`Server.shutdown`
+(and SIGHUP into a reload of the JWT key file, when one is configured: see
+:mod:`agentcast.adapters.jwt_keyfile`). Each accepted connection is served by a driver:
+:mod:`._asyncio_driver` on asyncio and uvloop, :mod:`._stream_driver` on trio.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import signal
 import socket
 import ssl
-import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 from anyio.abc import (
@@ -53,7 +52,6 @@ from agentcast.protocol import (
     AgentStatus,
     Authenticator,
     ChatMessage,
-    DevAuthenticator,
     Hub,
     Notification,
     Published,
@@ -61,9 +59,11 @@ from agentcast.protocol import (
 )
 from agentcast.protocol.messages import AgentState, NotificationLevel
 
-from ._connection import IO_ERRORS, Connection, ConnectionBase, clock, format_peer
-from ._protocol import Flusher, ProtocolConnection
+from ._asyncio_driver import AsyncioDriver, Flusher
+from ._driver import IO_ERRORS, format_peer
+from ._stream_driver import StreamDriver
 from .metrics import Metrics
+from .service import DEFAULT_DRAIN_TIMEOUT, Service
 
 if TYPE_CHECKING:  # imported for real only with JWT configured (it needs PyJWT)
     from .jwt_keyfile import JwtKeyFile
@@ -74,33 +74,12 @@ log = logging.getLogger("agentcast.server")
 
 DEFAULT_HOST = "127.0.0.1"  # seed: ws://localhost:3000/ws; loopback until asked otherwise
 DEFAULT_PORT = 3000  # seed
-DEFAULT_DRAIN_TIMEOUT = 10.0  # issue 3: wait this long for closing handshakes at shutdown
 #: After accept() fails for lack of file descriptors or memory, wait before trying again
 #: (spinning would only burn the CPU the open connections need).
 _ACCEPT_BACKOFF = 0.1
 #: listen() backlog (the kernel caps it at net.core.somaxconn): a connect storm must not
 #: find the queue full (a dropped SYN costs the client a second or more).
 _BACKLOG = 65535
-#: After the drain timeout, how long to wait for the dropped connections to be gone.
-_ABORT_WAIT = 1.0
-
-
-class _MeteredHub(Hub):
-    """A hub that times every publish (the fan-out histogram) and tells the server."""
-
-    def __init__(self, settings: Settings, on_publish: Callable[[float, bool], None]) -> None:
-        super().__init__(settings)
-        self._on_publish = on_publish
-
-    def publish(
-        self, item: AgentStatus | ChatMessage | Notification, *, now: float, wall: float
-    ) -> Published:
-        drops = self.stats.slow_client_drops
-        start = time.perf_counter()
-        try:
-            return super().publish(item, now=now, wall=wall)
-        finally:
-            self._on_publish(time.perf_counter() - start, self.stats.slow_client_drops != drops)
 
 
 class _SerialSend(ByteStream):
@@ -130,17 +109,9 @@ class _SerialSend(ByteStream):
         return self._stream.extra_attributes
 
 
-class Attached(Protocol):
-    """A connection served by another adapter (:attr:`Server.attached`)."""
-
-    @property
-    def backlog(self) -> int:
-        """Bytes queued for the client and not yet written."""
-        ...
-
-
 class Server:
-    """The agentcast server: hub, authenticator, metrics, listener. See the module doc."""
+    """Listening sockets, TLS, signals and drain around a :class:`Service`. See the
+    module doc."""
 
     def __init__(
         self,
@@ -150,48 +121,60 @@ class Server:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         ssl_context: ssl.SSLContext | None = None,
-        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        drain_timeout: float | None = None,
         socket_send_buffer: int | None = None,
         jwt_key_file: JwtKeyFile | None = None,
+        service: Service | None = None,
     ) -> None:
-        self.settings = settings if settings is not None else Settings()
-        self.hub: Hub = _MeteredHub(self.settings, self._published)
-        if jwt_key_file is not None:
-            if authenticator is not None and authenticator is not jwt_key_file.authenticator:
-                raise ValueError("jwt_key_file brings its own authenticator: pass one of them")
-            authenticator = jwt_key_file.authenticator
-        #: Verifies tokens; the embedded default is the development authenticator.
-        self.authenticator: Authenticator = (
-            authenticator if authenticator is not None else DevAuthenticator()
-        )
-        #: The JWT key file, re-read when it changes (polled while serving) and on SIGHUP
-        #: (under :meth:`run`).
-        self.jwt_key_file = jwt_key_file
+        if service is None:
+            service = Service(
+                settings,
+                authenticator=authenticator,
+                jwt_key_file=jwt_key_file,
+                drain_timeout=DEFAULT_DRAIN_TIMEOUT if drain_timeout is None else drain_timeout,
+            )
+        elif settings is not None or authenticator is not None or jwt_key_file is not None:
+            raise ValueError("pass a service, or settings and an authenticator, not both")
+        elif drain_timeout is not None:
+            service.drain_timeout = drain_timeout
+        #: What this server serves: hub, authenticator, metrics, publishing API.
+        self.service = service
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
-        self.drain_timeout = drain_timeout
         #: SO_SNDBUF for accepted sockets (``None``: the kernel's autotuning, which on Linux
         #: may buffer up to ``net.ipv4.tcp_wmem``'s maximum, 4 MiB, per slow client before
         #: the ``max_send_buffer`` policy sees any backlog).
         self.socket_send_buffer = socket_send_buffer
-        self._connections: dict[ConnectionBase, None] = {}
-        #: Connections another adapter serves with this server (the ASGI adapter's
-        #: WebSockets and HTTP requests), counted in the backlog and connection gauges.
-        self.attached: dict[Attached, None] = {}
-        self.metrics = Metrics(
-            self.hub,
-            tcp=lambda: len(self._connections) + len(self.attached),
-            backlog=self.backlog,
-        )
         #: ``(host, port)`` of every listening socket, once :meth:`serve` has started.
         self.addresses: list[tuple[str, int]] = []
         self._stopping: anyio.Event | None = None
-        self._drained: anyio.Event | None = None
-        self._hub_wakeup: anyio.Event | None = None
-        self._hub_deadline = math.inf  # what the hub timer waits for
 
-    # -- the in-process API (PROTOCOL.md 8) ---------------------------------------------
+    # -- the service's, offered here too ------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        return self.service.settings
+
+    @property
+    def hub(self) -> Hub:
+        return self.service.hub
+
+    @property
+    def authenticator(self) -> Authenticator:
+        return self.service.authenticator
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.service.metrics
+
+    @property
+    def jwt_key_file(self) -> JwtKeyFile | None:
+        return self.service.jwt_key_file
+
+    @property
+    def drain_timeout(self) -> float:
+        return self.service.drain_timeout
 
     def broadcast_agent_status(
         self,
@@ -200,11 +183,8 @@ class Server:
         current_task: str | None = None,
         progress: float | None = None,
     ) -> Published:
-        """Send ``agent_status`` to every authenticated connection. Invalid arguments raise
-        ``ValueError``."""
-        return self.hub.broadcast_agent_status(
-            agent_name, state, current_task, progress, now=clock(), wall=time.time()
-        )
+        """:meth:`Service.broadcast_agent_status`."""
+        return self.service.broadcast_agent_status(agent_name, state, current_task, progress)
 
     def broadcast_chat_message(
         self,
@@ -214,35 +194,31 @@ class Server:
         sender: str,
         timestamp: str | None = None,
     ) -> Published:
-        """Send ``chat_message`` to every authenticated connection (``timestamp``, ISO 8601,
-        defaults to now)."""
-        return self.hub.broadcast_chat_message(
-            conversation_id, message_id, content, sender, timestamp, now=clock(), wall=time.time()
+        """:meth:`Service.broadcast_chat_message`."""
+        return self.service.broadcast_chat_message(
+            conversation_id, message_id, content, sender, timestamp
         )
 
     def send_notification(
         self, level: NotificationLevel, message: str, user_id: str | None = None
     ) -> Published:
-        """Send ``notification`` to every authenticated connection, or only to every
-        connection of *user_id*."""
-        return self.hub.send_notification(level, message, user_id, now=clock(), wall=time.time())
+        """:meth:`Service.send_notification`."""
+        return self.service.send_notification(level, message, user_id)
 
     def publish(self, item: AgentStatus | ChatMessage | Notification) -> Published:
-        """Publish an already validated payload."""
-        return self.hub.publish(item, now=clock(), wall=time.time())
+        """:meth:`Service.publish`."""
+        return self.service.publish(item)
 
     def clients_count(self) -> int:
         """Open WebSocket connections, authenticated or not."""
-        return self.hub.clients_count()
+        return self.service.clients_count()
 
     def authenticated_clients_count(self) -> int:
-        return self.hub.authenticated_clients_count()
+        return self.service.authenticated_clients_count()
 
     def backlog(self) -> int:
         """Bytes queued for clients and not yet written, over all connections."""
-        return sum(c.conn.transport.backlog for c in self._connections) + sum(
-            a.backlog for a in self.attached
-        )
+        return self.service.backlog()
 
     @property
     def urls(self) -> list[str]:
@@ -275,18 +251,17 @@ class Server:
 
         With ``task_group.start(server.serve)``, the start returns once the server listens;
         :attr:`addresses` and :attr:`urls` then hold the bound addresses (``port=0``
-        picks a free port)."""
+        picks a free port). The service's background work runs meanwhile, unless it
+        already runs (an ASGI application serving the same service, say)."""
         if self._stopping is not None:
             raise RuntimeError("this server is already serving")
         self._stopping = anyio.Event()
-        self._drained = None
-        self._hub_wakeup = anyio.Event()
-        self._warn_about_defaults()
+        service = self.service
+        service.warn_about_defaults()
         try:
             async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._hub_timer)
-                if self.jwt_key_file is not None:
-                    tasks.start_soon(self.jwt_key_file.watch)
+                if not service.running:
+                    await tasks.start(service.run)
                 try:
                     asyncio.get_running_loop()
                 except RuntimeError:  # trio: two tasks per connection on anyio streams
@@ -295,7 +270,7 @@ class Server:
                     await self._serve_protocols(task_status)
                 tasks.cancel_scope.cancel()
         finally:
-            self._stopping = self._drained = self._hub_wakeup = None
+            self._stopping = None
 
     def shutdown(self) -> None:
         """Stop accepting, close every connection with 1001, drain, return from
@@ -309,9 +284,13 @@ class Server:
         assert self._stopping is not None
         loop = asyncio.get_running_loop()
         flusher = Flusher(loop)
+        service = self.service
         tls = self.ssl_context
+        send_buffer = self.socket_send_buffer
         listener = await loop.create_server(
-            lambda: ProtocolConnection(self, flusher, loop),
+            lambda: AsyncioDriver(
+                service, flusher, loop, tls=tls is not None, send_buffer=send_buffer
+            ),
             host=self.host,
             port=self.port,
             ssl=tls,
@@ -324,14 +303,7 @@ class Server:
             task_status.started()
             await self._stopping.wait()
             listener.close()
-            await self._drain()
-            # What is left after the drain timeout is dropped.
-            self._drained = anyio.Event()
-            for connection in list(self._connections):
-                connection._abort()
-            if self._connections:
-                with anyio.move_on_after(_ABORT_WAIT):
-                    await self._drained.wait()
+            await service.drain()
         finally:
             listener.close()
 
@@ -354,27 +326,12 @@ class Server:
                     await self._stopping.wait()
                     accepting.cancel_scope.cancel()
                 await multi.aclose()
-                await self._drain()
+                # Dropping what is left after the drain timeout is cancelling its tasks.
+                await self.service.drain(abort=False)
                 connections.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await multi.aclose()
-
-    def _warn_about_defaults(self) -> None:
-        if isinstance(self.authenticator, DevAuthenticator):
-            log.warning(
-                "DEVELOPMENT authentication: any token of 1-128 characters [A-Za-z0-9_.-] "
-                "is accepted as user_<token>. Configure a real authenticator for production."
-            )
-        if self.settings.api_key is None:
-            log.warning(
-                "no API key configured: the publish API (/api/...) answers loopback clients only"
-            )
-        if self.settings.allowed_origins is None:
-            log.warning(
-                "no allowed origins configured: a page from ANY Origin may open a WebSocket "
-                "(development); list your sites' origins in production"
-            )
 
     async def _accept_loop(self, listener: SocketListener, tg: TaskGroup) -> None:
         while True:
@@ -388,7 +345,7 @@ class Server:
 
     async def _handle(self, raw: SocketStream) -> None:
         host, peer = format_peer(raw.extra(SocketAttribute.remote_address, None))
-        connection: Connection | None = None
+        driver: StreamDriver | None = None
         try:
             if self.socket_send_buffer:
                 sock = raw.extra(SocketAttribute.raw_socket)
@@ -399,17 +356,17 @@ class Server:
                 if tls is None:
                     return
                 stream = tls
-            connection = Connection(self, stream, host=host, peer=peer)
-            self._connections[connection] = None
-            await connection.run()  # closes the stream
+            driver = StreamDriver(self.service, stream, host=host, peer=peer)
+            self.service.register(driver)
+            await driver.run()  # closes the stream
         except Exception:
             log.exception("unexpected error serving %s", peer)
         finally:
-            if connection is None:
+            if driver is None:
                 with anyio.CancelScope(shield=True):
                     await raw.aclose()
             else:
-                self._forget(connection)
+                self.service.unregister(driver)
 
     def _record_addresses(self, addresses: Iterable[object]) -> None:
         """Keep the bound ``(host, port)`` of each listening socket in :attr:`addresses`."""
@@ -418,12 +375,6 @@ class Server:
             for address in addresses
             if isinstance(address, tuple)
         ]
-
-    def _forget(self, connection: ConnectionBase) -> None:
-        """*connection* is over (its socket is closed)."""
-        del self._connections[connection]
-        if self._drained is not None and not self._connections:
-            self._drained.set()
 
     async def _tls_handshake(self, raw: SocketStream, peer: str) -> TLSStream | None:
         assert self.ssl_context is not None
@@ -439,20 +390,6 @@ class Server:
             log.debug("TLS handshake with %s failed: %r", peer, exc)
             return None
 
-    async def _drain(self) -> None:
-        if not self._connections:
-            return
-        log.info("shutting down: closing %d connections", len(self._connections))
-        self._drained = drained = anyio.Event()
-        for connection in list(self._connections):
-            connection.close(1001, "server shutting down")
-        with anyio.move_on_after(self.drain_timeout) as scope:
-            await drained.wait()
-        if scope.cancelled_caught:
-            log.warning(
-                "drain timeout: dropping %d connections still closing", len(self._connections)
-            )
-
     async def _watch_signals(self, *, task_status: TaskStatus[None]) -> None:
         watched = [signal.SIGINT, signal.SIGTERM]
         hangup = getattr(signal, "SIGHUP", None)  # not on Windows
@@ -462,45 +399,13 @@ class Server:
             task_status.started()
             async for signum in signals:
                 name = signal.Signals(signum).name
-                if signum == hangup and self.jwt_key_file is not None:
+                if signum == hangup:
                     log.info("%s: re-reading the JWT keys", name)
-                    await self.jwt_key_file.reload()
+                    await self.service.reload_keys()
                     continue
                 if self._stopping is not None and not self._stopping.is_set():
                     log.info("%s: shutting down (send it again to stop at once)", name)
                     self.shutdown()
-                elif self._drained is not None:
+                elif self.service.draining:
                     log.warning("%s again: not waiting for the clients any longer", name)
-                    self._drained.set()
-
-    def _published(self, seconds: float, dropped: bool) -> None:
-        self.metrics.fanout.observe(seconds)
-        if dropped:  # dropping a slow client may start a user's presence grace period
-            self._poke_hub_timer()
-
-    def _poke_hub_timer(self) -> None:
-        """A user may have entered its presence grace period: wake the hub timer if it
-        now has to act earlier than it is waiting for (once per closed connection, so
-        the common case, nothing earlier, costs no task switch)."""
-        wakeup = self._hub_wakeup
-        if wakeup is not None and not wakeup.is_set():
-            deadline = self.hub.next_deadline()
-            if deadline is not None and deadline < self._hub_deadline:
-                wakeup.set()
-
-    async def _hub_timer(self) -> None:
-        """Turn users offline when their presence grace period ends."""
-        hub = self.hub
-        while True:
-            self._hub_wakeup = wakeup = anyio.Event()
-            deadline = hub.next_deadline()
-            self._hub_deadline = math.inf if deadline is None else deadline
-            with anyio.CancelScope(deadline=self._hub_deadline) as scope:
-                await wakeup.wait()
-            now = clock()
-            if deadline is not None and now < deadline and scope.cancelled_caught:
-                now = deadline  # the loop woke a hair early: never before the deadline
-            try:
-                hub.handle_timer(now, time.time())
-            except Exception:  # pragma: no cover - the hub does not raise
-                log.exception("error in the hub timer")
+                    self.service.stop_draining()

@@ -54,7 +54,7 @@ def create_api(realtime: AgentcastASGI | None = None) -> FastAPI:
     async def report_status(name: str, report: StatusReport) -> dict[str, object]:
         """Tell every connected dashboard what agent *name* is doing."""
         try:
-            published = realtime.server.broadcast_agent_status(
+            published = realtime.service.broadcast_agent_status(
                 name, report.state, report.current_task, report.progress
             )
         except ValueError as exc:  # e.g. an empty or overlong agent name

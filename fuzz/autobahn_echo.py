@@ -4,9 +4,9 @@ Used only by ``fuzz/autobahn`` (the Autobahn|Testsuite fuzzing client needs a se
 echoes every message). What runs is the real stack with the message layer swapped out:
 
 * each TCP connection is served by the reference server's own connection driver,
-  unchanged: on asyncio :class:`agentcast.adapters._protocol.ProtocolConnection` (protocol
+  unchanged: on asyncio :class:`agentcast.adapters._asyncio_driver.AsyncioDriver` (protocol
   callbacks, one write of everything ``data_to_send()`` holds per pass of the loop), on
-  trio :class:`agentcast.adapters._connection.Connection` (a pump that reads until
+  trio :class:`agentcast.adapters._stream_driver.StreamDriver` (a pump that reads until
   ``next_deadline()``, a single writer); their timers and linger/close handling;
 * the object it drives is :class:`EchoConnection`, which has the interface of
   :class:`~agentcast.protocol.ServerConnection` but composes the same
@@ -35,9 +35,10 @@ from collections.abc import Callable, Iterable
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
 
-from agentcast.adapters import Server
-from agentcast.adapters._connection import Connection, clock
-from agentcast.adapters._protocol import Flusher, ProtocolConnection
+from agentcast.adapters import Service
+from agentcast.adapters._asyncio_driver import AsyncioDriver, Flusher
+from agentcast.adapters._stream_driver import StreamDriver
+from agentcast.adapters.service import clock
 from agentcast.protocol import (
     BytesReceived,
     ConnectionClosed,
@@ -171,22 +172,23 @@ class EchoConnection:
         session.messages_out += 1
 
 
-class EchoProtocol(ProtocolConnection):
-    """The asyncio connection driver, running an :class:`EchoConnection`."""
+class EchoProtocol(AsyncioDriver):
+    """The asyncio driver, running an :class:`EchoConnection`."""
 
     __slots__ = ()
 
-    def _open(self, server: Server, *, host: str | None, peer: str, now: float) -> None:
-        super()._open(server, host=host, peer=peer, now=now)
-        self.conn = EchoConnection(server.settings, now=now, client=host)  # type: ignore[assignment]
+    def _open(self, service: Service, *, host: str | None, peer: str, now: float) -> None:
+        super()._open(service, host=host, peer=peer, now=now)
+        self.conn = EchoConnection(service.settings, now=now, client=host)  # type: ignore[assignment]
         self.conn.on_output = self.wake
 
 
 async def serve(host: str, port: int, max_message_size: int) -> None:
     settings = Settings(max_message_size=max_message_size)
-    # The server object is only the connections' context (settings, hub, logging hooks);
-    # its own accept loop would build ServerConnections, so this one builds the echo.
-    server = Server(settings, host=host, port=port)
+    # The service is only the connections' context (settings, hub, logging hooks); the
+    # reference server's accept loop would build ServerConnections, so this one builds
+    # the echo.
+    service = Service(settings)
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # trio: the stream driver, two tasks per connection
@@ -194,7 +196,7 @@ async def serve(host: str, port: int, max_message_size: int) -> None:
     else:  # asyncio: the protocol driver, as the reference server runs it
         flusher = Flusher(loop)
         listening = await loop.create_server(
-            lambda: EchoProtocol(server, flusher, loop), host=host, port=port
+            lambda: EchoProtocol(service, flusher, loop), host=host, port=port
         )
         print(f"listening on {listening.sockets[0].getsockname()[1]}", flush=True)
         await listening.serve_forever()
@@ -203,7 +205,7 @@ async def serve(host: str, port: int, max_message_size: int) -> None:
     async def handle(stream: SocketStream) -> None:
         address = stream.extra(SocketAttribute.remote_address, None)
         host_, peer = (str(address[0]), f"{address[0]}:{address[1]}") if address else (None, "-")
-        connection = Connection(server, stream, host=host_, peer=peer)
+        connection = StreamDriver(service, stream, host=host_, peer=peer)
         connection.conn = EchoConnection(settings, now=clock(), client=host_)  # type: ignore[assignment]
         connection.conn.on_output = connection.wake
         await connection.run()  # closes the stream

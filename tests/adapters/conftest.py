@@ -22,8 +22,9 @@ How every test in this folder runs
   (:data:`STARTERS`): the reference server on asyncio, uvloop and trio, the ASGI adapter
   (:mod:`agentcast.adapters.asgi`) under real uvicorn (asyncio) and real hypercorn (trio),
   each started in the test's loop on a free port. ``start_server`` returns the
-  :class:`~agentcast.adapters.Server` either way (for ASGI, the one behind the app, with
-  ``addresses`` set), so the test body is the same; ``server_kind`` names the way.
+  :class:`~agentcast.adapters.Server` or, under ASGI, an :class:`AsgiServed` that reads
+  the same (the app's :class:`~agentcast.adapters.Service` and its address), so the test
+  body is the same; ``server_kind`` names the way.
   Unmarked tests (TLS, CLI, signals) run on the reference server only.
 
 Nothing waits by sleeping: a condition on the server is awaited with :func:`eventually`
@@ -43,7 +44,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -56,7 +56,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from agentcast.adapters import Server
+from agentcast.adapters import Server, Service
 from agentcast.adapters.asgi import AgentcastASGI, create_app, uvicorn_options
 from agentcast.protocol import Settings
 
@@ -323,12 +323,9 @@ class _Running:
             await self.tg.start(server.serve)
             return server
         send_buffer = options.pop("socket_send_buffer", None)
-        app = create_app(settings=settings, **options)
-        _APPS[app.server] = app
-        app.server.addresses = [
-            await self.serve_app(app, app.server.settings, socket_send_buffer=send_buffer)
-        ]
-        return app.server
+        app = create_app(Service(settings, **options))
+        address = await self.serve_app(app, app.service.settings, socket_send_buffer=send_buffer)
+        return AsgiServed(app, address)  # type: ignore[return-value]
 
     async def serve_app(
         self,
@@ -379,8 +376,25 @@ def serve_asgi(_running: _Running) -> Callable[..., Awaitable[tuple[str, int]]]:
     return _running.serve_app
 
 
-#: The ASGI application behind each server started under an ASGI server.
-_APPS: weakref.WeakKeyDictionary[Server, AgentcastASGI] = weakref.WeakKeyDictionary()
+class AsgiServed:
+    """A service served by an ASGI server under test, read as tests read a reference
+    :class:`Server`: the service's API (publishing, ``hub``, ``metrics``...) and the
+    address the ASGI server listens on."""
+
+    ssl_context = None
+
+    def __init__(self, app: AgentcastASGI, address: tuple[str, int]) -> None:
+        self.app = app
+        self.service = app.service
+        self.addresses = [address]
+
+    @property
+    def urls(self) -> list[str]:
+        host, port = self.addresses[0]
+        return [f"ws://{host}:{port}{self.service.settings.path}"]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.service, name)
 
 
 @pytest.fixture
@@ -389,12 +403,11 @@ def shut_down() -> Callable[[Server], Awaitable[None]]:
     reference server's :meth:`~agentcast.adapters.Server.shutdown` (it then stops), or
     the ASGI application's :meth:`~agentcast.adapters.asgi.AgentcastASGI.shutdown`."""
 
-    async def go(server: Server) -> None:
-        app = _APPS.get(server)
-        if app is None:
-            server.shutdown()
+    async def go(server: Server | AsgiServed) -> None:
+        if isinstance(server, AsgiServed):
+            await server.app.shutdown()
         else:
-            await app.shutdown()
+            server.shutdown()
 
     return go
 

@@ -138,7 +138,7 @@ async def test_without_lifespan_the_presence_timer_outlives_the_connection_it_ra
     closes, another takes it over; with none open, a request catches up first."""
     settings = Settings(presence_grace=0.2)
     realtime = create_app(settings=settings)
-    hub = realtime.server.hub
+    hub = realtime.service.hub
     address = base(await serve_asgi(Starlette(routes=[Mount("/rt", app=realtime)]), settings))
     first, _ = await greeted(clients, f"ws://{address}/rt/ws?token=first")  # runs the timer
     second, _ = await greeted(clients, f"ws://{address}/rt/ws?token=second")
@@ -211,8 +211,8 @@ async def test_without_the_denial_response_extension_a_refusal_is_a_close(serve_
     with pytest.raises(InvalidStatus) as refused:
         await clients.connect(f"ws://{address}/ws")
     assert refused.value.response.status_code == 403
-    assert realtime.server.hub.admission.connections == 0
-    assert realtime.server.hub.admission.refused["auth"] == 1
+    assert realtime.service.hub.admission.connections == 0
+    assert realtime.service.hub.admission.refused["auth"] == 1
 
 
 @pytest.mark.anyio
@@ -233,7 +233,7 @@ async def test_max_message_size_is_the_servers_and_else_the_sessions(serve_asgi,
     await peer.recv_many(2)  # presence_state, user_presence
     await peer.send(json.dumps({"type": "ping", "data": "é" * 600}))  # 1,200+ bytes
     assert await peer.closed_by_server() == (1009, "message too big")
-    assert lax.server.clients_count() == 0
+    assert lax.service.clients_count() == 0
 
 
 @pytest.mark.anyio
@@ -248,8 +248,8 @@ async def test_close_silent_clients_restores_4000(serve_asgi, clients, wait_for,
     address = base(await serve_asgi(realtime, settings, **options))
     peer, _ = await greeted(clients, f"ws://{address}/ws?token=quiet")
     await peer.pause_reading()
-    await wait_for(lambda: realtime.server.hub.stats.heartbeat_timeouts == 1)
-    assert realtime.server.clients_count() == 0
+    await wait_for(lambda: realtime.service.hub.stats.heartbeat_timeouts == 1)
+    assert realtime.service.clients_count() == 0
     await peer.resume_reading()
     assert await peer.closed_by_server() == (4000, "heartbeat timeout")
 

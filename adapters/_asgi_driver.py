@@ -20,8 +20,11 @@ complete (``sent()``), which is how the session's 1013 policy sees a client that
 keep up (the ASGI server's ``send`` waits while its transport buffer is full); the
 **timer** sleeps until the session's ``next_deadline()`` and calls ``handle_timer``.
 
-Nothing a client sends makes an exception escape to the ASGI server: a failure while
-serving one connection is logged and closes it with 1011.
+The driver registers itself with the :class:`~agentcast.adapters.service.Service` while
+its WebSocket is open (gauges, drain) and calls ``on_serving`` with its task group once it
+serves, so that an application without lifespan events can run the service's background
+work there. Nothing a client sends makes an exception escape to the ASGI server: a
+failure while serving one connection is logged and closes it with 1011.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -39,13 +42,10 @@ from agentcast.protocol import AuthRequested, AuthResult, Session, Upgrade
 from agentcast.protocol.admission import Refusal
 from agentcast.protocol.outbox import Outbox
 
-from ._connection import clock
 from .logs import log_close, log_open
+from .service import Service, clock
 
-if TYPE_CHECKING:
-    from .asgi import AgentcastASGI
-
-__all__ = ["Message", "Receive", "Scope", "Send", "WebSocketSession"]
+__all__ = ["AsgiDriver", "Message", "Receive", "Scope", "Send", "peer_of", "send_plain"]
 
 log = logging.getLogger("agentcast.connection")
 
@@ -90,19 +90,21 @@ async def send_plain(send: Send, refusal: Refusal, *, websocket: bool) -> None:
     await send({"type": prefix + ".body", "body": body})
 
 
-class WebSocketSession:
+class AsgiDriver:
     """Serves one ASGI ``websocket`` scope from ``websocket.connect`` to the end."""
 
     __slots__ = (
         "__weakref__",
-        "_app",
         "_close",
+        "_close_silent",
         "_ended",
         "_flush_scope",
+        "_on_serving",
         "_opened_at",
         "_receive",
         "_scope",
         "_send",
+        "_service",
         "_task_group",
         "_timer_wakeup",
         "_writer_wakeup",
@@ -111,8 +113,19 @@ class WebSocketSession:
         "session",
     )
 
-    def __init__(self, app: AgentcastASGI, scope: Scope, receive: Receive, send: Send) -> None:
-        self._app = app
+    def __init__(
+        self,
+        service: Service,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        close_silent: bool = False,
+        on_serving: Callable[[AsgiDriver, TaskGroup], None] | None = None,
+    ) -> None:
+        self._service = service
+        self._close_silent = close_silent
+        self._on_serving = on_serving
         self._scope = scope
         self._receive = receive
         self._send = send
@@ -134,6 +147,23 @@ class WebSocketSession:
         """Bytes pending and in flight (what the session's 1013 policy counts)."""
         return self.outbox.backlog
 
+    @property
+    def serving(self) -> bool:
+        """The WebSocket is open and its tasks run."""
+        return self._task_group is not None and not self._ended
+
+    # -- what the service sees (Served) -------------------------------------------------
+
+    def start_close(self, code: int, reason: str) -> None:
+        """Start closing from the server side (1001 at shutdown)."""
+        if self.session is not None:
+            self.session.close(code, reason, clock(), time.time())
+
+    def abort(self) -> None:
+        """Stop serving now: the connection ends as abnormally closed (1006)."""
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+
     # -- the Sink -----------------------------------------------------------------------
 
     def send_ping(self, payload: bytes = b"") -> None:
@@ -146,7 +176,7 @@ class WebSocketSession:
             return
         self._close = (code, reason)
         if self._flush_scope is not None:
-            self._flush_scope.deadline = now + self._app.server.settings.close_timeout
+            self._flush_scope.deadline = now + self._service.settings.close_timeout
         self._wake_writer()
 
     # -- serving ------------------------------------------------------------------------
@@ -155,11 +185,11 @@ class WebSocketSession:
         message = await self._receive()
         if message.get("type") != "websocket.connect":
             return  # gone before it was announced
-        server = self._app.server
+        service = self._service
         host, _ = peer_of(self._scope)
         query = bytes(self._scope.get("query_string") or b"").decode("latin-1")
         upgrade = Upgrade(
-            server.hub,
+            service.hub,
             query=query,
             headers=_decode_headers(self._scope),
             subprotocols=self._scope.get("subprotocols") or (),
@@ -172,7 +202,7 @@ class WebSocketSession:
             if refusal is None:
                 try:
                     if upgrade.token is not None:
-                        result = server.authenticator.authenticate(upgrade.token, time.time())
+                        result = service.authenticator.authenticate(upgrade.token, time.time())
                     refusal = upgrade.decide(result)
                 except Exception:
                     log.exception("internal error on the upgrade from %s", self.peer)
@@ -187,18 +217,18 @@ class WebSocketSession:
                 return
             now, wall = clock(), time.time()
             session = upgrade.open(
-                self, result, now=now, wall=wall, close_silent=self._app.close_silent_clients
+                self, result, now=now, wall=wall, close_silent=self._close_silent
             )
             self.session = session
             self._opened_at = now
             log_open(session.user_id, self.peer)
-            self._app._attach(self)
+            service.register(self)
             try:
                 await self._serve()
             finally:
-                if not self._ended:  # cancelled by the ASGI server (its shutdown)
+                if not self._ended:  # cancelled (the ASGI server's shutdown, an abort)
                     self._end(_ABNORMAL, clock(), time.time())
-                self._app._detach(self)
+                service.unregister(self)
         finally:
             upgrade.release()
 
@@ -219,16 +249,9 @@ class WebSocketSession:
             self._task_group = tg
             tg.start_soon(self._write_loop)
             tg.start_soon(self._timer_loop)
-            self._app._offer_host(self, tg)
+            if self._on_serving is not None:
+                self._on_serving(self, tg)
             await self._read_loop()
-
-    def hosts_background(self, app: AgentcastASGI) -> bool:
-        """Take over *app*'s background tasks if this session is still being served."""
-        tg = self._task_group
-        if tg is None or self._ended:
-            return False
-        app._offer_host(self, tg)
-        return True
 
     async def _read_loop(self) -> None:
         session = self.session
@@ -265,7 +288,7 @@ class WebSocketSession:
         with anyio.CancelScope() as flush:
             self._flush_scope = flush
             if self._close is not None:  # closed while opening (e.g. an instant 1009)
-                flush.deadline = clock() + self._app.server.settings.close_timeout
+                flush.deadline = clock() + self._service.settings.close_timeout
             try:
                 while True:
                     messages = outbox.take_messages()
@@ -319,7 +342,7 @@ class WebSocketSession:
         assert session is not None
         for event in session.events_received():
             if isinstance(event, AuthRequested):  # an in-band refresh
-                result = self._app.server.authenticator.authenticate(event.token, wall)
+                result = self._service.authenticator.authenticate(event.token, wall)
                 session.complete_auth(result, now, wall)
                 # The token's expiry moved: the timer must look at the deadline again.
                 if self._timer_wakeup is not None:
@@ -357,7 +380,7 @@ class WebSocketSession:
             messages_in=session.messages_in,
             messages_out=session.messages_out,
         )
-        # The user may now be in the presence grace period: re-arm the hub timer.
-        self._app.server._poke_hub_timer()
+        # The user may now be in the presence grace period.
+        self._service.wake_hub_timer()
         if self._task_group is not None:
             self._task_group.cancel_scope.cancel()

@@ -1,24 +1,26 @@
-"""One TCP connection of the reference server on asyncio (and uvloop): an asyncio Protocol.
+"""The asyncio driver: one connection of the reference server on asyncio (and uvloop).
 
 On asyncio the reference server does not run tasks per connection. The event loop calls
-:class:`ProtocolConnection` when bytes arrive (``data_received``), when the peer closes its
-side (``eof_received``) and when the socket goes away (``connection_lost``); a timer handle
-(``loop.call_at``) wakes the core at its ``next_deadline()``. Writing goes through the
-transport, with the same rule as on trio: whenever the transport is not holding back
-(``pause_writing`` / ``resume_writing``), everything pending is taken from
-``data_to_send()`` and written in one call, and what the transport cannot take yet stays
-in the core's outbox, where the slow-client policy (1013) and conflation see it.
+:class:`AsyncioDriver` (an ``asyncio.Protocol``) when bytes arrive (``data_received``),
+when the peer closes its side (``eof_received``) and when the socket goes away
+(``connection_lost``); a timer handle (``loop.call_at``) wakes the core at its
+``next_deadline()``. Writing goes through the transport, with the same rule as on trio:
+whenever the transport is not holding back (``pause_writing`` / ``resume_writing``),
+everything pending is taken from ``data_to_send()`` and written in one call, and what the
+transport cannot take yet stays in the core's outbox, where the slow-client policy (1013)
+and conflation see it.
 
 Writes are batched per pass of the event loop by :class:`Flusher`: a broadcast, or any
 other output not caused by the connection's own input, only marks its connections, and at
 the start of the next pass each marked connection writes its whole backlog once (an answer
 to the connection's own input, a pong or the ``101``, is written at the end of that
-``data_received``). A presence storm (every new user is a message
-to every other one) therefore costs one ``send()`` per connection per pass, not one per
-message, and no task switch at all.
+``data_received``). A presence storm (every new user is a message to every other one)
+therefore costs one ``send()`` per connection per pass, not one per message, and no task
+switch at all.
 
-The trio path (:mod:`._connection`, two tasks on an anyio stream) behaves the same; both
-share :class:`~._connection.ConnectionBase` for everything that is not moving bytes.
+The stream driver (:mod:`._stream_driver`, two tasks on an anyio stream) behaves the
+same; both share :class:`~._driver.Driver` for everything that is not moving bytes,
+including the rules after the core is done (give up, linger).
 """
 
 from __future__ import annotations
@@ -27,14 +29,12 @@ import asyncio
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
-from ._connection import LINGER, ConnectionBase, format_peer
+from ._driver import LINGER, Driver, format_peer
+from .service import Service
 
-if TYPE_CHECKING:
-    from .server import Server
-
-__all__ = ["Flusher", "ProtocolConnection"]
+__all__ = ["AsyncioDriver", "Flusher"]
 
 log = logging.getLogger("agentcast.connection")
 
@@ -47,10 +47,10 @@ class Flusher:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._marked: list[ProtocolConnection] = []
+        self._marked: list[AsyncioDriver] = []
         self._scheduled = False
 
-    def mark(self, connection: ProtocolConnection) -> None:
+    def mark(self, connection: AsyncioDriver) -> None:
         self._marked.append(connection)
         if not self._scheduled:
             self._scheduled = True
@@ -63,8 +63,9 @@ class Flusher:
             connection.flush()
 
 
-class ProtocolConnection(ConnectionBase, asyncio.Protocol):
-    """Drives one :class:`~agentcast.protocol.ServerConnection` from asyncio's callbacks."""
+class AsyncioDriver(Driver, asyncio.Protocol):
+    """Drives one :class:`~agentcast.protocol.ServerConnection` from asyncio's callbacks;
+    registered with the service from ``connection_made`` to ``connection_lost``."""
 
     __slots__ = (
         "_done",
@@ -74,17 +75,27 @@ class ProtocolConnection(ConnectionBase, asyncio.Protocol):
         "_loop",
         "_marked",
         "_paused",
+        "_send_buffer",
         "_timer",
         "_timer_at",
         "_tls",
         "_transport",
     )
 
-    def __init__(self, server: Server, flusher: Flusher, loop: asyncio.AbstractEventLoop) -> None:
-        self._server = server
+    def __init__(
+        self,
+        service: Service,
+        flusher: Flusher,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        tls: bool = False,
+        send_buffer: int | None = None,
+    ) -> None:
+        self._service = service
         self._flusher = flusher
         self._loop = loop
-        self._tls = server.ssl_context is not None
+        self._tls = tls
+        self._send_buffer = send_buffer
         self._transport: asyncio.Transport | None = None
         self._paused = False
         self._marked = False
@@ -99,14 +110,14 @@ class ProtocolConnection(ConnectionBase, asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        server = self._server
         host, peer = format_peer(transport.get_extra_info("peername"))
-        if server.socket_send_buffer:
+        if self._send_buffer:
             sock = transport.get_extra_info("socket")
             if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, server.socket_send_buffer)
-        self._open(server, host=host, peer=peer, now=self._loop.time())
-        server._connections[self] = None
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
+        service = self._service
+        self._open(service, host=host, peer=peer, now=self._loop.time())
+        service.register(self)
         self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -117,7 +128,7 @@ class ProtocolConnection(ConnectionBase, asyncio.Protocol):
             self.conn.receive_data(data, now, wall)
             self._process_events(now, wall)
         except Exception:
-            self._fail(now, wall)
+            self.failed(now, wall)
         self._after_input(now)
         if self._marked:
             # An answer to this input (a pong, the 101 and auth): write it now rather than
@@ -133,7 +144,7 @@ class ProtocolConnection(ConnectionBase, asyncio.Protocol):
             self.conn.receive_eof(now, wall)
             self._process_events(now, wall)
         except Exception:
-            self._fail(now, wall)
+            self.failed(now, wall)
         self._after_input(now)
         if self._tls:
             # asyncio closes a TLS transport after this: write what is pending first.
@@ -145,17 +156,8 @@ class ProtocolConnection(ConnectionBase, asyncio.Protocol):
         self._done = True
         self._transport = None
         self._cancel_timer()
-        conn = self.conn
-        if not conn.closed:
-            # Dropped, or given up on: the core must still learn that the socket is gone,
-            # to free its place in the hub.
-            now, wall = self._loop.time(), time.time()
-            try:
-                conn.send_failed(now, wall)
-                self._process_events(now, wall)
-            except Exception:
-                log.exception("error dropping the connection from %s", self.peer)
-        self._server._forget(self)
+        self.socket_lost(self._loop.time(), time.time())
+        self._service.unregister(self)
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -164,7 +166,7 @@ class ProtocolConnection(ConnectionBase, asyncio.Protocol):
         self._paused = False
         self.flush()
 
-    # -- ConnectionBase ------------------------------------------------------------------
+    # -- Driver --------------------------------------------------------------------------
 
     def wake(self) -> None:
         """Output is pending: write it at the start of the next pass of the loop."""
@@ -172,7 +174,7 @@ class ProtocolConnection(ConnectionBase, asyncio.Protocol):
             self._marked = True
             self._flusher.mark(self)
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         transport = self._transport
         if transport is not None:
             self._finishing = True
@@ -200,7 +202,7 @@ class ProtocolConnection(ConnectionBase, asyncio.Protocol):
                     conn.transport.outbox.sent()
         except Exception:  # pragma: no cover - the core and a transport's write don't raise
             log.exception("unexpected error writing to %s", self.peer)
-            self._abort()
+            self.abort()
             return
         if conn.closed:
             self._finish()
@@ -208,21 +210,18 @@ class ProtocolConnection(ConnectionBase, asyncio.Protocol):
             self._arm_timer()
 
     def _finish(self) -> None:
-        """The core is done and everything is written: close the socket."""
+        """The core is done and everything is written: close the socket, or half-close
+        and linger (:attr:`~._driver.Driver.lingers`)."""
         transport = self._transport
         assert transport is not None
         self._finishing = True
         now = self._loop.time()
         if self._give_up_at is None:
-            self._give_up_at = now + self._server.settings.close_timeout + LINGER
-        if self.conn.session is not None:
-            # After the WebSocket closing handshake the client sends nothing more, and the
-            # server is the one to close the TCP connection (RFC 6455 7.1.1).
+            self._give_up_at = self.give_up_at(now)
+        if not self.lingers:
             self._close_transport()
             return
-        # An HTTP answer: half-close, then read and discard what the client still sends
-        # (e.g. the rest of a refused body) until its EOF or for LINGER seconds, so that
-        # unread input does not reset the connection before the client has read the answer.
+        # Until the client's EOF or for LINGER seconds.
         if transport.can_write_eof():
             transport.write_eof()
         self._give_up_at = min(self._give_up_at, now + LINGER)
@@ -239,7 +238,7 @@ class ProtocolConnection(ConnectionBase, asyncio.Protocol):
     def _after_input(self, now: float) -> None:
         if self.conn.closed:
             if self._give_up_at is None:
-                self._give_up_at = now + self._server.settings.close_timeout + LINGER
+                self._give_up_at = self.give_up_at(now)
             self.wake()
         self._arm_timer()
 
@@ -267,27 +266,23 @@ class ProtocolConnection(ConnectionBase, asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         now = self._loop.time()
-        conn = self.conn
-        if conn.closed:
-            give_up_at = self._give_up_at
-            transport = self._transport
-            if give_up_at is None or transport is None:
-                return
-            if now < give_up_at:
-                self._arm_timer()
-            elif self._finishing and conn.session is None and not transport.get_write_buffer_size():
-                transport.close()  # the end of the lingering close after an HTTP answer
-            else:
-                log.debug("gave up flushing to %s", self.peer)
-                self._finishing = True
-                transport.abort()
+        if self.conn.closed:
+            self._closed_timer(now)
             return
-        wall = time.time()
-        try:
-            # Never let the core see time before the deadline it asked for (a loop may
-            # wake a hair early).
-            conn.handle_timer(max(now, self._timer_at), wall)
-            self._process_events(now, wall)
-        except Exception:
-            self._fail(now, wall)
+        self.deadline_reached(self._timer_at, now, time.time())
         self._after_input(now)
+
+    def _closed_timer(self, now: float) -> None:
+        """The core is done: end the linger, or give up on a client that does not read."""
+        give_up_at = self._give_up_at
+        transport = self._transport
+        if give_up_at is None or transport is None:
+            return
+        if now < give_up_at:
+            self._arm_timer()
+        elif self._finishing and self.lingers and not transport.get_write_buffer_size():
+            transport.close()  # the end of the lingering close after an HTTP answer
+        else:
+            log.debug("gave up flushing to %s", self.peer)
+            self._finishing = True
+            transport.abort()

@@ -1,0 +1,242 @@
+"""What every driver of the reference server does, however its bytes move.
+
+A *driver* moves one TCP connection's bytes and time in and out of the core's
+:class:`~agentcast.protocol.ServerConnection`, which decides everything. Two drivers
+exist: :class:`~._asyncio_driver.AsyncioDriver` (asyncio and uvloop: protocol callbacks
+and a timer handle, no task) and :class:`~._stream_driver.StreamDriver` (trio: two tasks
+on an anyio byte stream). The ASGI adapter's driver (:mod:`._asgi_driver`) drives a
+session without a transport and shares none of this.
+
+:class:`Driver` holds what does not depend on how bytes move:
+
+* the core's events: run the authenticator, answer ``/metrics`` and the HTTP API, log the
+  open and the close, wake the service's hub timer when a session ends;
+* the deadlines after the core is done (:meth:`Driver.give_up_at`): a closed connection
+  gets ``close_timeout`` plus :data:`LINGER` to have its last bytes taken, then it is
+  dropped; after a plain HTTP answer the socket half-closes and lingers
+  (:attr:`Driver.lingers`);
+* the bookkeeping when the socket goes away before the core is done
+  (:meth:`Driver.socket_lost`), when a deadline fires (:meth:`Driver.deadline_reached`),
+  and when something unexpected raises (:meth:`Driver.failed`: ``500`` or ``1011`` for
+  this connection only).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import assert_never, cast
+
+import anyio
+
+from agentcast.protocol import (
+    AuthRequested,
+    BytesReceived,
+    ConnectionClosed,
+    ConnectionState,
+    HttpRequest,
+    ServerConnection,
+    TextReceived,
+    UpgradeRequested,
+)
+from agentcast.protocol.http import answer
+
+from .logs import log_close, log_open
+from .service import Service, clock
+
+__all__ = ["IO_ERRORS", "LINGER", "READ_SIZE", "Driver", "format_peer"]
+
+log = logging.getLogger("agentcast.connection")
+
+#: What a socket may raise when the peer goes away (ssl.SSLError is an OSError).
+IO_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
+#: Bytes asked of the socket per read.
+READ_SIZE = 65536
+#: After an HTTP answer is written: half-close, then read and discard what the client
+#: still sends (e.g. the rest of a refused request body) for this long, so that closing
+#: a socket with unread input does not reset the connection before the client has read
+#: our answer (Apache's "lingering close").
+LINGER = 1.0
+
+_AnyEvent = (
+    AuthRequested | HttpRequest | ConnectionClosed | TextReceived | BytesReceived | UpgradeRequested
+)
+
+
+def format_peer(address: object) -> tuple[str | None, str]:
+    """``(host, "host:port")`` of a socket address, for the core and for logs."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = str(address[0]), address[1]
+        return host, (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return None, str(address) if address else "-"
+
+
+class Driver:
+    """One connection's core and what is done with its events (see the module doc).
+    Subclasses implement :meth:`wake` and :meth:`abort`."""
+
+    __slots__ = (
+        "__weakref__",
+        "_failed",
+        "_opened_at",
+        "_service",
+        "_session_closed",
+        "conn",
+        "peer",
+    )
+
+    _service: Service
+    #: ``host:port`` of the client, for logs.
+    peer: str
+    conn: ServerConnection
+
+    def _open(self, service: Service, *, host: str | None, peer: str, now: float) -> None:
+        self._service = service
+        self.peer = peer
+        self.conn = ServerConnection(service.hub, now=now, client=host)
+        self.conn.on_output = self.wake
+        self._opened_at: float | None = None
+        self._session_closed = False
+        self._failed = False
+
+    # -- what the service sees (Served) --------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        """Bytes queued for the client and not yet written."""
+        return self.conn.transport.backlog
+
+    def wake(self) -> None:
+        """Output is pending or the state changed: get it written."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop the connection without further ado (closing it cleanly failed)."""
+        raise NotImplementedError
+
+    def start_close(self, code: int, reason: str) -> None:
+        """Start closing from the server side (1001 at shutdown)."""
+        now, wall = clock(), time.time()
+        try:
+            self.conn.close(code, reason, now, wall)
+            self._process_events(now, wall)
+        except Exception:
+            self.failed(now, wall)
+        self.wake()
+
+    # -- time and the end, for both drivers ----------------------------------------------
+
+    @property
+    def lingers(self) -> bool:
+        """Once the core is done, half-close and discard the client's input for
+        :data:`LINGER` seconds before closing: after a plain HTTP answer. After a
+        WebSocket closing handshake the client sends nothing more, and the server is the
+        one to close the TCP connection (RFC 6455 7.1.1)."""
+        return self.conn.session is None
+
+    def give_up_at(self, now: float) -> float:
+        """When to drop a connection the core has closed at *now* if the client has not
+        taken its last bytes yet."""
+        return now + self._service.settings.close_timeout + LINGER
+
+    def deadline_reached(self, deadline: float, now: float, wall: float) -> None:
+        """The core's ``next_deadline()`` (*deadline*) has come."""
+        try:
+            # Never let the core see time before the deadline it asked for (a loop may
+            # wake a hair early).
+            self.conn.handle_timer(max(now, deadline), wall)
+            self._process_events(now, wall)
+        except Exception:
+            self.failed(now, wall)
+
+    def socket_lost(self, now: float, wall: float, *, write_failed: bool = False) -> None:
+        """The socket is gone (dropped, given up on, or a write failed): the core must
+        learn it, to free the connection's place in the hub and drop what it still had to
+        send (after a failed write, even when it is done)."""
+        if self.conn.closed and not write_failed:
+            return
+        try:
+            self.conn.send_failed(now, wall)
+            self._process_events(now, wall)
+        except Exception:
+            log.exception("error dropping the connection from %s", self.peer)
+
+    def failed(self, now: float, wall: float) -> None:
+        """An unexpected error: log it and close this connection (500 or 1011), or drop
+        it if that fails too."""
+        log.exception("internal error on the connection from %s", self.peer)
+        if not self._failed:
+            self._failed = True
+            conn = self.conn
+            try:
+                state = conn.transport.state
+                if state is ConnectionState.UPGRADING:
+                    conn.transport.reject(500, "Internal Server Error")
+                elif state is ConnectionState.HTTP:
+                    conn.send_http_response(500, b'{"error":"internal error"}')
+                else:
+                    conn.close(1011, "internal error", now, wall)
+                self._process_events(now, wall)
+                return
+            except Exception:
+                log.exception("could not close the connection from %s cleanly", self.peer)
+        self.abort()
+
+    # -- events --------------------------------------------------------------------------
+
+    def _process_events(self, now: float, wall: float) -> None:
+        conn = self.conn
+        while events := cast("list[_AnyEvent]", conn.events_received()):
+            for event in events:
+                self._on_event(event, now, wall)
+        session = conn.session
+        if session is not None:
+            if self._opened_at is None:
+                self._opened_at = now
+                log_open(session.user_id, self.peer)
+            if session.closed and not self._session_closed:
+                # The user may now be in the presence grace period.
+                self._session_closed = True
+                self._service.wake_hub_timer()
+
+    def _on_event(self, event: _AnyEvent, now: float, wall: float) -> None:
+        match event:
+            case AuthRequested(token=token):
+                result = self._service.authenticator.authenticate(token, wall)
+                self.conn.complete_auth(result, now, wall)
+            case HttpRequest():
+                self._answer_http(event, now, wall)
+            case ConnectionClosed(code=code):
+                self._log_close(code, now)
+            case TextReceived() | BytesReceived() | UpgradeRequested():
+                pass  # consumed inside ServerConnection, which never hands them out
+            case _:
+                assert_never(event)
+
+    def _answer_http(self, request: HttpRequest, now: float, wall: float) -> None:
+        service = self._service
+        if request.path == "/metrics":
+            status = 200
+            metrics = service.metrics
+            self.conn.send_http_response(200, metrics.render(), metrics.content_type)
+        else:
+            reply = answer(request, service.hub, now=now, wall=wall)
+            status = reply.status
+            self.conn.send_http_response(
+                reply.status, reply.body, reply.content_type, reply.headers
+            )
+        # The path only: a query string may hold a token.
+        log.debug("http %s %s -> %d peer=%s", request.method, request.path, status, self.peer)
+
+    def _log_close(self, code: int, now: float) -> None:
+        session = self.conn.session
+        duration = 0.0 if self._opened_at is None else now - self._opened_at
+        log_close(
+            session.user_id if session is not None else None,
+            self.peer,
+            code=code,
+            duration=duration,
+            messages_in=session.messages_in if session is not None else 0,
+            messages_out=session.messages_out if session is not None else 0,
+        )
+        self._service.wake_hub_timer()

@@ -1,0 +1,352 @@
+"""The transport-neutral service: what every adapter serves, whatever moves the bytes.
+
+A :class:`Service` is the seed's ``wsManager``. It owns the
+:class:`~agentcast.protocol.Hub` (connections, users, presence, delivery), the
+authenticator (and the JWT key file it may be reloaded from), the Prometheus metrics, the
+in-process publishing API (PROTOCOL.md section 8), the hub's timer (users turn offline
+when their presence grace period ends) and the registry of live connections. It listens
+on nothing: the reference :class:`~agentcast.adapters.server.Server` and the ASGI
+application (:mod:`agentcast.adapters.asgi`) each hold one and feed it connections::
+
+    service = Service(Settings(heartbeat_interval=30.0))
+    server = Server(service=service, port=3000)         # or create_app(service)
+    service.send_notification("success", "Build finished")
+
+The publishing methods are synchronous and never wait for a socket: they append the same
+prepared bytes to every recipient's pending output, wake the writers and return the
+:class:`~agentcast.protocol.Published` result. Call them from the event loop's thread
+(from another thread, go through ``anyio.from_thread.run_sync``).
+
+What a transport does with it:
+
+* :meth:`Service.run` (in a task group, ``await tg.start(service.run)``) runs the
+  background work: the hub timer and, when configured, the JWT key-file watch;
+* each connection is :meth:`~Service.register`-ed while its socket lives (the connection
+  gauges, the backlog gauge and :meth:`~Service.drain` see it) and
+  :meth:`~Service.unregister`-ed when it is gone;
+* when a session closes, :meth:`~Service.wake_hub_timer` lets the hub timer act earlier
+  if the user has entered its grace period.
+
+**The backplane's place.** Running several processes behind one load balancer needs a
+backplane that publishes to the other processes and delivers what they publish. It plugs
+in here, and only here: :meth:`Service.publish` (every in-process and HTTP publish goes
+through :attr:`Service.hub`'s ``publish``) is where a local publish would also go out to
+the backplane, and a message arriving from the backplane is delivered to the local
+connections through the same hub, exactly as a local publish is. No adapter changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+from anyio.abc import TaskStatus
+
+from agentcast.protocol import (
+    AgentStatus,
+    Authenticator,
+    ChatMessage,
+    DevAuthenticator,
+    Hub,
+    Notification,
+    Published,
+    Settings,
+)
+from agentcast.protocol.messages import AgentState, NotificationLevel
+
+from .metrics import Metrics
+
+if TYPE_CHECKING:  # imported for real only with JWT configured (it needs PyJWT)
+    from .jwt_keyfile import JwtKeyFile
+
+__all__ = ["DEFAULT_DRAIN_TIMEOUT", "Served", "Service", "clock"]
+
+log = logging.getLogger("agentcast.server")
+
+#: At shutdown, wait this long for the clients to finish the closing handshake: long
+#: enough for a client on a slow network, short enough for a rolling deploy.
+DEFAULT_DRAIN_TIMEOUT = 10.0
+#: After the drain timeout, how long to wait for the dropped connections to be gone.
+_ABORT_WAIT = 1.0
+
+
+def clock() -> float:
+    """The monotonic ``now`` given to the core: the event loop's clock (so deadlines and
+    cancel scopes agree, also under trio's MockClock), or ``time.monotonic()`` when no
+    loop runs in this thread."""
+    try:
+        return anyio.current_time()
+    except RuntimeError:
+        return time.monotonic()
+
+
+class Served(Protocol):
+    """A live connection as the service sees it, whichever adapter serves it."""
+
+    @property
+    def backlog(self) -> int:
+        """Bytes queued for the client and not yet written."""
+        ...
+
+    def start_close(self, code: int, reason: str) -> None:
+        """Start closing from the server side (``1001`` at shutdown)."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection now (it did not close in time)."""
+        ...
+
+
+class _MeteredHub(Hub):
+    """A hub that times every publish (the fan-out histogram) and tells the service."""
+
+    def __init__(self, settings: Settings, on_publish: Callable[[float, bool], None]) -> None:
+        super().__init__(settings)
+        self._on_publish = on_publish
+
+    def publish(
+        self, item: AgentStatus | ChatMessage | Notification, *, now: float, wall: float
+    ) -> Published:
+        drops = self.stats.slow_client_drops
+        start = time.perf_counter()
+        try:
+            return super().publish(item, now=now, wall=wall)
+        finally:
+            self._on_publish(time.perf_counter() - start, self.stats.slow_client_drops != drops)
+
+
+class Service:
+    """Hub, authenticator, metrics, publishing API, hub timer and live connections. See
+    the module doc."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        authenticator: Authenticator | None = None,
+        jwt_key_file: JwtKeyFile | None = None,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.hub: Hub = _MeteredHub(self.settings, self._published)
+        if jwt_key_file is not None:
+            if authenticator is not None and authenticator is not jwt_key_file.authenticator:
+                raise ValueError("jwt_key_file brings its own authenticator: pass one of them")
+            authenticator = jwt_key_file.authenticator
+        #: Verifies tokens; the embedded default is the development authenticator.
+        self.authenticator: Authenticator = (
+            authenticator if authenticator is not None else DevAuthenticator()
+        )
+        #: The JWT key file, re-read when it changes (polled by :meth:`run`) and on
+        #: :meth:`reload_keys` (the reference server calls it on SIGHUP).
+        self.jwt_key_file = jwt_key_file
+        #: At shutdown (:meth:`drain`), how long to wait for the closing handshakes.
+        self.drain_timeout = drain_timeout
+        self._connections: dict[Served, None] = {}
+        self.metrics = Metrics(self.hub, tcp=self._connections.__len__, backlog=self.backlog)
+        self._drained: anyio.Event | None = None
+        self._running = False
+        self._hub_wakeup: anyio.Event | None = None
+        self._hub_deadline = math.inf  # what the hub timer waits for
+
+    # -- the in-process API (PROTOCOL.md 8) ---------------------------------------------
+
+    def broadcast_agent_status(
+        self,
+        agent_name: str,
+        state: AgentState,
+        current_task: str | None = None,
+        progress: float | None = None,
+    ) -> Published:
+        """Send ``agent_status`` to every authenticated connection. Invalid arguments raise
+        ``ValueError``."""
+        return self.hub.broadcast_agent_status(
+            agent_name, state, current_task, progress, now=clock(), wall=time.time()
+        )
+
+    def broadcast_chat_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        content: str,
+        sender: str,
+        timestamp: str | None = None,
+    ) -> Published:
+        """Send ``chat_message`` to every authenticated connection (``timestamp``, ISO 8601,
+        defaults to now)."""
+        return self.hub.broadcast_chat_message(
+            conversation_id, message_id, content, sender, timestamp, now=clock(), wall=time.time()
+        )
+
+    def send_notification(
+        self, level: NotificationLevel, message: str, user_id: str | None = None
+    ) -> Published:
+        """Send ``notification`` to every authenticated connection, or only to every
+        connection of *user_id*."""
+        return self.hub.send_notification(level, message, user_id, now=clock(), wall=time.time())
+
+    def publish(self, item: AgentStatus | ChatMessage | Notification) -> Published:
+        """Publish an already validated payload."""
+        return self.hub.publish(item, now=clock(), wall=time.time())
+
+    def clients_count(self) -> int:
+        """Open WebSocket connections, authenticated or not."""
+        return self.hub.clients_count()
+
+    def authenticated_clients_count(self) -> int:
+        return self.hub.authenticated_clients_count()
+
+    # -- live connections ---------------------------------------------------------------
+
+    @property
+    def connections(self) -> Collection[Served]:
+        """The live connections (WebSockets and plain HTTP exchanges), a read-only view."""
+        return self._connections.keys()
+
+    def register(self, connection: Served) -> None:
+        """*connection* has a socket: count it until :meth:`unregister`."""
+        self._connections[connection] = None
+
+    def unregister(self, connection: Served) -> None:
+        """*connection*'s socket is gone (a second call does nothing)."""
+        known = self._connections.pop(connection, self) is not self
+        if known and self._drained is not None and not self._connections:
+            self._drained.set()
+
+    def backlog(self) -> int:
+        """Bytes queued for clients and not yet written, over all connections."""
+        return sum(connection.backlog for connection in self._connections)
+
+    async def drain(self, *, abort: bool = True) -> None:
+        """Close every live connection with 1001 and wait until they are gone, up to
+        :attr:`drain_timeout`; then (with *abort*) drop the ones left and wait a moment
+        for them to go. :meth:`stop_draining` ends the wait early. Only one drain at a
+        time."""
+        if not self._connections:
+            return
+        log.info("shutting down: closing %d connections", len(self._connections))
+        self._drained = drained = anyio.Event()
+        try:
+            for connection in list(self._connections):
+                connection.start_close(1001, "server shutting down")
+            with anyio.move_on_after(self.drain_timeout):
+                await drained.wait()
+            if not self._connections:
+                return
+            log.warning(
+                "drain timeout: dropping %d connections still closing", len(self._connections)
+            )
+            if not abort:  # the caller drops them (by cancelling their tasks)
+                return
+            self._drained = drained = anyio.Event()
+            for connection in list(self._connections):
+                connection.abort()
+            if self._connections:
+                with anyio.move_on_after(_ABORT_WAIT):
+                    await drained.wait()
+        finally:
+            self._drained = None
+
+    def stop_draining(self) -> None:
+        """Stop waiting for the closing handshakes (a second SIGINT): :meth:`drain` goes
+        on to drop what is left."""
+        if self._drained is not None:
+            self._drained.set()
+
+    @property
+    def draining(self) -> bool:
+        """:meth:`drain` is waiting."""
+        return self._drained is not None
+
+    # -- background work ----------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """:meth:`run` is running (the hub timer is on)."""
+        return self._running
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The service's background work, until cancelled: the hub timer, and the JWT
+        key-file watch when one is configured. One :meth:`run` at a time."""
+        if self._running:
+            raise RuntimeError("this service is already running")
+        self._running = True
+        try:
+            async with anyio.create_task_group() as tg:
+                self._hub_wakeup = anyio.Event()
+                tg.start_soon(self._hub_timer)
+                if self.jwt_key_file is not None:
+                    tg.start_soon(self.jwt_key_file.watch)
+                task_status.started()
+        finally:
+            self._running = False
+            self._hub_wakeup = None
+
+    def wake_hub_timer(self) -> None:
+        """A user may have entered its presence grace period (a session closed): wake the
+        hub timer if it now has to act earlier than it is waiting for. The common case,
+        nothing earlier, costs no task switch."""
+        wakeup = self._hub_wakeup
+        if wakeup is not None and not wakeup.is_set():
+            deadline = self.hub.next_deadline()
+            if deadline is not None and deadline < self._hub_deadline:
+                wakeup.set()
+
+    def catch_up(self) -> None:
+        """Without :meth:`run`, nothing turns users offline between requests: do it now
+        for those whose grace period has ended."""
+        if not self._running:
+            try:
+                self.hub.handle_timer(clock(), time.time())
+            except Exception:  # pragma: no cover - the hub does not raise
+                log.exception("error in the hub timer")
+
+    async def reload_keys(self) -> None:
+        """Re-read the JWT key file now, when one is configured."""
+        if self.jwt_key_file is not None:
+            await self.jwt_key_file.reload()
+
+    def warn_about_defaults(self) -> None:
+        """Log a warning for each development default still in place."""
+        if isinstance(self.authenticator, DevAuthenticator):
+            log.warning(
+                "DEVELOPMENT authentication: any token of 1-128 characters [A-Za-z0-9_.-] "
+                "is accepted as user_<token>. Configure a real authenticator for production."
+            )
+        if self.settings.api_key is None:
+            log.warning(
+                "no API key configured: the publish API (/api/...) answers loopback clients only"
+            )
+        if self.settings.allowed_origins is None:
+            log.warning(
+                "no allowed origins configured: a page from ANY Origin may open a WebSocket "
+                "(development); list your sites' origins in production"
+            )
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _published(self, seconds: float, dropped: bool) -> None:
+        self.metrics.fanout.observe(seconds)
+        if dropped:  # dropping a slow client may start a user's presence grace period
+            self.wake_hub_timer()
+
+    async def _hub_timer(self) -> None:
+        """Turn users offline when their presence grace period ends."""
+        hub = self.hub
+        while True:
+            self._hub_wakeup = wakeup = anyio.Event()
+            deadline = hub.next_deadline()
+            self._hub_deadline = math.inf if deadline is None else deadline
+            with anyio.CancelScope(deadline=self._hub_deadline) as scope:
+                await wakeup.wait()
+            now = clock()
+            if deadline is not None and now < deadline and scope.cancelled_caught:
+                now = deadline  # the loop woke a hair early: never before the deadline
+            try:
+                hub.handle_timer(now, time.time())
+            except Exception:  # pragma: no cover - the hub does not raise
+                log.exception("error in the hub timer")
