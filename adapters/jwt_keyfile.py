@@ -1,4 +1,4 @@
-"""JWT verification keys from a file, re-read when it changes (issue 4: key rotation).
+"""JWT verification keys from a file, re-read when it changes, so keys rotate without a restart.
 
 The protocol core's :class:`~agentcast.protocol.jwt_auth.JwtAuthenticator` reads no
 file: this adapter module does. A :class:`JwtKeyFile` holds the path of a PEM public key

@@ -1,8 +1,9 @@
 """The `websockets` peer: the benchmark workload served the way a `websockets` user would.
 
-This is the yardstick of issue 6, not a second implementation of the protocol: it does what
-the benchmark scenarios exercise, with the same bytes on the wire as agentcast, and nothing
-else (no rate limit, no heartbeat, no resume, no agent_status/chat_message API).
+This is the yardstick agentcast is measured against, not a second implementation of the
+protocol: it does what the benchmark scenarios exercise, with the same bytes on the wire
+as agentcast, and nothing else (no rate limit, no heartbeat, no resume, no
+agent_status/chat_message API).
 
 * ``ws://HOST:PORT/<any path>?token=T``: the dev authenticator's rule (1-128 characters of
   ``[A-Za-z0-9_.-]`` authenticate as ``user_T``); then ``auth``, ``presence_state`` (the

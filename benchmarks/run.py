@@ -1,4 +1,4 @@
-"""Run the issue-6 benchmarks: agentcast and the websockets peer side by side.
+"""Run the benchmarks: agentcast and the websockets peer side by side.
 
     .venv/bin/python benchmarks/run.py [--quick] [--rounds 3] [--only fanout-1000,rtt]
                                        [--loop asyncio|uvloop] [--profile SCENARIO]
@@ -65,7 +65,7 @@ class Metric:
     unit: str
     value: Callable[[dict[str, Any]], float]
     lower_is_better: bool
-    target: float | None = None  # agentcast / websockets, from issue 6
+    target: float | None = None  # agentcast / websockets, the performance goal
     digits: int = 2
     ratio: bool = True  # False where the websockets value is ~0 and a ratio means nothing
 

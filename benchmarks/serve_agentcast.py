@@ -2,7 +2,7 @@
 
 The load generator opens thousands of connections from one address, several thousand of
 them as one user in the fan-out scenarios, as fast as it can: the server's admission limits
-(connections per address, per user, per second, in total; issue 4) would refuse most of
+(connections per address, per user, per second, in total) would refuse most of
 them. This runs exactly what ``agentcast serve ARGS`` runs (same parser, same settings,
 same logging) with those four limits lifted, since the websockets peer has none either.
 

@@ -35,7 +35,8 @@ from agentcast.protocol import (
 )
 from agentcast.protocol.http import answer
 
-#: Final statuses PROTOCOL.md 1, 2 and 8 and issue 4 allow before or instead of a WebSocket.
+#: Final statuses PROTOCOL.md 1, 2 and 8 and the upgrade limits (origin, admission) allow
+#: before or instead of a WebSocket.
 STATUSES = frozenset({101, 200, 202, 400, 401, 403, 404, 405, 408, 413, 426, 431, 503})
 MAX_OUTPUT = 64 * 1024
 

@@ -15,7 +15,8 @@ import pytest
 from agentcast.adapters.cli import ConfigError, build_config, build_parser, main
 from agentcast.protocol import DevAuthenticator, StaticAuthenticator
 
-ISSUE_FLAGS = [
+#: The flags every deployment may need; --help lists each with its environment variable.
+DOCUMENTED_FLAGS = [
     "--host",
     "--port",
     "--path",
@@ -85,7 +86,7 @@ def test_every_flag_has_an_environment_variable_and_the_command_line_wins():
     assert dict(c.authenticator.table) == {"t3": "carol"}  # replaces, not appends
 
     serve_help = _serve_help({})
-    for flag in ISSUE_FLAGS:
+    for flag in DOCUMENTED_FLAGS:
         assert flag in serve_help
         assert f"AGENTCAST_{flag[2:].upper().replace('-', '_')}" in serve_help
 

@@ -1,4 +1,5 @@
-"""Tests that play the attacker (issue 4), on real sockets, on asyncio and trio.
+"""Tests that play the attacker, on real sockets, on asyncio and trio: a server exposed to
+the internet must survive hostile clients and keep serving the others.
 
 Well-behaved clients are `websockets` clients; the hostile ones that `websockets` cannot
 be (a slowloris, a megabyte of headers, a thousand raw upgrade attempts) are raw anyio

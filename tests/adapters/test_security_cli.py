@@ -1,4 +1,4 @@
-"""`agentcast serve` security flags and `agentcast token` (issue 4): flags, environment,
+"""`agentcast serve` security flags and `agentcast token`: flags, environment,
 defaults, errors that never print a secret, and a JWT-protected server from the CLI."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Issue 3, "broadcast without waiting": a client that stops reading is closed with 1013
-and delays nobody; the server's memory does not grow with the number of broadcasts."""
+"""A broadcast never waits for a client: one that stops reading is closed with 1013 and
+delays nobody; the server's memory does not grow with the number of broadcasts."""
 
 from __future__ import annotations
 

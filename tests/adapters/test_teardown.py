@@ -14,7 +14,7 @@ from agentcast.protocol import Settings
 pytestmark = [pytest.mark.anyio, pytest.mark.servers("reference")]
 
 CLOSE_TIMEOUT = 0.5
-LINGER = 1.0  # adapters/_connection.LINGER
+LINGER = 1.0  # the drivers' LINGER (adapters/_driver.py)
 
 
 async def test_a_client_that_never_reads_again_is_dropped(start_server, clients, wait_for, held):
