@@ -35,8 +35,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from agentcast.protocol import AuthRequested, AuthResult, Session, Upgrade
-from agentcast.protocol.admission import Refusal
+from agentcast.protocol import AuthRequested, AuthResult, CloseCode, HttpAnswer, Session, Upgrade
 from agentcast.protocol.outbox import Outbox
 
 from ._connection import clock
@@ -54,10 +53,10 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_INTERNAL_ERROR = Refusal(500, "Internal Server Error")
+_INTERNAL_ERROR = HttpAnswer.plain(500, "Internal Server Error")
 #: ``websocket.disconnect`` without a code: "no status code was present" (RFC 6455 7.1.5).
-_NO_STATUS = 1005
-_ABNORMAL = 1006
+_NO_STATUS = CloseCode.NO_STATUS
+_ABNORMAL = CloseCode.ABNORMAL
 
 
 def peer_of(scope: Scope) -> tuple[str | None, str]:
@@ -76,18 +75,13 @@ def _decode_headers(scope: Scope) -> tuple[tuple[str, str], ...]:
     )
 
 
-async def send_plain(send: Send, refusal: Refusal, *, websocket: bool) -> None:
-    """*refusal* as a plain-text HTTP response (``websocket.http.response.*`` for a
-    WebSocket scope, ``http.response.*`` otherwise)."""
+async def send_answer(send: Send, answer: HttpAnswer, *, websocket: bool = False) -> None:
+    """*answer* as ASGI messages (``websocket.http.response.*`` for a WebSocket scope,
+    ``http.response.*`` otherwise)."""
     prefix = "websocket.http.response" if websocket else "http.response"
-    body = refusal.body
-    headers = [
-        (b"content-type", refusal.content_type.encode()),
-        (b"content-length", str(len(body)).encode()),
-        *((name.encode("latin-1"), value.encode("latin-1")) for name, value in refusal.headers),
-    ]
-    await send({"type": prefix + ".start", "status": refusal.status, "headers": headers})
-    await send({"type": prefix + ".body", "body": body})
+    headers = answer.header_fields()
+    await send({"type": prefix + ".start", "status": answer.status, "headers": headers})
+    await send({"type": prefix + ".body", "body": answer.body})
 
 
 class WebSocketSession:
@@ -202,11 +196,11 @@ class WebSocketSession:
         finally:
             upgrade.release()
 
-    async def _deny(self, refusal: Refusal) -> None:
+    async def _deny(self, refusal: HttpAnswer) -> None:
         extensions = self._scope.get("extensions") or {}
         try:
             if "websocket.http.response" in extensions:
-                await send_plain(self._send, refusal, websocket=True)
+                await send_answer(self._send, refusal, websocket=True)
             else:  # the server answers 403
                 await self._send({"type": "websocket.close", "code": 1008})
         except Exception:

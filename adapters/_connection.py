@@ -35,11 +35,13 @@ from anyio.abc import ByteStream
 from agentcast.protocol import (
     AuthRequested,
     BytesReceived,
+    CloseCode,
     ConnectionClosed,
-    ConnectionState,
+    HttpAnswer,
     HttpRequest,
     ServerConnection,
     TextReceived,
+    TransportState,
     UpgradeRequested,
 )
 from agentcast.protocol.http import answer
@@ -165,14 +167,12 @@ class ConnectionBase:
     def _answer_http(self, request: HttpRequest, now: float, wall: float) -> None:
         server = self._server
         if request.path == "/metrics":
-            status = 200
-            self.conn.send_http_response(200, server.metrics.render(), server.metrics.content_type)
+            metrics = server.metrics
+            reply = HttpAnswer(200, (("content-type", metrics.content_type),), metrics.render())
         else:
             reply = answer(request, server.hub, now=now, wall=wall)
-            status = reply.status
-            self.conn.send_http_response(
-                reply.status, reply.body, reply.content_type, reply.headers
-            )
+        status = reply.status
+        self.conn.respond(reply)
         # The path only: a query string may hold a token.
         log.debug("http %s %s -> %d peer=%s", request.method, request.path, status, self.peer)
 
@@ -199,12 +199,12 @@ class ConnectionBase:
             conn = self.conn
             try:
                 state = conn.transport.state
-                if state is ConnectionState.UPGRADING:
-                    conn.transport.reject(500, "Internal Server Error")
-                elif state is ConnectionState.HTTP:
-                    conn.send_http_response(500, b'{"error":"internal error"}')
+                if state is TransportState.UPGRADING:
+                    conn.respond(HttpAnswer.plain(500, "Internal Server Error"))
+                elif state is TransportState.HTTP:
+                    conn.respond(HttpAnswer.json(500, {"error": "internal error"}))
                 else:
-                    conn.close(1011, "internal error", now, wall)
+                    conn.close(CloseCode.INTERNAL_ERROR, "internal error", now, wall)
                 self._process_events(now, wall)
                 return
             except Exception:

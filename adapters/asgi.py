@@ -59,11 +59,12 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.lowlevel import RunVar
 
-from agentcast.protocol import Authenticator, HttpRequest, Settings
-from agentcast.protocol.http import HttpAnswer, answer, refuse
-from agentcast.protocol.websocket import body_too_large, not_an_upgrade, wrong_path
+from agentcast.protocol import Authenticator, HttpAnswer, HttpRequest, Route, Settings, route
+from agentcast.protocol.answers import body_too_large, not_an_upgrade, wrong_path
+from agentcast.protocol.http import answer
+from agentcast.protocol.routing import refusal
 
-from ._asgi_websocket import Receive, Scope, Send, WebSocketSession, peer_of, send_plain
+from ._asgi_websocket import Receive, Scope, Send, WebSocketSession, peer_of, send_answer
 from ._connection import clock
 from .cli import build_config, build_parser
 from .server import Server
@@ -135,7 +136,7 @@ class AgentcastASGI:
         kind = scope.get("type")
         if kind == "websocket":
             self._catch_up()
-            if route_path(scope) == self.server.settings.path:
+            if route("GET", route_path(scope), self.server.settings) is Route.WEBSOCKET:
                 await WebSocketSession(self, scope, receive, send).run()
             else:
                 await _refuse_websocket(scope, receive, send, self.server.settings.path)
@@ -261,7 +262,7 @@ class AgentcastASGI:
         except Exception:
             log.exception("internal error answering %s", peer_of(scope)[1])
             try:
-                await _send_answer(send, HttpAnswer(500, b'{"error":"internal error"}'))
+                await send_answer(send, HttpAnswer.json(500, {"error": "internal error"}))
             except Exception:  # the response had started, or the client is gone
                 log.debug("could not answer 500", exc_info=True)
         finally:
@@ -271,16 +272,18 @@ class AgentcastASGI:
         server = self.server
         path = route_path(scope)
         method = str(scope.get("method") or "GET")
-        if path == server.settings.path:
-            await send_plain(send, not_an_upgrade(method), websocket=False)
+        target = route(method, path, server.settings)
+        if target is Route.WEBSOCKET:
+            await send_answer(send, not_an_upgrade(method))
             return
-        refused = refuse(method, path)
+        refused = refusal(target, path)
         if refused is not None:
-            await _send_answer(send, refused)
+            await send_answer(send, refused)
             return
-        if path == "/metrics":
+        if target is Route.METRICS:
             metrics = server.metrics
-            await _send_answer(send, HttpAnswer(200, metrics.render(), (), metrics.content_type))
+            content_type = (("content-type", metrics.content_type),)
+            await send_answer(send, HttpAnswer(200, content_type, metrics.render()))
             return
         headers = tuple(
             (bytes(k).decode("latin-1").lower(), bytes(v).decode("latin-1"))
@@ -295,7 +298,7 @@ class AgentcastASGI:
             except _ClientGone:
                 return
         if body is None:
-            await send_plain(send, body_too_large(limit), websocket=False)
+            await send_answer(send, body_too_large(limit))
             return
         request = HttpRequest(
             method=method,
@@ -308,7 +311,7 @@ class AgentcastASGI:
         reply = answer(request, server.hub, now=clock(), wall=time.time())
         # The path only: a query string may hold a token.
         log.debug("http %s %s -> %d", method, path, reply.status)
-        await _send_answer(send, reply)
+        await send_answer(send, reply)
 
 
 class _Endpoint:
@@ -324,7 +327,7 @@ class _Endpoint:
             self._app._catch_up()
             await WebSocketSession(self._app, scope, receive, send).run()
         elif scope.get("type") == "http":
-            await send_plain(send, not_an_upgrade(str(scope.get("method"))), websocket=False)
+            await send_answer(send, not_an_upgrade(str(scope.get("method"))))
 
 
 class _ClientGone(Exception):
@@ -346,23 +349,13 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return bytes(body)
 
 
-async def _send_answer(send: Send, reply: HttpAnswer) -> None:
-    headers = [
-        (b"content-type", reply.content_type.encode()),
-        (b"content-length", str(len(reply.body)).encode()),
-        *((name.encode("latin-1"), value.encode("latin-1")) for name, value in reply.headers),
-    ]
-    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-    await send({"type": "http.response.body", "body": reply.body})
-
-
 async def _refuse_websocket(scope: Scope, receive: Receive, send: Send, endpoint: str) -> None:
     """An upgrade for another path: ``404`` (or a close before accepting: ``403``)."""
     if (await receive()).get("type") != "websocket.connect":
         return
     try:
         if "websocket.http.response" in (scope.get("extensions") or {}):
-            await send_plain(send, wrong_path(endpoint), websocket=True)
+            await send_answer(send, wrong_path(endpoint), websocket=True)
         else:
             await send({"type": "websocket.close", "code": 1008})
     except Exception:

@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from enum import Enum, auto
-from http import HTTPStatus
 
 import h11
 from wsproto.connection import Connection as _WsConnection
@@ -33,7 +32,8 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.utilities import generate_accept_token
 
 from ._framecut import HeaderCutter
-from .admission import Refusal
+from .answers import HttpAnswer, body_too_large, not_an_upgrade, wrong_path
+from .codes import CloseCode
 from .config import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -54,28 +54,21 @@ from .events import (
 from .messages import PreparedMessage, frame_text
 from .outbox import Outbox
 
-__all__ = [
-    "ConnectionState",
-    "WebSocketConnection",
-    "body_too_large",
-    "format_http_response",
-    "not_an_upgrade",
-    "plain_response",
-    "wrong_path",
-]
+__all__ = ["TransportState", "WebSocketTransport"]
 
-#: 1006 is never sent on the wire: it reports "the transport ended without a close frame".
-ABNORMAL_CLOSURE = 1006
 #: The reasons we give when failing a connection (RFC 6455 7.1.7).
-_FAILURE_REASONS = {1002: "protocol error", 1007: "invalid UTF-8"}
+_FAILURE_REASONS: dict[int, str] = {
+    CloseCode.PROTOCOL_ERROR: "protocol error",
+    CloseCode.INVALID_DATA: "invalid UTF-8",
+}
 
 
-class ConnectionState(Enum):
-    """Where a connection is. All transitions happen in :class:`WebSocketConnection`.
+class TransportState(Enum):
+    """Where a transport is. All transitions happen in :class:`WebSocketTransport`.
 
     HTTP ──request──▶ (answer) ──▶ CLOSED
     HTTP ──valid upgrade──▶ UPGRADING ──accept()──▶ OPEN ──close()──▶ CLOSING ──▶ CLOSED
-                                      └─reject()──▶ CLOSED     └─peer close / failure──▶ CLOSED
+                                      └─respond()─▶ CLOSED     └─peer close / failure──▶ CLOSED
     """
 
     HTTP = auto()
@@ -85,61 +78,13 @@ class ConnectionState(Enum):
     CLOSED = auto()
 
 
-def format_http_response(
-    status: int, body: bytes, content_type: str, headers: Iterable[tuple[str, str]] = ()
-) -> bytes:
-    """An HTTP/1.1 response that closes the connection (``Connection: close``)."""
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
-    lines.append(f"content-type: {content_type}")
-    lines.append(f"content-length: {len(body)}")
-    lines.append("connection: close")
-    for name, value in headers:
-        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
-            raise LocalProtocolError("header names and values must not contain CR or LF")
-        lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def plain_response(refusal: Refusal) -> bytes:
-    """*refusal* as an HTTP/1.1 response: its reason as a one-line plain-text body."""
-    return format_http_response(refusal.status, refusal.body, refusal.content_type, refusal.headers)
-
-
-def _plain(status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> bytes:
-    return plain_response(Refusal(status, reason, tuple(headers)))
-
-
-# The answers of PROTOCOL.md section 1 that do not depend on how the request was parsed,
-# shared with adapters whose HTTP server parses the request (the ASGI adapter).
-
-
-def not_an_upgrade(method: str) -> Refusal:
-    """A plain HTTP request for the WebSocket endpoint: ``426`` for ``GET`` (with
-    ``Upgrade: websocket``), ``400`` for any other method (a bad upgrade)."""
-    if method == "GET":
-        return Refusal(
-            426, "Upgrade Required: this endpoint speaks WebSocket", (("upgrade", "websocket"),)
-        )
-    return Refusal(400, "Bad Request: WebSocket upgrade must use GET")
-
-
-def wrong_path(endpoint: str) -> Refusal:
-    """An upgrade for a path other than the WebSocket *endpoint*: ``404``."""
-    return Refusal(404, f"Not Found: the WebSocket endpoint is {endpoint}")
-
-
-def body_too_large(limit: int) -> Refusal:
-    """A request body over *limit* bytes (``max_body_size``): ``413``."""
-    return Refusal(413, f"Content Too Large: the limit is {limit} bytes")
-
-
 def _tokens(value: str | None) -> set[str]:
     if value is None:
         return set()
     return {part.strip().lower() for part in value.split(",") if part.strip()}
 
 
-class WebSocketConnection:
+class WebSocketTransport:
     """One server-side connection: HTTP request handling, upgrade, RFC 6455 framing."""
 
     __slots__ = (
@@ -180,7 +125,7 @@ class WebSocketConnection:
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         client: str | None = None,
     ) -> None:
-        self._state = ConnectionState.HTTP
+        self._state = TransportState.HTTP
         self._path = path
         self._client = client
         self._max_message_size = max_message_size
@@ -206,7 +151,7 @@ class WebSocketConnection:
         self._events: list[Event] = []
         self._msg_parts: list[str | bytes] = []
         self._msg_size = 0
-        self._close_code = ABNORMAL_CLOSURE
+        self._close_code: int = CloseCode.ABNORMAL
         self._close_reason = ""
         #: Monotonic time of the last frame received (any frame: PROTOCOL.md 5).
         self.last_activity = now
@@ -219,13 +164,13 @@ class WebSocketConnection:
     # -- state --------------------------------------------------------------------------
 
     @property
-    def state(self) -> ConnectionState:
+    def state(self) -> TransportState:
         return self._state
 
     @property
     def closed(self) -> bool:
         """Nothing more will be read or produced: write what is left, then close."""
-        return self._state is ConnectionState.CLOSED
+        return self._state is TransportState.CLOSED
 
     @property
     def close_code(self) -> int:
@@ -281,35 +226,35 @@ class WebSocketConnection:
             return  # h11 would take b"" for EOF
         state = self._state
         cut = self._max_header_size - self._received
-        if state is ConnectionState.HTTP and self._request is None and 0 < cut < len(data):
+        if state is TransportState.HTTP and self._request is None and 0 < cut < len(data):
             # h11 sees the first max_header_size bytes on their own: a head not complete
             # within them is refused (431) before h11 parses a malformed remainder (400),
             # however the input is split (found by fuzz/fuzz_http_upgrade.py).
             self.receive_data(data[:cut], now)
             self.receive_data(data[cut:], now)
             return
-        if state is ConnectionState.HTTP or state is ConnectionState.UPGRADING:
+        if state is TransportState.HTTP or state is TransportState.UPGRADING:
             assert self._h11 is not None
-            if state is ConnectionState.HTTP and self._h11.their_state in _REQUEST_DONE:
+            if state is TransportState.HTTP and self._h11.their_state in _REQUEST_DONE:
                 return  # a request awaits the adapter's answer; then the connection closes
             self._received += len(data)
             self._h11.receive_data(data)
-            if state is ConnectionState.HTTP:
+            if state is TransportState.HTTP:
                 self._process_http()
-        elif state is ConnectionState.OPEN or state is ConnectionState.CLOSING:
+        elif state is TransportState.OPEN or state is TransportState.CLOSING:
             assert self._ws is not None
             # Each frame header on its own first: see _framecut.
             for piece in self._cutter.split(data):
-                if self._state is ConnectionState.CLOSED:
+                if self._state is TransportState.CLOSED:
                     break
                 self._ws.receive_data(piece)
                 self._process_frames(now)
 
     def receive_eof(self, now: float) -> None:
         """The peer closed its side of the TCP connection (or it broke)."""
-        if self._state is ConnectionState.OPEN or self._state is ConnectionState.CLOSING:
-            self._finish(self._close_code if self._state is ConnectionState.CLOSING else None)
-        self._state = ConnectionState.CLOSED
+        if self._state is TransportState.OPEN or self._state is TransportState.CLOSING:
+            self._finish(self._close_code if self._state is TransportState.CLOSING else None)
+        self._state = TransportState.CLOSED
         self._deadline = None
 
     def handle_timer(self, now: float) -> None:
@@ -317,10 +262,10 @@ class WebSocketConnection:
         timeout gives up on the peer's half of the closing handshake."""
         if self._deadline is None or now < self._deadline:
             return
-        if self._state is ConnectionState.HTTP:
-            self._respond(_plain(408, "Request Timeout: the request took too long"))
-        elif self._state is ConnectionState.UPGRADING:
-            self._respond(_plain(408, "Request Timeout: the upgrade was not completed"))
+        if self._state is TransportState.HTTP:
+            self._respond(HttpAnswer.plain(408, "Request Timeout: the request took too long"))
+        elif self._state is TransportState.UPGRADING:
+            self._respond(HttpAnswer.plain(408, "Request Timeout: the upgrade was not completed"))
         else:  # CLOSING: the only other state with a deadline
             self._finish(self._close_code)
 
@@ -328,9 +273,9 @@ class WebSocketConnection:
         """The socket could not take our data: produce nothing more."""
         self._outbox.discard()
         self._outbox.sent()
-        if self._state is ConnectionState.OPEN or self._state is ConnectionState.CLOSING:
+        if self._state is TransportState.OPEN or self._state is TransportState.CLOSING:
             self._finish(None)
-        self._state = ConnectionState.CLOSED
+        self._state = TransportState.CLOSED
         self._deadline = None
 
     # -- commands -----------------------------------------------------------------------
@@ -346,7 +291,7 @@ class WebSocketConnection:
         *on_open* is called right after the 101 is queued, before the bytes that followed
         the request are processed, so what it sends precedes any answer to them.
         """
-        if self._state is not ConnectionState.UPGRADING:
+        if self._state is not TransportState.UPGRADING:
             raise LocalProtocolError(f"accept() in state {self._state.name}")
         assert self._h11 is not None
         headers = [
@@ -364,7 +309,7 @@ class WebSocketConnection:
         self._h11 = None
         self._request = None
         self._ws = _WsConnection(ConnectionType.SERVER)
-        self._state = ConnectionState.OPEN
+        self._state = TransportState.OPEN
         self._deadline = None
         self.last_activity = now
         if on_open is not None:
@@ -372,37 +317,24 @@ class WebSocketConnection:
         if trailing:
             self.receive_data(bytes(trailing), now)
 
-    def reject(
-        self,
-        status: int,
-        reason: str,
-        headers: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        """Refuse the pending upgrade with an HTTP error; no WebSocket is opened."""
-        if self._state is not ConnectionState.UPGRADING:
-            raise LocalProtocolError(f"reject() in state {self._state.name}")
-        self._respond(_plain(status, reason, headers))
-
-    def send_http_response(
-        self,
-        status: int,
-        body: bytes,
-        content_type: str = "application/json",
-        headers: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        """Answer an :class:`~agentcast.protocol.events.HttpRequest`; the connection closes."""
-        if self._state is not ConnectionState.HTTP or self._body is None:
-            raise LocalProtocolError("send_http_response() without a pending HttpRequest")
-        self._respond(format_http_response(status, body, content_type, headers))
+    def respond(self, answer: HttpAnswer) -> None:
+        """Answer the pending request: an :class:`~agentcast.protocol.events.HttpRequest`,
+        or an upgrade refused (no WebSocket is opened). The connection then closes."""
+        state = self._state
+        if state is not TransportState.UPGRADING and (
+            state is not TransportState.HTTP or self._body is None
+        ):
+            raise LocalProtocolError(f"respond() without a pending request ({state.name})")
+        self._respond(answer)
 
     def send_frame(self, frame: bytes) -> None:
         """Queue a ready-made frame (a :class:`~agentcast.protocol.PreparedMessage`'s)."""
-        if self._state is ConnectionState.OPEN:
+        if self._state is TransportState.OPEN:
             self._push(frame)
 
     def send_message(self, message: PreparedMessage) -> None:
         """Queue a server message (the :class:`~agentcast.protocol.session.Sink` method)."""
-        if self._state is ConnectionState.OPEN:
+        if self._state is TransportState.OPEN:
             self._outbox.push(message)
 
     def send_text(self, text: str) -> None:
@@ -411,13 +343,13 @@ class WebSocketConnection:
 
     def send_bytes(self, data: bytes) -> None:
         """Queue one binary message."""
-        if self._state is ConnectionState.OPEN:
+        if self._state is TransportState.OPEN:
             assert self._ws is not None
             self._push(self._ws.send(BytesMessage(data=data)))
 
     def send_ping(self, payload: bytes = b"") -> None:
         """Queue a protocol-level Ping frame."""
-        if self._state is ConnectionState.OPEN:
+        if self._state is TransportState.OPEN:
             assert self._ws is not None
             self._push(self._ws.send(Ping(payload=payload)))
 
@@ -428,12 +360,12 @@ class WebSocketConnection:
     def close(self, code: int, reason: str, now: float) -> None:
         """Start the closing handshake with *code*; before the upgrade, just close."""
         state = self._state
-        if state is ConnectionState.OPEN:
+        if state is TransportState.OPEN:
             assert self._ws is not None
             self._close_code = code
             self._close_reason = reason
             frame = self._ws.send(CloseConnection(code=code, reason=reason))
-            self._state = ConnectionState.CLOSING
+            self._state = TransportState.CLOSING
             self._deadline = now + self._close_timeout
             pending = bool(self._outbox)
             self._push(frame)
@@ -442,15 +374,15 @@ class WebSocketConnection:
                 # for a write to complete (a client that reads nothing, 1013) must still
                 # time the closing handshake out.
                 self._outbox.on_output()
-        elif state is ConnectionState.HTTP or state is ConnectionState.UPGRADING:
-            self._state = ConnectionState.CLOSED
+        elif state is TransportState.HTTP or state is TransportState.UPGRADING:
+            self._state = TransportState.CLOSED
             self._deadline = None
 
     # -- HTTP ---------------------------------------------------------------------------
 
-    def _respond(self, response: bytes) -> None:
-        self._push(response)
-        self._state = ConnectionState.CLOSED
+    def _respond(self, answer: HttpAnswer) -> None:
+        self._push(answer.to_bytes())
+        self._state = TransportState.CLOSED
         self._deadline = None
         self._h11 = None
         self._body = None
@@ -458,14 +390,14 @@ class WebSocketConnection:
     def _process_http(self) -> None:
         conn = self._h11
         assert conn is not None
-        while self._state is ConnectionState.HTTP:
+        while self._state is TransportState.HTTP:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 if exc.error_status_hint == 431:
-                    self._respond(_plain(431, "Request Header Fields Too Large"))
+                    self._respond(HttpAnswer.plain(431, "Request Header Fields Too Large"))
                 else:
-                    self._respond(_plain(400, "Bad Request: malformed HTTP request"))
+                    self._respond(HttpAnswer.plain(400, "Bad Request: malformed HTTP request"))
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
@@ -475,7 +407,7 @@ class WebSocketConnection:
                 assert self._body is not None
                 self._body += event.data
                 if len(self._body) > self._max_body_size:
-                    self._respond(_too_large(self._max_body_size))
+                    self._respond(body_too_large(self._max_body_size))
             else:
                 # EndOfMessage. (h11's ConnectionClosed needs b"" fed to it, which we never
                 # do: EOF is receive_eof.)
@@ -490,7 +422,7 @@ class WebSocketConnection:
         self._body = bytearray()
         length = _header(request, b"content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body_size:
-            self._respond(_too_large(self._max_body_size))
+            self._respond(body_too_large(self._max_body_size))
             return
         assert self._h11 is not None
         if self._h11.they_are_waiting_for_100_continue:
@@ -506,7 +438,7 @@ class WebSocketConnection:
         upgrade = "websocket" in _tokens(_header(request, b"upgrade"))
         if path != self._path:
             if upgrade:
-                self._respond(plain_response(wrong_path(self._path)))
+                self._respond(wrong_path(self._path))
                 return
             self._events.append(
                 HttpRequest(
@@ -520,14 +452,14 @@ class WebSocketConnection:
             )
             return
         if not upgrade:
-            self._respond(plain_response(not_an_upgrade(method)))
+            self._respond(not_an_upgrade(method))
             return
         problem = self._upgrade_problem(request, method)
         if problem is not None:
             extra = [("sec-websocket-version", "13")] if "Version" in problem else []
-            self._respond(_plain(400, f"Bad Request: {problem}", extra))
+            self._respond(HttpAnswer.plain(400, f"Bad Request: {problem}", extra))
             return
-        self._state = ConnectionState.UPGRADING
+        self._state = TransportState.UPGRADING
         self._body = None
         self._events.append(
             UpgradeRequested(
@@ -565,10 +497,10 @@ class WebSocketConnection:
         for event in ws.events():
             seen = True
             if isinstance(event, TextMessage | BytesMessage):
-                if self._state is ConnectionState.OPEN:
+                if self._state is TransportState.OPEN:
                     self._on_data(event, now)
             elif isinstance(event, Ping):
-                if self._state is ConnectionState.OPEN:
+                if self._state is TransportState.OPEN:
                     self._push(ws.send(event.response()))
             elif isinstance(event, CloseConnection):
                 self._on_close_frame(event)
@@ -576,7 +508,7 @@ class WebSocketConnection:
             # A Pong only proves liveness.
         if seen:
             self.last_activity = now
-        if self._state is ConnectionState.OPEN:
+        if self._state is TransportState.OPEN:
             # The frame being received declares its length in its header: refuse it now
             # rather than after buffering its payload.
             remaining = _declared_remaining(ws)
@@ -614,7 +546,7 @@ class WebSocketConnection:
     def _too_big(self, now: float) -> None:
         self._msg_parts = []
         self._msg_size = 0
-        self.close(1009, "message too big", now)
+        self.close(CloseCode.TOO_BIG, "message too big", now)
 
     def _on_close_frame(self, event: CloseConnection) -> None:
         ws = self._ws
@@ -641,12 +573,12 @@ class WebSocketConnection:
             self._finish(self._close_code)
 
     def _finish(self, code: int | None) -> None:
-        self._state = ConnectionState.CLOSED
+        self._state = TransportState.CLOSED
         self._deadline = None
         self._msg_parts = []
         self._events.append(
             ConnectionClosed(
-                code=ABNORMAL_CLOSURE if code is None else code,
+                code=CloseCode.ABNORMAL if code is None else code,
                 reason="" if code is None else self._close_reason,
             )
         )
@@ -654,10 +586,6 @@ class WebSocketConnection:
 
 #: h11's states of the client once its request is complete.
 _REQUEST_DONE = (h11.DONE, h11.MUST_CLOSE)
-
-
-def _too_large(limit: int) -> bytes:
-    return plain_response(body_too_large(limit))
 
 
 def _header(request: h11.Request, name: bytes) -> str | None:

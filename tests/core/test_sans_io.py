@@ -25,15 +25,16 @@ import agentcast.protocol
 from agentcast.protocol import (
     BytesReceived,
     ConnectionClosed,
-    ConnectionState,
+    HttpAnswer,
     Hub,
     Identity,
     PreparedMessage,
     Session,
     Settings,
     TextReceived,
+    TransportState,
     UpgradeRequested,
-    WebSocketConnection,
+    WebSocketTransport,
 )
 
 PROTOCOL_DIR = Path(agentcast.protocol.__file__).parent
@@ -127,14 +128,14 @@ def test_the_blocking_works():
 # -- the transport alone: an echo application, no session ------------------------------------
 
 
-def open_transport(**kwargs) -> tuple[WebSocketConnection, WSConnection]:
-    ws = WebSocketConnection(now=0.0, **kwargs)
+def open_transport(**kwargs) -> tuple[WebSocketTransport, WSConnection]:
+    ws = WebSocketTransport(now=0.0, **kwargs)
     client = WSConnection(ConnectionType.CLIENT)
     ws.receive_data(client.send(Request(host="h", target="/ws?x=1", subprotocols=["echo"])), 0.0)
     [upgrade] = ws.events_received()
     assert isinstance(upgrade, UpgradeRequested)
     assert (upgrade.path, upgrade.query, upgrade.subprotocols) == ("/ws", "x=1", ("echo",))
-    assert ws.state is ConnectionState.UPGRADING
+    assert ws.state is TransportState.UPGRADING
     ws.accept(0.0, "echo")
     client.receive_data(ws.data_to_send())
     [accepted] = list(client.events())
@@ -143,7 +144,7 @@ def open_transport(**kwargs) -> tuple[WebSocketConnection, WSConnection]:
     return ws, client
 
 
-def echo(ws: WebSocketConnection) -> None:
+def echo(ws: WebSocketTransport) -> None:
     for event in ws.events_received():
         if isinstance(event, TextReceived):
             ws.send_text(event.text)
@@ -190,11 +191,11 @@ def test_transport_runs_an_echo_application():
 
 
 def test_transport_reject():
-    ws = WebSocketConnection(now=0.0)
+    ws = WebSocketTransport(now=0.0)
     client = WSConnection(ConnectionType.CLIENT)
     ws.receive_data(client.send(Request(host="h", target="/ws")), 0.0)
     ws.events_received()
-    ws.reject(403, "Forbidden: origin not allowed", [("x-why", "origin")])
+    ws.respond(HttpAnswer.plain(403, "Forbidden: origin not allowed", [("x-why", "origin")]))
     client.receive_data(ws.data_to_send())
     [reject, *_] = list(client.events())
     assert isinstance(reject, RejectConnection)
