@@ -407,12 +407,31 @@ def test_binary_over_the_rate_limit_is_dropped_with_the_rate_error(h):
 def test_size_limit_holds_without_the_header_check(h, monkeypatch):
     # If a wsproto release hid the frame header from us, the limit would still hold,
     # counted as the payload arrives.
-    from agentcast.protocol import websocket
+    from agentcast.protocol import frames
 
-    monkeypatch.setattr(websocket, "_declared_remaining", lambda ws: 0)
+    monkeypatch.setattr(frames, "declared_remaining", lambda ws: 0)
     p = small(h)
     frame = h.masked_frame(TEXT, b"x" * 1001)
     p.feed(frame[:600])
     assert p.flush() == []
     p.feed(frame[600:])
     closed_with(p, 1009, "message too big")
+
+
+def test_the_frame_header_length_is_read_from_wsproto(h):
+    # The 1009-from-the-header check reads wsproto's frame decoder, which has no public
+    # accessor. If a wsproto release renames what it reads, this fails loudly, rather
+    # than the limit silently moving to after the payload has been buffered.
+    from wsproto.connection import Connection, ConnectionType
+
+    from agentcast.protocol.frames import declared_remaining
+
+    ws = Connection(ConnectionType.SERVER)
+    assert declared_remaining(ws) == 0
+    frame = h.masked_frame(TEXT, b"x" * 300)
+    ws.receive_data(frame[:8])  # the header (2 + 2 length + 4 mask) and 0 payload bytes
+    list(ws.events())
+    assert declared_remaining(ws) == 300
+    ws.receive_data(frame[8:108])
+    list(ws.events())
+    assert declared_remaining(ws) == 200

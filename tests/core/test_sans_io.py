@@ -28,7 +28,6 @@ from agentcast.protocol import (
     HttpAnswer,
     Hub,
     Identity,
-    PreparedMessage,
     Session,
     Settings,
     TextReceived,
@@ -171,7 +170,7 @@ def test_transport_runs_an_echo_application():
     assert ws.events_received() == [TextReceived(text='{"type":"ping"}')]
     assert ws.data_to_send() == b""
     assert ws.next_deadline() is None
-    ws.send_message(PreparedMessage("x", "{}"))
+    ws.send_text("{}")
     ws.close(1000, "done", 3.0)
     client.receive_data(ws.data_to_send())
     [frame, close] = list(client.events())
@@ -182,8 +181,6 @@ def test_transport_runs_an_echo_application():
     ws.send_text("x")
     ws.send_bytes(b"x")
     ws.send_ping()
-    ws.send_frame(b"\x81\x00")
-    ws.send_message(PreparedMessage("x", "{}"))
     assert ws.data_to_send() == b""
     ws.receive_data(client.send(close.response()), 4.0)
     assert ws.events_received() == [ConnectionClosed(code=1000, reason="done")]
@@ -203,12 +200,12 @@ def test_transport_reject():
     assert ws.closed
 
 
-def test_transport_send_frame_and_discard():
+def test_transport_output_not_yet_taken_can_be_discarded():
     ws, client = open_transport()
-    ws.send_frame(b"\x81\x02hi")
-    ws.discard_pending()
+    ws.send_text("hi")
+    ws.outbox.discard()
     assert ws.data_to_send() == b""
-    ws.send_frame(b"\x81\x02hi")
+    ws.send_text("hi")
     client.receive_data(ws.data_to_send())
     assert [e.data for e in client.events()] == ["hi"]
 
