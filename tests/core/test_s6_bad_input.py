@@ -4,11 +4,17 @@ what happens to the connection afterwards."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 from wsproto.events import CloseConnection, Message, TextMessage
 
-from agentcast.protocol import ConnectionClosed, Hub, Settings, format_timestamp
+from agentcast.protocol import (
+    ConnectionClosed,
+    Hub,
+    Settings,
+    format_timestamp,
+)
 
 TEXT, BINARY, CONT, CLOSE, PING = 0x1, 0x2, 0x0, 0x8, 0x9
 
@@ -435,3 +441,67 @@ def test_the_frame_header_length_is_read_from_wsproto(h):
     ws.receive_data(frame[8:108])
     list(ws.events())
     assert declared_remaining(ws) == 200
+
+
+W = 1766754000.0  # the wall clock at now == 0 (2025-12-26T13:00:00Z)
+
+
+# -- rate limit window ---------------------------------------------------------------------
+
+
+def test_a_strike_exactly_one_window_old_no_longer_counts(h):
+    # One token, refilled very slowly; two strikes within 10 s close the connection.
+    hub = Hub(Settings(rate_limit=0.01, rate_burst=1, rate_limit_strikes=2, rate_limit_window=10))
+    s, sink = h.open_session(hub, "u1")
+    s.receive_text('{"type":"ping"}', 0.0, W)  # the token
+    s.receive_text('{"type":"ping"}', 0.0, W)  # strike at 0
+    s.receive_text('{"type":"ping"}', 10.0, W + 10)  # strike at 10: the one at 0 expired
+    assert sink.closed is None
+    assert [m["type"] for m in sink.messages()] == ["pong", "error", "error"]
+    s.receive_text('{"type":"ping"}', 10.0, W + 10)  # second strike within the window
+    assert sink.closed == (1008, "rate limit exceeded")
+
+
+# -- max_message_size for messages framed elsewhere (ASGI) -----------------------------
+
+
+def test_oversized_text_closes_1009_and_the_user_goes_offline_after_grace(h):
+    hub = Hub(Settings(max_message_size=10))
+    s, sink = h.open_session(hub, "u1")
+    _, watcher = h.open_session(hub, "u2")
+    sink.messages()  # u2 came online
+    s.receive_text('{"type":"ping","x":1}', 2.0, W + 2)
+    assert sink.closed == (1009, "message too big")
+    assert sink.messages() == []
+    assert hub.stats.messages_in == Counter()
+    assert s.messages_in == 0
+    assert hub.next_deadline() == 7.0  # grace (5 s) from the close
+    hub.handle_timer(7.0, W + 7)
+    assert [m["data"] for m in watcher.messages()] == [{"userId": "u1", "status": "offline"}]
+
+
+def test_oversized_text_counts_utf8_bytes_and_offline_is_stamped_at_the_close(h):
+    hub = Hub(Settings(max_message_size=10, presence_grace=0))
+    s, sink = h.open_session(hub, "u1")
+    _, watcher = h.open_session(hub, "u2")
+    sink.messages()  # u2 came online
+    s.receive_text("ééééé", 1.0, W + 1)  # 5 characters, 10 bytes: allowed
+    assert sink.closed is None
+    s.receive_text("éééééé", 3.0, W + 3)  # 12 bytes
+    assert sink.closed == (1009, "message too big")
+    [offline] = watcher.messages()
+    assert offline["data"] == {"userId": "u1", "status": "offline"}
+    assert offline["timestamp"] == format_timestamp(W + 3)
+
+
+def test_oversized_binary_closes_1009_without_an_error_message(h):
+    hub = Hub(Settings(max_message_size=10, presence_grace=0))
+    s, sink = h.open_session(hub, "u1")
+    _, watcher = h.open_session(hub, "u2")
+    sink.messages()  # u2 came online
+    s.receive_binary(4.0, W + 4, 11)
+    assert sink.closed == (1009, "message too big")
+    assert sink.messages() == []
+    assert hub.stats.errors == Counter()
+    [offline] = watcher.messages()
+    assert offline["timestamp"] == format_timestamp(W + 4)
