@@ -38,14 +38,13 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from agentcast.protocol import AuthRequested, AuthResult, Session, Upgrade
-from agentcast.protocol.admission import Refusal
+from agentcast.protocol import AuthRequested, AuthResult, CloseCode, HttpAnswer, Session, Upgrade
 from agentcast.protocol.outbox import Outbox
 
 from .logs import log_close, log_open
 from .service import Service, clock
 
-__all__ = ["AsgiDriver", "Message", "Receive", "Scope", "Send", "peer_of", "send_plain"]
+__all__ = ["AsgiDriver", "Message", "Receive", "Scope", "Send", "peer_of", "send_answer"]
 
 log = logging.getLogger("agentcast.connection")
 
@@ -54,10 +53,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_INTERNAL_ERROR = Refusal(500, "Internal Server Error")
-#: ``websocket.disconnect`` without a code: "no status code was present" (RFC 6455 7.1.5).
-_NO_STATUS = 1005
-_ABNORMAL = 1006
+_INTERNAL_ERROR = HttpAnswer.plain(500, "Internal Server Error")
 
 
 def peer_of(scope: Scope) -> tuple[str | None, str]:
@@ -76,18 +72,13 @@ def _decode_headers(scope: Scope) -> tuple[tuple[str, str], ...]:
     )
 
 
-async def send_plain(send: Send, refusal: Refusal, *, websocket: bool) -> None:
-    """*refusal* as a plain-text HTTP response (``websocket.http.response.*`` for a
-    WebSocket scope, ``http.response.*`` otherwise)."""
+async def send_answer(send: Send, answer: HttpAnswer, *, websocket: bool = False) -> None:
+    """*answer* as ASGI messages (``websocket.http.response.*`` for a WebSocket scope,
+    ``http.response.*`` otherwise)."""
     prefix = "websocket.http.response" if websocket else "http.response"
-    body = refusal.body
-    headers = [
-        (b"content-type", refusal.content_type.encode()),
-        (b"content-length", str(len(body)).encode()),
-        *((name.encode("latin-1"), value.encode("latin-1")) for name, value in refusal.headers),
-    ]
-    await send({"type": prefix + ".start", "status": refusal.status, "headers": headers})
-    await send({"type": prefix + ".body", "body": body})
+    headers = answer.header_fields()
+    await send({"type": prefix + ".start", "status": answer.status, "headers": headers})
+    await send({"type": prefix + ".body", "body": answer.body})
 
 
 class AsgiDriver:
@@ -227,18 +218,18 @@ class AsgiDriver:
                 await self._serve()
             finally:
                 if not self._ended:  # cancelled (the ASGI server's shutdown, an abort)
-                    self._end(_ABNORMAL, clock(), time.time())
+                    self._end(CloseCode.ABNORMAL, clock(), time.time())
                 service.unregister(self)
         finally:
             upgrade.release()
 
-    async def _deny(self, refusal: Refusal) -> None:
+    async def _deny(self, refusal: HttpAnswer) -> None:
         extensions = self._scope.get("extensions") or {}
         try:
             if "websocket.http.response" in extensions:
-                await send_plain(self._send, refusal, websocket=True)
+                await send_answer(self._send, refusal, websocket=True)
             else:  # the server answers 403
-                await self._send({"type": "websocket.close", "code": 1008})
+                await self._send({"type": "websocket.close", "code": CloseCode.POLICY})
         except Exception:
             log.debug("could not refuse the upgrade of %s", self.peer, exc_info=True)
 
@@ -261,13 +252,14 @@ class AsgiDriver:
                 message = await self._receive()
             except Exception:
                 log.debug("receive failed for %s", self.peer, exc_info=True)
-                self._end(_ABNORMAL, clock(), time.time())
+                self._end(CloseCode.ABNORMAL, clock(), time.time())
                 return
             now, wall = clock(), time.time()
             kind = message.get("type")
             if kind == "websocket.disconnect":
                 code = message.get("code")
-                self._end(code if isinstance(code, int) else _NO_STATUS, now, wall)
+                # Without a code: "no status code was present" (RFC 6455 7.1.5).
+                self._end(code if isinstance(code, int) else CloseCode.NO_STATUS, now, wall)
                 return
             if kind != "websocket.receive":
                 continue
@@ -310,7 +302,7 @@ class AsgiDriver:
                 log.debug("send failed for %s", self.peer, exc_info=True)
                 outbox.discard()
                 outbox.sent()
-                self._end(_ABNORMAL, clock(), time.time())
+                self._end(CloseCode.ABNORMAL, clock(), time.time())
                 return
         self._flush_scope = None
         if flush.cancelled_caught:
@@ -359,10 +351,10 @@ class AsgiDriver:
         session = self.session
         try:
             assert session is not None
-            session.close(1011, "internal error", now, wall)
+            session.close(CloseCode.INTERNAL_ERROR, "internal error", now, wall)
         except Exception:  # pragma: no cover - Session.close does not raise
             log.exception("could not close the connection from %s cleanly", self.peer)
-            self._end(_ABNORMAL, now, wall)
+            self._end(CloseCode.ABNORMAL, now, wall)
 
     def _end(self, code: int, now: float, wall: float) -> None:
         """The connection is over: tell the session (once), log it, stop the tasks."""

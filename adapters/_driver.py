@@ -32,11 +32,13 @@ import anyio
 from agentcast.protocol import (
     AuthRequested,
     BytesReceived,
+    CloseCode,
     ConnectionClosed,
-    ConnectionState,
+    HttpAnswer,
     HttpRequest,
     ServerConnection,
     TextReceived,
+    TransportState,
     UpgradeRequested,
 )
 from agentcast.protocol.http import answer
@@ -170,12 +172,12 @@ class Driver:
             conn = self.conn
             try:
                 state = conn.transport.state
-                if state is ConnectionState.UPGRADING:
-                    conn.transport.reject(500, "Internal Server Error")
-                elif state is ConnectionState.HTTP:
-                    conn.send_http_response(500, b'{"error":"internal error"}')
+                if state is TransportState.UPGRADING:
+                    conn.respond(HttpAnswer.plain(500, "Internal Server Error"))
+                elif state is TransportState.HTTP:
+                    conn.respond(HttpAnswer.json(500, {"error": "internal error"}))
                 else:
-                    conn.close(1011, "internal error", now, wall)
+                    conn.close(CloseCode.INTERNAL_ERROR, "internal error", now, wall)
                 self._process_events(now, wall)
                 return
             except Exception:
@@ -216,17 +218,13 @@ class Driver:
     def _answer_http(self, request: HttpRequest, now: float, wall: float) -> None:
         service = self._service
         if request.path == "/metrics":
-            status = 200
             metrics = service.metrics
-            self.conn.send_http_response(200, metrics.render(), metrics.content_type)
+            reply = HttpAnswer(200, (("content-type", metrics.content_type),), metrics.render())
         else:
             reply = answer(request, service.hub, now=now, wall=wall)
-            status = reply.status
-            self.conn.send_http_response(
-                reply.status, reply.body, reply.content_type, reply.headers
-            )
+        self.conn.respond(reply)
         # The path only: a query string may hold a token.
-        log.debug("http %s %s -> %d peer=%s", request.method, request.path, status, self.peer)
+        log.debug("http %s %s -> %d peer=%s", request.method, request.path, reply.status, self.peer)
 
     def _log_close(self, code: int, now: float) -> None:
         session = self.conn.session

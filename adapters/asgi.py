@@ -60,11 +60,20 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from agentcast.protocol import Authenticator, HttpRequest, Settings
-from agentcast.protocol.http import HttpAnswer, answer, refuse
-from agentcast.protocol.websocket import body_too_large, not_an_upgrade, wrong_path
+from agentcast.protocol import (
+    Authenticator,
+    CloseCode,
+    HttpAnswer,
+    HttpRequest,
+    Route,
+    Settings,
+    route,
+)
+from agentcast.protocol.answers import body_too_large, not_an_upgrade, wrong_path
+from agentcast.protocol.http import answer
+from agentcast.protocol.routing import refusal
 
-from ._asgi_driver import AsgiDriver, Receive, Scope, Send, peer_of, send_plain
+from ._asgi_driver import AsgiDriver, Receive, Scope, Send, peer_of, send_answer
 from .config import config_from_environment
 from .server import Server
 from .service import Service, clock
@@ -144,7 +153,7 @@ class AgentcastASGI:
         kind = scope.get("type")
         if kind == "websocket":
             self.service.catch_up()
-            if route_path(scope) == self.service.settings.path:
+            if route("GET", route_path(scope), self.service.settings) is Route.WEBSOCKET:
                 await self._websocket(scope, receive, send)
             else:
                 await _refuse_websocket(scope, receive, send, self.service.settings.path)
@@ -251,7 +260,7 @@ class AgentcastASGI:
         except Exception:
             log.exception("internal error answering %s", peer_of(scope)[1])
             try:
-                await _send_answer(send, HttpAnswer(500, b'{"error":"internal error"}'))
+                await send_answer(send, HttpAnswer.json(500, {"error": "internal error"}))
             except Exception:  # the response had started, or the client is gone
                 log.debug("could not answer 500", exc_info=True)
         finally:
@@ -261,16 +270,18 @@ class AgentcastASGI:
         service = self.service
         path = route_path(scope)
         method = str(scope.get("method") or "GET")
-        if path == service.settings.path:
-            await send_plain(send, not_an_upgrade(method), websocket=False)
+        target = route(method, path, service.settings)
+        if target is Route.WEBSOCKET:
+            await send_answer(send, not_an_upgrade(method))
             return
-        refused = refuse(method, path)
+        refused = refusal(target, path)
         if refused is not None:
-            await _send_answer(send, refused)
+            await send_answer(send, refused)
             return
-        if path == "/metrics":
+        if target is Route.METRICS:
             metrics = service.metrics
-            await _send_answer(send, HttpAnswer(200, metrics.render(), (), metrics.content_type))
+            content_type = (("content-type", metrics.content_type),)
+            await send_answer(send, HttpAnswer(200, content_type, metrics.render()))
             return
         headers = tuple(
             (bytes(k).decode("latin-1").lower(), bytes(v).decode("latin-1"))
@@ -285,7 +296,7 @@ class AgentcastASGI:
             except _ClientGone:
                 return
         if body is None:
-            await send_plain(send, body_too_large(limit), websocket=False)
+            await send_answer(send, body_too_large(limit))
             return
         request = HttpRequest(
             method=method,
@@ -298,7 +309,7 @@ class AgentcastASGI:
         reply = answer(request, service.hub, now=clock(), wall=time.time())
         # The path only: a query string may hold a token.
         log.debug("http %s %s -> %d", method, path, reply.status)
-        await _send_answer(send, reply)
+        await send_answer(send, reply)
 
 
 class _Endpoint:
@@ -314,7 +325,7 @@ class _Endpoint:
             self._app.service.catch_up()
             await self._app._websocket(scope, receive, send)
         elif scope.get("type") == "http":
-            await send_plain(send, not_an_upgrade(str(scope.get("method"))), websocket=False)
+            await send_answer(send, not_an_upgrade(str(scope.get("method"))))
 
 
 class _ClientGone(Exception):
@@ -336,25 +347,15 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return bytes(body)
 
 
-async def _send_answer(send: Send, reply: HttpAnswer) -> None:
-    headers = [
-        (b"content-type", reply.content_type.encode()),
-        (b"content-length", str(len(reply.body)).encode()),
-        *((name.encode("latin-1"), value.encode("latin-1")) for name, value in reply.headers),
-    ]
-    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-    await send({"type": "http.response.body", "body": reply.body})
-
-
 async def _refuse_websocket(scope: Scope, receive: Receive, send: Send, endpoint: str) -> None:
     """An upgrade for another path: ``404`` (or a close before accepting: ``403``)."""
     if (await receive()).get("type") != "websocket.connect":
         return
     try:
         if "websocket.http.response" in (scope.get("extensions") or {}):
-            await send_plain(send, wrong_path(endpoint), websocket=True)
+            await send_answer(send, wrong_path(endpoint), websocket=True)
         else:
-            await send({"type": "websocket.close", "code": 1008})
+            await send({"type": "websocket.close", "code": CloseCode.POLICY})
     except Exception:
         log.debug("could not refuse an upgrade", exc_info=True)
 

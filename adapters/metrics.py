@@ -43,7 +43,7 @@ from agentcast.protocol import Hub
 
 __all__ = ["FANOUT_BUCKETS", "REFUSAL_REASONS", "Metrics"]
 
-#: The reasons an upgrade is refused (:attr:`agentcast.protocol.admission.Refusal.limit`,
+#: The reasons an upgrade is refused (:attr:`agentcast.protocol.admission.Admission.refused`,
 #: and ``auth`` for a 401), each exported from the start, at 0, so that alerts on their
 #: rate work before the first refusal.
 REFUSAL_REASONS = (

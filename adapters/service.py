@@ -50,6 +50,7 @@ from agentcast.protocol import (
     AgentStatus,
     Authenticator,
     ChatMessage,
+    CloseCode,
     DevAuthenticator,
     Hub,
     Notification,
@@ -232,7 +233,7 @@ class Service:
         self._drained = drained = anyio.Event()
         try:
             for connection in list(self._connections):
-                connection.start_close(1001, "server shutting down")
+                connection.start_close(CloseCode.GOING_AWAY, "server shutting down")
             with anyio.move_on_after(self.drain_timeout):
                 await drained.wait()
             if not self._connections:

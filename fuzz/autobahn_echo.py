@@ -10,7 +10,7 @@ echoes every message). What runs is the real stack with the message layer swappe
   ``next_deadline()``, a single writer); their timers and linger/close handling;
 * the object it drives is :class:`EchoConnection`, which has the interface of
   :class:`~agentcast.protocol.ServerConnection` but composes the same
-  :class:`~agentcast.protocol.WebSocketConnection` with an echo in place of the
+  :class:`~agentcast.protocol.WebSocketTransport` with an echo in place of the
   session: every upgrade to ``--path`` is accepted (no token, no admission), a text
   message comes back as text (``send_text``, our own framer), a binary one as binary
   (``send_bytes``, wsproto's framer).
@@ -30,7 +30,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
@@ -42,10 +42,11 @@ from agentcast.adapters.service import clock
 from agentcast.protocol import (
     BytesReceived,
     ConnectionClosed,
+    HttpAnswer,
     Settings,
     TextReceived,
     UpgradeRequested,
-    WebSocketConnection,
+    WebSocketTransport,
 )
 from agentcast.protocol.events import Event, HttpRequest
 
@@ -70,7 +71,7 @@ class EchoConnection:
     """A :class:`~agentcast.protocol.ServerConnection` look-alike that echoes messages."""
 
     def __init__(self, settings: Settings, *, now: float, client: str | None) -> None:
-        self._ws = WebSocketConnection(
+        self._ws = WebSocketTransport(
             now=now,
             path=settings.path,
             max_message_size=settings.max_message_size,
@@ -87,7 +88,7 @@ class EchoConnection:
     # -- the interface Connection drives -------------------------------------------------
 
     @property
-    def transport(self) -> WebSocketConnection:
+    def transport(self) -> WebSocketTransport:
         return self._ws
 
     @property
@@ -136,14 +137,8 @@ class EchoConnection:
         self._ws.close(code, reason, now)
         self._dispatch(now)
 
-    def send_http_response(
-        self,
-        status: int,
-        body: bytes,
-        content_type: str = "application/json",
-        headers: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        self._ws.send_http_response(status, body, content_type, headers)
+    def respond(self, answer: HttpAnswer) -> None:
+        self._ws.respond(answer)
 
     # -- echo ----------------------------------------------------------------------------
 
@@ -152,7 +147,7 @@ class EchoConnection:
             if isinstance(event, UpgradeRequested):
                 self._ws.accept(now, None, self._opened)
             elif isinstance(event, HttpRequest):
-                self._ws.send_http_response(404, b"echo server: WebSocket only\n", "text/plain")
+                self._ws.respond(HttpAnswer.plain(404, "echo server: WebSocket only"))
             elif isinstance(event, ConnectionClosed):
                 if self._session is not None:
                     self._session.closed = True

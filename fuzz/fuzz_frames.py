@@ -45,7 +45,7 @@ def _replay(chunks: list[bytes]) -> tuple[list[Any], bytes]:
             if isinstance(event, AuthRequested):
                 refreshes.append(event.token)
         # The partial message held is bounded by max_message_size, checked from headers.
-        held = getattr(conn.transport, "_msg_size", 0)
+        held = conn.transport.message_buffered
         assert held <= MAX_MESSAGE, held
         output += conn.data_to_send()
         budget += len(chunk)

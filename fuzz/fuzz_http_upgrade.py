@@ -29,6 +29,7 @@ from _harness import (
 from agentcast.protocol import (
     AuthRequested,
     DevAuthenticator,
+    HttpAnswer,
     HttpRequest,
     Hub,
     ServerConnection,
@@ -67,10 +68,12 @@ def _replay(chunks: list[bytes], require_auth: bool) -> tuple[list[Any], bytes]:
     assert len(requests) <= 1, "one request per connection"
     for request in requests:
         if request.path == "/metrics":
-            conn.send_http_response(200, b"# metrics\n", "text/plain; version=0.0.4")
+            conn.respond(
+                HttpAnswer(200, (("content-type", "text/plain; version=0.0.4"),), b"# m\n")
+            )
         else:
             reply = answer(request, hub, now=NOW, wall=WALL0)
-            conn.send_http_response(reply.status, reply.body, reply.content_type, reply.headers)
+            conn.respond(reply)
         output += conn.data_to_send()
     deadline = conn.next_deadline()
     if deadline is not None:

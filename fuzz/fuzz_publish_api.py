@@ -65,7 +65,7 @@ def _replay(head: bytes, chunks: list[bytes]) -> tuple[bytes, list[Any], list[An
         for event in conn.events_received():
             assert isinstance(event, HttpRequest), event
             reply = answer(event, hub, now=NOW, wall=WALL0)
-            conn.send_http_response(reply.status, reply.body, reply.content_type, reply.headers)
+            conn.respond(reply)
     output = conn.data_to_send()
     assert conn.closed, "the request was not answered"
     heard = check_server_output(listener.data_to_send())

@@ -2,7 +2,7 @@
 
 Layers, each usable without the one above it:
 
-* :class:`WebSocketConnection`: HTTP/1.1 (h11) and RFC 6455 framing (wsproto) for one
+* :class:`WebSocketTransport`: HTTP/1.1 (h11) and RFC 6455 framing (wsproto) for one
   server-side connection;
 * :class:`Session`: the message layer of PROTOCOL.md (auth outcome, heartbeat, rate
   limit, validation, presence) over any :class:`Sink`;
@@ -16,6 +16,7 @@ Time enters only as arguments: a monotonic ``now`` for deadlines and a wall-cloc
 ``wall`` for the ``timestamp`` field.
 """
 
+from .answers import HttpAnswer
 from .auth import (
     Authenticator,
     AuthFailure,
@@ -24,6 +25,7 @@ from .auth import (
     Identity,
     StaticAuthenticator,
 )
+from .codes import CloseCode
 from .config import Settings
 from .connection import ServerConnection
 from .errors import LocalProtocolError, ProtocolError
@@ -36,8 +38,7 @@ from .events import (
     TextReceived,
     UpgradeRequested,
 )
-from .http import HttpAnswer
-from .hub import Hub, Published, Stats
+from .hub import Hub, Member, Published
 from .messages import (
     AgentStatus,
     ChatMessage,
@@ -48,10 +49,12 @@ from .messages import (
     decode_client_message,
     encode_server_message,
 )
-from .session import CloseCode, Session, Sink
+from .routing import Route, route
+from .session import Host, Session, Sink
+from .stats import Stats
 from .timestamps import format_timestamp
 from .upgrade import SUBPROTOCOL, Upgrade, extract_token
-from .websocket import ConnectionState, WebSocketConnection
+from .websocket import TransportState, WebSocketTransport
 
 __all__ = [
     "SUBPROTOCOL",
@@ -64,20 +67,22 @@ __all__ = [
     "ChatMessage",
     "CloseCode",
     "ConnectionClosed",
-    "ConnectionState",
     "DevAuthenticator",
     "ErrorCode",
     "Event",
+    "Host",
     "HttpAnswer",
     "HttpRequest",
     "Hub",
     "Identity",
     "LocalProtocolError",
+    "Member",
     "MessageError",
     "Notification",
     "PreparedMessage",
     "ProtocolError",
     "Published",
+    "Route",
     "ServerConnection",
     "Session",
     "Settings",
@@ -85,11 +90,13 @@ __all__ = [
     "StaticAuthenticator",
     "Stats",
     "TextReceived",
+    "TransportState",
     "Upgrade",
     "UpgradeRequested",
-    "WebSocketConnection",
+    "WebSocketTransport",
     "decode_client_message",
     "encode_server_message",
     "extract_token",
     "format_timestamp",
+    "route",
 ]

@@ -1,4 +1,4 @@
-"""Who may open a WebSocket: origin, connection limits and connection rate (issue 4).
+"""Who may open a WebSocket: origin, connection limits and connection rate.
 
 The :class:`~agentcast.protocol.Hub` holds one :class:`Admission`; every
 :class:`~agentcast.protocol.ServerConnection` asks it at the upgrade, before the ``101``:
@@ -25,38 +25,27 @@ host usually holds a whole /64, so counting single IPv6 addresses would limit no
 from __future__ import annotations
 
 import ipaddress
-import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .answers import HttpAnswer
 from .origin import OriginAllowList
+from .ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from .config import Settings
 
-__all__ = ["Admission", "Refusal", "Ticket", "address_key"]
+__all__ = ["Admission", "Ticket", "address_key"]
 
 
 @dataclass(frozen=True, slots=True)
-class Refusal:
-    """The HTTP answer that refuses an upgrade: *status*, a one-line *reason*, *headers*."""
+class _Limit:
+    """A refusal and what was exceeded, for metrics (:attr:`Admission.refused`)."""
 
-    status: int
-    reason: str
-    headers: tuple[tuple[str, str], ...] = ()
-    #: What was exceeded, for metrics: ``origin``, ``max_connections``,
-    #: ``max_connections_per_ip``, ``max_connections_per_user`` or ``connection_rate``.
-    limit: str = ""
-
-    #: The body's media type: the reason as one line of plain text.
-    content_type = "text/plain; charset=utf-8"
-
-    @property
-    def body(self) -> bytes:
-        """The response body: the reason and a newline."""
-        return self.reason.encode() + b"\n"
+    name: str
+    answer: HttpAnswer
 
 
 class Ticket:
@@ -85,17 +74,17 @@ def address_key(client: str | None) -> str | None:
     return str(ip)
 
 
-_FORBIDDEN_ORIGIN = Refusal(403, "Forbidden: origin not allowed", limit="origin")
-_TOO_MANY = Refusal(503, "Service Unavailable: too many connections", limit="max_connections")
-_TOO_MANY_FROM_ADDRESS = Refusal(
-    503,
-    "Service Unavailable: too many connections from this address",
-    limit="max_connections_per_ip",
+_FORBIDDEN_ORIGIN = _Limit("origin", HttpAnswer.plain(403, "Forbidden: origin not allowed"))
+_TOO_MANY = _Limit(
+    "max_connections", HttpAnswer.plain(503, "Service Unavailable: too many connections")
 )
-_TOO_MANY_FOR_USER = Refusal(
-    503,
-    "Service Unavailable: too many connections for this user",
-    limit="max_connections_per_user",
+_TOO_MANY_FROM_ADDRESS = _Limit(
+    "max_connections_per_ip",
+    HttpAnswer.plain(503, "Service Unavailable: too many connections from this address"),
+)
+_TOO_MANY_FOR_USER = _Limit(
+    "max_connections_per_user",
+    HttpAnswer.plain(503, "Service Unavailable: too many connections for this user"),
 )
 
 
@@ -103,12 +92,11 @@ class Admission:
     """Counts connections per process, per address and per user; decides upgrades."""
 
     __slots__ = (
-        "_bucket_at",
+        "_bucket",
         "_origins",
         "_per_address",
         "_per_user",
         "_settings",
-        "_tokens",
         "_total",
         "refused",
     )
@@ -120,10 +108,12 @@ class Admission:
         self._total = 0
         self._per_address: dict[str, int] = {}
         self._per_user: dict[str, int] = {}
-        # The connection-rate bucket starts full at the first upgrade it sees.
-        self._tokens: float | None = None
-        self._bucket_at = 0.0
-        #: Refused upgrades by :attr:`Refusal.limit` (and ``auth`` for a 401), for metrics.
+        # One second's worth of connections; full at the first upgrade it sees.
+        rate = settings.connection_rate
+        self._bucket = None if rate is None else TokenBucket(rate, max(1.0, rate))
+        #: Refused upgrades by what was exceeded (``origin``, ``max_connections``,
+        #: ``max_connections_per_ip``, ``max_connections_per_user``, ``connection_rate``;
+        #: ``auth`` for a 401), for metrics.
         self.refused: Counter[str] = Counter()
 
     # -- counts -------------------------------------------------------------------------
@@ -156,10 +146,11 @@ class Admission:
 
     def admit(
         self, headers: Iterable[tuple[str, str]], client: str | None, now: float
-    ) -> Ticket | Refusal:
-        """Decide an upgrade from *client*; a :class:`Ticket` is counted until released."""
+    ) -> Ticket | HttpAnswer:
+        """Decide an upgrade from *client*: a :class:`Ticket`, counted until released, or
+        the answer that refuses it."""
         settings = self._settings
-        refusal: Refusal | None = None
+        refusal: _Limit | None = None
         address = address_key(client)
         if not self.origin_allowed(headers):
             refusal = _FORBIDDEN_ORIGIN
@@ -174,22 +165,22 @@ class Admission:
         else:
             refusal = self._take_rate_token(now)
         if refusal is not None:
-            self.refused[refusal.limit] += 1
-            return refusal
+            self.refused[refusal.name] += 1
+            return refusal.answer
         self._total += 1
         if address is not None:
             self._per_address[address] = self._per_address.get(address, 0) + 1
         return Ticket(address)
 
-    def admit_user(self, ticket: Ticket, user_id: str) -> Refusal | None:
+    def admit_user(self, ticket: Ticket, user_id: str) -> HttpAnswer | None:
         """Count *ticket*'s connection for *user_id*, or refuse it (the caller then
         rejects the upgrade and releases the ticket)."""
         if ticket.released or ticket.user_id is not None:
             return None
         limit = self._settings.max_connections_per_user
         if limit is not None and self._per_user.get(user_id, 0) >= limit:
-            self.refused[_TOO_MANY_FOR_USER.limit] += 1
-            return _TOO_MANY_FOR_USER
+            self.refused[_TOO_MANY_FOR_USER.name] += 1
+            return _TOO_MANY_FOR_USER.answer
         self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
         ticket.user_id = user_id
         return None
@@ -203,26 +194,16 @@ class Admission:
         _decrement(self._per_address, ticket.address)
         _decrement(self._per_user, ticket.user_id)
 
-    def _take_rate_token(self, now: float) -> Refusal | None:
-        rate = self._settings.connection_rate
-        if rate is None:
+    def _take_rate_token(self, now: float) -> _Limit | None:
+        bucket = self._bucket
+        if bucket is None or bucket.take(now):
             return None
-        capacity = max(1.0, rate)  # one second's worth
-        if self._tokens is None:
-            self._tokens = capacity
-            self._bucket_at = now
-        elif now > self._bucket_at:
-            self._tokens = min(capacity, self._tokens + (now - self._bucket_at) * rate)
-        self._bucket_at = max(self._bucket_at, now)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return None
-        retry_after = max(1, math.ceil((1.0 - self._tokens) / rate))
-        return Refusal(
-            503,
-            "Service Unavailable: too many new connections, retry later",
-            (("retry-after", str(retry_after)),),
-            limit="connection_rate",
+        retry = (("retry-after", str(bucket.retry_after())),)
+        return _Limit(
+            "connection_rate",
+            HttpAnswer.plain(
+                503, "Service Unavailable: too many new connections, retry later", retry
+            ),
         )
 
 

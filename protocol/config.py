@@ -55,7 +55,7 @@ DEFAULT_MAX_BATCH = 1000  # PROTOCOL.md 8: a batch holds up to 1,000 items
 # How long we wait for the peer's half of the closing handshake before we drop the
 # connection (websockets waits 10 s; a dashboard that is going away answers in a round trip).
 DEFAULT_CLOSE_TIMEOUT = 5.0
-# Connection limits (issue 4): over any of them the upgrade is answered 503.
+# Connection limits: over any of them the upgrade is answered 503.
 # One process is sized for ~10,000 connections (a few tens of KiB each, and a file
 # descriptor: raise `ulimit -n`); past that, run more processes (PROTOCOL.md 10).
 DEFAULT_MAX_CONNECTIONS = 10_000
@@ -89,7 +89,8 @@ class Settings:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER
     #: Past this backlog (bytes), a pending ``agent_status`` is replaced by a newer one
-    #: for the same agent instead of queued behind it (issue 6, conflation).
+    #: for the same agent instead of queued behind it (conflation: a slow reader gets
+    #: the latest state of each agent, not every step it missed).
     conflation_threshold: int = DEFAULT_CONFLATION_THRESHOLD
     rate_limit: float = DEFAULT_RATE_LIMIT
     rate_burst: int = DEFAULT_RATE_BURST

@@ -1,7 +1,7 @@
 """The agentcast server connection: the transport layer composed with a session.
 
 :class:`ServerConnection` is what the reference server runs per TCP connection. It feeds
-bytes to a :class:`~agentcast.protocol.WebSocketConnection`, answers what the contract
+bytes to a :class:`~agentcast.protocol.WebSocketTransport`, answers what the contract
 lets it answer by itself (404, 405, 426, 400, 401, and 403/503 from the hub's
 :class:`~agentcast.protocol.admission.Admission`, pongs, closes, ``error`` messages),
 and hands the adapter only what needs the outside world:
@@ -10,7 +10,7 @@ and hands the adapter only what needs the outside world:
   :meth:`ServerConnection.complete_auth` (the upgrade waits for it: with ``require_auth``
   a refused token gets ``401`` and no WebSocket);
 * :class:`~agentcast.protocol.events.HttpRequest` for ``GET /healthz``, ``GET /metrics``
-  and ``/api/...``: answer with :meth:`ServerConnection.send_http_response` (see
+  and ``/api/...``: answer with :meth:`ServerConnection.respond` (see
   :mod:`agentcast.protocol.http` for the first and last);
 * :class:`~agentcast.protocol.events.ConnectionClosed`: log it; close the socket once
   :meth:`ServerConnection.data_to_send` is written.
@@ -29,8 +29,9 @@ dropping it: that is what gives its place in the hub's connection limits back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
+from .answers import HttpAnswer
 from .auth import AuthResult
 from .errors import LocalProtocolError
 from .events import (
@@ -42,11 +43,11 @@ from .events import (
     TextReceived,
     UpgradeRequested,
 )
-from .http import refuse
 from .hub import Hub
+from .routing import refusal, route
 from .session import Session
 from .upgrade import SUBPROTOCOL, Upgrade, extract_token
-from .websocket import ConnectionState, WebSocketConnection
+from .websocket import TransportState, WebSocketTransport
 
 __all__ = ["SUBPROTOCOL", "ServerConnection", "extract_token"]
 
@@ -68,7 +69,7 @@ class ServerConnection:
     def __init__(self, hub: Hub, *, now: float, client: str | None = None) -> None:
         s = hub.settings
         self._hub = hub
-        self._ws = WebSocketConnection(
+        self._ws = WebSocketTransport(
             now=now,
             path=s.path,
             max_message_size=s.max_message_size,
@@ -80,7 +81,7 @@ class ServerConnection:
         )
         self._client = client
         # Messages are handed to the session as the transport decodes them, so each
-        # answer precedes the output of the frames after it (see WebSocketConnection).
+        # answer precedes the output of the frames after it (see WebSocketTransport).
         self._ws.on_message = self._on_message
         self._wall = 0.0  # the wall-clock time of the input being processed
         self._session: Session | None = None
@@ -92,7 +93,7 @@ class ServerConnection:
     # -- state --------------------------------------------------------------------------
 
     @property
-    def transport(self) -> WebSocketConnection:
+    def transport(self) -> WebSocketTransport:
         return self._ws
 
     @property
@@ -159,12 +160,12 @@ class ServerConnection:
 
     def complete_auth(self, result: AuthResult | None, now: float, wall: float) -> None:
         """Answer :class:`AuthRequested` (``None``: no token was given)."""
-        if self._ws.state is ConnectionState.UPGRADING:
+        if self._ws.state is TransportState.UPGRADING:
             upgrade = self._upgrade
             assert upgrade is not None  # UPGRADING comes with an admitted upgrade
             refusal = upgrade.decide(result)
             if refusal is not None:
-                self._ws.reject(refusal.status, refusal.reason, refusal.headers)
+                self._ws.respond(refusal)
                 return
 
             def start() -> None:
@@ -182,14 +183,10 @@ class ServerConnection:
         elif not self._ws.closed:
             raise LocalProtocolError(f"complete_auth() in state {self._ws.state.name}")
 
-    def send_http_response(
-        self,
-        status: int,
-        body: bytes,
-        content_type: str = "application/json",
-        headers: Iterable[tuple[str, str]] = (),
-    ) -> None:
-        self._ws.send_http_response(status, body, content_type, headers)
+    def respond(self, answer: HttpAnswer) -> None:
+        """Answer the pending :class:`~agentcast.protocol.events.HttpRequest` (or refuse
+        the pending upgrade); the connection then closes."""
+        self._ws.respond(answer)
 
     def close(self, code: int, reason: str, now: float, wall: float) -> None:
         """Close from the server side (1001 at shutdown); before the upgrade, just close."""
@@ -220,7 +217,7 @@ class ServerConnection:
                     raise AssertionError(event)
         session = self._session
         if session is not None:
-            if not session.closed and self._ws.state is not ConnectionState.OPEN:
+            if not session.closed and self._ws.state is not TransportState.OPEN:
                 # The transport started closing by itself (1009): the session ends now,
                 # so nothing is queued after the close frame.
                 session.close(self._ws.close_code, "", now, wall)
@@ -249,8 +246,7 @@ class ServerConnection:
             now=now,
         )
         if upgrade.refusal is not None:
-            refusal = upgrade.refusal
-            self._ws.reject(refusal.status, refusal.reason, refusal.headers)
+            self._ws.respond(upgrade.refusal)
             return
         self._upgrade = upgrade
         if upgrade.token is None:
@@ -259,10 +255,8 @@ class ServerConnection:
             self._events.append(AuthRequested(token=upgrade.token))
 
     def _on_http(self, event: HttpRequest) -> None:
-        refusal = refuse(event.method, event.path)
-        if refusal is not None:
-            self._ws.send_http_response(
-                refusal.status, refusal.body, refusal.content_type, refusal.headers
-            )
+        refused = refusal(route(event.method, event.path, self._hub.settings), event.path)
+        if refused is not None:
+            self._ws.respond(refused)
         else:
             self._events.append(event)

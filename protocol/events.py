@@ -35,7 +35,7 @@ class HttpRequest(Event):
 
     method: str
     path: str
-    # Not in the repr: the query may hold a token, the headers an API key (issue 4).
+    # Not in the repr: the query may hold a token, the headers an API key (logs).
     query: str = field(repr=False)
     headers: tuple[tuple[str, str], ...] = field(repr=False)
     body: bytes = field(repr=False)

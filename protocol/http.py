@@ -1,12 +1,11 @@
 """Answers to the plain HTTP requests on the server's port (PROTOCOL.md sections 1 and 8).
 
-:func:`refuse` routes a request: ``404`` for an unknown path, ``405`` for a wrong method
-on ``/healthz`` or ``/metrics``, else ``None``. :func:`answer` then gives the response to
-``GET /healthz`` and to the publish API (``POST /api/agent-status``,
-``/api/chat-messages``, ``/api/notifications``). Both are pure: the adapter passes the
-:class:`~agentcast.protocol.events.HttpRequest`, the hub and the time, and writes the
-returned :class:`HttpAnswer`. ``GET /metrics`` is the adapter's (it owns the metrics
-registry).
+:func:`answer` gives the response to ``GET /healthz`` and to the publish API
+(``POST /api/agent-status``, ``/api/chat-messages``, ``/api/notifications``), and the
+``404``/``405`` of :func:`~agentcast.protocol.routing.refusal` for any other request. It
+is pure: the adapter passes the :class:`~agentcast.protocol.events.HttpRequest`, the hub
+and the time, and writes the returned :class:`~agentcast.protocol.HttpAnswer`.
+``GET /metrics`` is the adapter's (it owns the metrics registry).
 """
 
 from __future__ import annotations
@@ -14,45 +13,23 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-from dataclasses import dataclass
 
+from .answers import HttpAnswer
 from .events import HttpRequest
 from .hub import Hub
 from .messages import AgentStatus, ChatMessage, Notification
+from .routing import Route, refusal, route
 
-__all__ = ["HTTP_ROUTES", "PUBLISH_PATHS", "HttpAnswer", "answer", "healthz", "refuse"]
+__all__ = ["PUBLISH_PATHS", "answer", "healthz", "is_loopback"]
 
-#: The plain HTTP paths besides the publish API (``/api/...``), and their method.
-HTTP_ROUTES = {"/healthz": "GET", "/metrics": "GET"}
-
+#: The publish API's paths and the payload each takes.
 PUBLISH_PATHS: dict[str, type[AgentStatus | ChatMessage | Notification]] = {
     "/api/agent-status": AgentStatus,
     "/api/chat-messages": ChatMessage,
     "/api/notifications": Notification,
 }
 
-
-@dataclass(frozen=True, slots=True)
-class HttpAnswer:
-    status: int
-    body: bytes
-    headers: tuple[tuple[str, str], ...] = ()
-    content_type: str = "application/json"
-
-
-def _json(status: int, obj: object, headers: tuple[tuple[str, str], ...] = ()) -> HttpAnswer:
-    return HttpAnswer(status, json.dumps(obj, separators=(",", ":")).encode(), headers)
-
-
-def refuse(method: str, path: str) -> HttpAnswer | None:
-    """``404`` for a path we do not serve, ``405`` for a wrong method on a route of
-    :data:`HTTP_ROUTES`; ``None``: answer the request (:func:`answer`, or ``/metrics``)."""
-    allowed = HTTP_ROUTES.get(path)
-    if allowed is None and not path.startswith("/api/"):
-        return _json(404, {"error": "not found"})
-    if allowed is not None and method != allowed:
-        return _json(405, {"error": "method not allowed"}, (("allow", allowed),))
-    return None
+_json = HttpAnswer.json
 
 
 def healthz(hub: Hub) -> HttpAnswer:
@@ -90,14 +67,14 @@ def _authorized(request: HttpRequest, api_key: str | None) -> HttpAnswer | None:
 
 
 def answer(request: HttpRequest, hub: Hub, *, now: float, wall: float) -> HttpAnswer:
-    """The response to ``GET /healthz`` or a publish API request."""
-    if request.path == "/healthz":
+    """The response to ``GET /healthz`` or a publish API request (``404``/``405`` for
+    a request routed elsewhere: the adapter answers ``/metrics`` and upgrades itself)."""
+    target = route(request.method, request.path, hub.settings)
+    if target is Route.HEALTHZ:
         return healthz(hub)
-    kind = PUBLISH_PATHS.get(request.path)
-    if kind is None:
-        return _json(404, {"error": "not found"})
-    if request.method != "POST":
-        return _json(405, {"error": "method not allowed"}, (("allow", "POST"),))
+    if target is not Route.PUBLISH:
+        return refusal(target, request.path) or _json(404, {"error": "not found"})
+    kind = PUBLISH_PATHS[request.path]
     refused = _authorized(request, hub.settings.api_key)
     if refused is not None:
         return refused

@@ -16,9 +16,9 @@ reload does not flap. A ``user_presence`` message goes out only when the aggrega
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .admission import Admission
 from .config import Settings
@@ -31,9 +31,9 @@ from .messages import (
     PreparedMessage,
     PresenceStatus,
 )
-from .session import Session
+from .stats import Stats
 
-__all__ = ["Hub", "Published", "Stats"]
+__all__ = ["Hub", "Member", "Published", "Stats"]
 
 _RANK: dict[str, int] = {"offline": 0, "away": 1, "online": 2, "busy": 3}
 
@@ -46,36 +46,30 @@ class Published:
     delivered: int
 
 
-class Stats:
-    """Counters for metrics; plain numbers the adapter exports (no clock, no I/O)."""
+class Member(Protocol):
+    """What the hub needs of a session: who it is, its presence, and a way to queue a
+    message. :class:`~agentcast.protocol.Session` is one; the hub never imports it."""
 
-    __slots__ = (
-        "closes",
-        "errors",
-        "heartbeat_timeouts",
-        "messages_in",
-        "messages_out",
-        "opened_total",
-        "rate_limit_closes",
-        "slow_client_drops",
-    )
+    @property
+    def user_id(self) -> str | None:
+        """The authenticated user, or ``None``."""
+        ...
 
-    def __init__(self) -> None:
-        self.opened_total = 0
-        self.closes: Counter[int] = Counter()
-        self.messages_in: Counter[str] = Counter()
-        self.messages_out: Counter[str] = Counter()
-        self.errors: Counter[str] = Counter()
-        self.heartbeat_timeouts = 0
-        self.slow_client_drops = 0
-        self.rate_limit_closes = 0
+    @property
+    def presence(self) -> PresenceStatus:
+        """This connection's own presence status."""
+        ...
+
+    def deliver(self, message: PreparedMessage, now: float, wall: float) -> bool:
+        """Queue *message*; ``False`` if the member is closed or was dropped as too slow."""
+        ...
 
 
 class _User:
     __slots__ = ("sessions", "status")
 
     def __init__(self) -> None:
-        self.sessions: dict[Session, None] = {}
+        self.sessions: dict[Member, None] = {}
         self.status: PresenceStatus = "offline"
 
 
@@ -85,15 +79,15 @@ class Hub:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else Settings()
         self.stats = Stats()
-        #: Origin check, connection limits and rate, asked at every upgrade (issue 4).
+        #: Origin check, connection limits and rate, asked at every upgrade.
         self.admission = Admission(self.settings)
-        self._sessions: dict[Session, None] = {}
-        self._authenticated: dict[Session, None] = {}
+        self._sessions: dict[Member, None] = {}
+        self._authenticated: dict[Member, None] = {}
         self._users: dict[str, _User] = {}
         self._leaving: dict[str, float] = {}  # user id -> when it turns offline
         self._seq = 0
         self._fanning_out = False
-        self._deferred: list[tuple[Session, float, float]] = []
+        self._deferred: list[tuple[Member, float, float]] = []
 
     # -- the in-process API (PROTOCOL.md 8) ---------------------------------------------
 
@@ -163,8 +157,21 @@ class Hub:
         self, item: AgentStatus | ChatMessage | Notification, *, now: float, wall: float
     ) -> Published:
         """Publish one validated payload (what the typed methods and the HTTP API use)."""
-        message_id = self._next_id()
-        recipients: Iterable[Session]
+        return self.deliver_local(item, self._next_id(), now=now, wall=wall)
+
+    def deliver_local(
+        self,
+        item: AgentStatus | ChatMessage | Notification,
+        message_id: str,
+        *,
+        now: float,
+        wall: float,
+    ) -> Published:
+        """Deliver *item* under *message_id* to this process's recipients, by the rules
+        of PROTOCOL.md section 4, without issuing an id: the way in for a message whose
+        id was given elsewhere (another process, through a backplane). *wall* is the
+        publishing time, the message's ``timestamp``."""
+        recipients: Iterable[Member]
         if isinstance(item, AgentStatus):
             message = PreparedMessage.build(
                 "agent_status", item.to_data(), wall, message_id, key=item.agent_name
@@ -213,48 +220,59 @@ class Hub:
         )
         self._fan_out(message, self._authenticated, now, wall)
 
-    def _presence_changed(self, user_id: str, now: float, wall: float) -> None:
+    def _aggregate(self, user_id: str, now: float, wall: float) -> None:
         user = self._users[user_id]
         status = max((s.presence for s in user.sessions), key=_RANK.__getitem__)
         self._set_status(user_id, user, status, now, wall)
 
-    # -- sessions (called by Session) ---------------------------------------------------
+    # -- the seam for sessions (agentcast.protocol.session.Host) ------------------------
 
-    def _add(self, session: Session) -> None:
-        self._sessions[session] = None
+    def open_session(self, member: Member, now: float, wall: float) -> None:
+        """A session opened. An authenticated one gets ``presence_state`` first, then
+        counts for its user's presence; an unauthenticated one is only counted."""
+        user_id = member.user_id
+        if user_id is not None:
+            snapshot = [{"userId": uid, "status": st} for uid, st in self.presence().items()]
+            self.stats.messages_out["presence_state"] += 1
+            member.deliver(
+                PreparedMessage.build("presence_state", {"users": snapshot}, wall), now, wall
+            )
+        self._sessions[member] = None
         self.stats.opened_total += 1
-
-    def _join(self, session: Session, now: float, wall: float) -> None:
-        """An authenticated session arrives: snapshot first, then its own presence."""
-        user_id = session.user_id
-        assert user_id is not None
-        snapshot = [{"userId": uid, "status": status} for uid, status in self.presence().items()]
-        session._send("presence_state", {"users": snapshot}, now, wall)
-        self._add(session)
-        self._authenticated[session] = None
+        if user_id is None:
+            return
+        self._authenticated[member] = None
         user = self._users.get(user_id)
         if user is None:
             user = self._users[user_id] = _User()
         self._leaving.pop(user_id, None)
-        user.sessions[session] = None
-        self._presence_changed(user_id, now, wall)
+        user.sessions[member] = None
+        self._aggregate(user_id, now, wall)
 
-    def _leave(self, session: Session, now: float, wall: float) -> None:
-        if session not in self._sessions:
+    def presence_changed(self, member: Member, now: float, wall: float) -> None:
+        """An authenticated session set its own presence status: re-aggregate its user."""
+        user_id = member.user_id
+        assert user_id is not None  # only an authenticated session has a presence to set
+        self._aggregate(user_id, now, wall)
+
+    def close_session(self, member: Member, now: float, wall: float) -> None:
+        """A session closed (idempotent): it receives nothing more, and its user turns
+        offline after the grace period if it was the user's last connection."""
+        if member not in self._sessions:
             return
         if self._fanning_out:
             # Never reorder: a presence change caused by dropping a client during a
             # broadcast goes out after that broadcast has reached everyone.
-            self._deferred.append((session, now, wall))
+            self._deferred.append((member, now, wall))
             return
-        del self._sessions[session]
-        if self._authenticated.pop(session, 0) is None:
-            user_id = session.user_id
+        del self._sessions[member]
+        if self._authenticated.pop(member, 0) is None:
+            user_id = member.user_id
             assert user_id is not None
             user = self._users[user_id]
-            del user.sessions[session]
+            del user.sessions[member]
             if user.sessions:
-                self._presence_changed(user_id, now, wall)
+                self._aggregate(user_id, now, wall)
             elif self.settings.presence_grace > 0:
                 self._leaving[user_id] = now + self.settings.presence_grace
             else:
@@ -262,14 +280,14 @@ class Hub:
                 self._set_status(user_id, user, "offline", now, wall)
 
     def _fan_out(
-        self, message: PreparedMessage, recipients: Iterable[Session], now: float, wall: float
+        self, message: PreparedMessage, recipients: Iterable[Member], now: float, wall: float
     ) -> int:
         delivered = 0
         nested = self._fanning_out
         self._fanning_out = True
         try:
             for session in list(recipients):
-                if session._deliver(message, now, wall):
+                if session.deliver(message, now, wall):
                     delivered += 1
         finally:
             self._fanning_out = nested
@@ -277,7 +295,7 @@ class Hub:
         if not nested:
             while self._deferred:
                 session, at, at_wall = self._deferred.pop(0)
-                self._leave(session, at, at_wall)
+                self.close_session(session, at, at_wall)
         return delivered
 
     def _next_id(self) -> str:

@@ -1,4 +1,4 @@
-"""JWT verification (PROTOCOL.md section 2, issue 4): a pure :class:`Authenticator`.
+"""JWT verification (PROTOCOL.md section 2): a pure :class:`Authenticator`.
 
 :class:`JwtAuthenticator` checks a token's signature with PyJWT, then its claims against
 the ``wall`` time it is given (it reads no clock, and no file: the adapter loads the key

@@ -1,4 +1,4 @@
-"""The ``Origin`` allow-list against cross-site WebSocket hijacking (issue 4).
+"""The ``Origin`` allow-list against cross-site WebSocket hijacking.
 
 A browser attaches its cookies and other ambient credentials to a WebSocket upgrade
 whatever page opened it, and the WebSocket API has no same-origin policy: a page on

@@ -1,10 +1,48 @@
-"""Per-connection rate limiting (PROTOCOL.md section 6), driven by ``now``."""
+"""Rate limits, driven by ``now``: one token bucket, and the per-connection limiter.
+
+:class:`TokenBucket` serves both limits of the contract: messages per second per
+connection (PROTOCOL.md section 6, :class:`RateLimiter`) and new connections per second
+per process (``connection_rate``, :class:`~agentcast.protocol.admission.Admission`).
+"""
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimiter", "TokenBucket"]
+
+
+class TokenBucket:
+    """*capacity* tokens, refilled at *rate* per second; full when first used.
+
+    Time only moves forward here: an earlier *now* than one already seen adds nothing.
+    """
+
+    __slots__ = ("_capacity", "_last", "_rate", "_tokens")
+
+    def __init__(self, rate: float, capacity: float, now: float | None = None) -> None:
+        self._rate = rate
+        self._capacity = capacity
+        self._tokens = capacity
+        # None: not used yet; the bucket is full at whatever time it is first used.
+        self._last = now
+
+    def take(self, now: float) -> bool:
+        """Take one token at *now*; ``False`` if there is none."""
+        if self._last is None:
+            self._last = now
+        elif now > self._last:
+            self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
+            self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def retry_after(self) -> int:
+        """Whole seconds (at least 1) until the next token, as of the last :meth:`take`."""
+        return max(1, math.ceil((1.0 - self._tokens) / self._rate))
 
 
 class RateLimiter:
@@ -16,25 +54,17 @@ class RateLimiter:
     closed with 1008.
     """
 
-    __slots__ = ("_burst", "_last", "_rate", "_strike_times", "_strikes", "_tokens", "_window")
+    __slots__ = ("_bucket", "_strike_times", "_strikes", "_window")
 
     def __init__(self, rate: float, burst: int, strikes: int, window: float, now: float) -> None:
-        self._rate = rate
-        self._burst = float(burst)
+        self._bucket = TokenBucket(rate, float(burst), now)
         self._strikes = strikes
         self._window = window
-        self._tokens = float(burst)
-        self._last = now
         self._strike_times: deque[float] = deque()
 
     def allow(self, now: float) -> bool:
         """Take a token for one message at *now*; ``False`` means drop it (a strike)."""
-        elapsed = now - self._last
-        if elapsed > 0:
-            self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
-            self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._bucket.take(now):
             return True
         times = self._strike_times
         times.append(now)

@@ -9,7 +9,8 @@ queues text for ``websocket.send``). What it owns:
 * the auth outcome, sent first as the ``auth`` message, and in-band refresh (section 2);
 * the heartbeat: JSON ``ping`` and a protocol Ping every interval, close 4000 after the
   timeout (section 5); token expiry, close 4001; an unauthenticated connection is
-  closed 1008 after ``unauthenticated_timeout`` (issue 4);
+  closed 1008 after ``unauthenticated_timeout`` (a client that never authenticates
+  holds a socket for nothing);
 * the rate limit and the ``error`` answers of section 6, and ``max_message_size`` (1009)
   for messages framed by someone else (an ASGI server): the core's own transport refuses
   an oversized message from its frame header, before buffering it, so such a message
@@ -21,9 +22,11 @@ queues text for ``websocket.send``). What it owns:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, assert_never
+from typing import Protocol, assert_never
 
 from .auth import AuthFailure, AuthResult, Identity
+from .codes import CloseCode
+from .config import Settings
 from .events import AuthRequested, Event
 from .messages import (
     BINARY_NOT_SUPPORTED,
@@ -41,24 +44,34 @@ from .messages import (
 )
 from .outbox import Outbox
 from .ratelimit import RateLimiter
+from .stats import Stats
 
-if TYPE_CHECKING:
-    from .hub import Hub
-
-__all__ = ["CloseCode", "Session", "Sink"]
+__all__ = ["Host", "Session", "Sink"]
 
 
-class CloseCode:
-    """Close codes the session produces (PROTOCOL.md section 9)."""
+class Host(Protocol):
+    """What a session needs of the hub: the settings, the counters, and three calls.
 
-    NORMAL = 1000
-    GOING_AWAY = 1001
-    POLICY = 1008
-    TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    TRY_AGAIN_LATER = 1013
-    HEARTBEAT_TIMEOUT = 4000
-    TOKEN_EXPIRED = 4001
+    :class:`~agentcast.protocol.Hub` is one; the session never imports it.
+    """
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+    def open_session(self, member: Session, now: float, wall: float) -> None:
+        """The session is open (its ``auth`` message is queued): register it."""
+        ...
+
+    def presence_changed(self, member: Session, now: float, wall: float) -> None:
+        """The session's authenticated user set this connection's presence."""
+        ...
+
+    def close_session(self, member: Session, now: float, wall: float) -> None:
+        """The session is closed: deliver nothing more to it. Idempotent."""
+        ...
 
 
 class Sink(Protocol):
@@ -107,7 +120,7 @@ class Session:
 
     def __init__(
         self,
-        hub: Hub,
+        hub: Host,
         sink: Sink,
         auth: AuthResult | None,
         *,
@@ -127,7 +140,7 @@ class Session:
         self._last_seen = now
         self._next_ping = now + settings.heartbeat_interval
         self._expires_at: float | None = None
-        # An unauthenticated connection is closed (1008) at this time (issue 4).
+        # An unauthenticated connection is closed (1008) at this time.
         self._auth_deadline: float | None = None
         self._limiter = RateLimiter(
             settings.rate_limit,
@@ -146,13 +159,10 @@ class Session:
         if isinstance(result, Identity):
             self.user_id = result.user_id
             self._set_expiry(result, now, wall)
-            self._send_auth(result, now, wall)
-            hub._join(self, now, wall)
-        else:
-            if settings.unauthenticated_timeout is not None:
-                self._auth_deadline = now + settings.unauthenticated_timeout
-            self._send_auth(result, now, wall)
-            hub._add(self)
+        elif settings.unauthenticated_timeout is not None:
+            self._auth_deadline = now + settings.unauthenticated_timeout
+        self._send_auth(result, now, wall)
+        hub.open_session(self, now, wall)
 
     # -- state --------------------------------------------------------------------------
 
@@ -212,7 +222,7 @@ class Session:
                     return
                 stats.messages_in["user_presence"] += 1
                 self.presence = status
-                self._hub._presence_changed(self.user_id, now, wall)
+                self._hub.presence_changed(self, now, wall)
             case AuthRefresh(token=token):
                 if self.user_id is None:
                     self._error(NOT_AUTHENTICATED, now, wall)
@@ -275,18 +285,19 @@ class Session:
             return
         self._closed = True
         self._sink.close(code, reason, now)
-        self._hub._leave(self, now, wall)
+        self._hub.close_session(self, now, wall)
 
     def ended(self, code: int, now: float, wall: float) -> None:
         """The transport is gone (closing handshake done, or the TCP connection ended)."""
         self._closed = True
-        self._hub._leave(self, now, wall)
+        self._hub.close_session(self, now, wall)
         self._hub.stats.closes[code] += 1
 
     # -- output -------------------------------------------------------------------------
 
-    def _deliver(self, message: PreparedMessage, now: float, wall: float) -> bool:
-        """Queue a broadcast (called by the hub). ``False`` if this client was dropped."""
+    def deliver(self, message: PreparedMessage, now: float, wall: float) -> bool:
+        """Queue *message* (a broadcast, from the hub), applying the slow-client policy:
+        ``False`` if the session is closed or this message made it drop the client."""
         if self._closed:
             return False
         outbox = self._sink.outbox
@@ -314,7 +325,7 @@ class Session:
 
     def _send(self, kind: str, data: object, now: float, wall: float) -> None:
         self._hub.stats.messages_out[kind] += 1
-        self._deliver(PreparedMessage.build(kind, data, wall), now, wall)
+        self.deliver(PreparedMessage.build(kind, data, wall), now, wall)
 
     def _send_auth(self, result: AuthResult, now: float, wall: float) -> None:
         if isinstance(result, Identity):

@@ -2,7 +2,7 @@
 
 Whoever does the HTTP upgrade (the core's own :class:`~agentcast.protocol.ServerConnection`
 over h11 and wsproto, or an ASGI server for the ASGI adapter) asks an :class:`Upgrade`
-what to answer, in this order (PROTOCOL.md section 2, issue 4):
+what to answer, in this order (PROTOCOL.md sections 1 and 2):
 
 1. admission at the request: origin (``403``), connection limits and rate (``503``),
    see :mod:`agentcast.protocol.admission`;
@@ -21,7 +21,7 @@ Drive it like this::
         result = None if upgrade.token is None else authenticator.authenticate(...)
         refusal = upgrade.decide(result)        # 401/503, or None
     if refusal is not None:
-        answer refusal.status / .reason / .headers; no WebSocket
+        answer with the refusal (an HttpAnswer); no WebSocket
     else:
         accept with upgrade.subprotocol, then session = upgrade.open(sink, result, ...)
     ...
@@ -37,7 +37,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
-from .admission import Refusal, Ticket
+from .admission import Ticket
+from .answers import HttpAnswer
 from .auth import AuthFailure, AuthResult, Identity
 from .errors import LocalProtocolError
 from .session import Session, Sink
@@ -103,14 +104,14 @@ class Upgrade:
         self.subprotocol: str | None = None
         decision = hub.admission.admit(headers, client, now)
         #: Set when the upgrade is refused (at the request, or by :meth:`decide`).
-        self.refusal: Refusal | None = None
-        if isinstance(decision, Refusal):
+        self.refusal: HttpAnswer | None = None
+        if isinstance(decision, HttpAnswer):
             self.refusal = decision
             return
         self._ticket = decision
         self.token, self.subprotocol = extract_token(query, headers, subprotocols)
 
-    def decide(self, result: AuthResult | None) -> Refusal | None:
+    def decide(self, result: AuthResult | None) -> HttpAnswer | None:
         """The token's verdict (``None``: there was no token): a refusal, or ``None`` to
         accept. A refusal releases the connection's place."""
         if self.refusal is not None:
@@ -119,11 +120,13 @@ class Upgrade:
             raise LocalProtocolError("decide() called twice")
         self._decided = True
         admission = self._hub.admission
-        refusal: Refusal | None = None
+        refusal: HttpAnswer | None = None
         if isinstance(result, AuthFailure | None) and self._hub.settings.require_auth:
             reason = "missing token" if result is None else result.reason
             admission.refused["auth"] += 1
-            refusal = Refusal(401, f"Unauthorized: {reason}", (("www-authenticate", "Bearer"),))
+            refusal = HttpAnswer.plain(
+                401, f"Unauthorized: {reason}", (("www-authenticate", "Bearer"),)
+            )
         elif isinstance(result, Identity) and self._ticket is not None:
             refusal = admission.admit_user(self._ticket, result.user_id)
         if refusal is not None:

@@ -32,11 +32,14 @@ from wsproto.events import Event as WsEvent
 
 from agentcast.protocol import (
     Authenticator,
+    AuthFailure,
     AuthRequested,
     DevAuthenticator,
     Event,
     Hub,
+    Identity,
     ServerConnection,
+    Session,
     Settings,
 )
 from agentcast.protocol.outbox import Outbox
@@ -289,6 +292,16 @@ class ListSink:
         return [m["type"] for m in self.messages()]
 
 
+def open_session(hub: Hub, user: str | None, now: float = 0.0) -> tuple[Session, ListSink]:
+    """A session of *user* (``None``: unauthenticated) on a :class:`ListSink`, opened at
+    *now*, its first messages (auth, presence_state) read."""
+    sink = ListSink()
+    auth = Identity(user_id=user) if user is not None else AuthFailure("Missing token")
+    session = Session(hub, sink, auth, now=now, wall=WALL0 + now)
+    sink.messages()
+    return session, sink
+
+
 class Helpers:
     """What the tests share, handed out by the ``h`` fixture (tests are not a package,
     so they cannot import this module)."""
@@ -302,6 +315,7 @@ class Helpers:
     error = staticmethod(error)
     http_request = staticmethod(http_request)
     masked_frame = staticmethod(masked_frame)
+    open_session = staticmethod(open_session)
     parse_response = staticmethod(parse_response)
 
 

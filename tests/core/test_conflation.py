@@ -1,4 +1,4 @@
-"""Issue 6: agent-status conflation for slow readers, decided in the core."""
+"""Agent-status conflation for slow readers, decided in the core."""
 
 from __future__ import annotations
 

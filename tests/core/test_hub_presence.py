@@ -7,7 +7,11 @@ import json
 
 from wsproto.events import CloseConnection, TextMessage
 
-from agentcast.protocol import Hub, Settings
+from agentcast.protocol import (
+    Hub,
+    Settings,
+    format_timestamp,
+)
 
 
 def presence(h, user: str, status: str, ident: str, wall: float | None = None) -> dict:
@@ -254,3 +258,23 @@ def test_broadcast_to_1000_connections_queues_the_same_bytes_object(h):
     assert hits == [7, 507]
     assert got[7] is got[507]
     assert decode(conns[7], got[7])["data"] == {"level": "info", "message": "hi"}
+
+
+W = 1766754000.0  # the wall clock at now == 0 (2025-12-26T13:00:00Z)
+
+
+# -- presence ------------------------------------------------------------------------------
+
+
+def test_a_fractional_presence_grace_still_delays_offline(h):
+    hub = Hub(Settings(presence_grace=0.5))
+    leaver, _ = h.open_session(hub, "u1")
+    _, watcher = h.open_session(hub, "u2")
+    leaver.close(1000, "bye", 1.0, W + 1)
+    assert watcher.messages() == []
+    assert hub.presence()["u1"] == "online"
+    hub.handle_timer(1.5, W + 1.5)
+    [offline] = watcher.messages()
+    assert offline["type"] == "user_presence"
+    assert offline["data"] == {"userId": "u1", "status": "offline"}
+    assert offline["timestamp"] == format_timestamp(W + 1.5)

@@ -1,4 +1,4 @@
-"""Issue 4 / PROTOCOL.md 2: the JWT authenticator, attacked, in the core (scripted time)."""
+"""PROTOCOL.md 2: the JWT authenticator, attacked, in the core (scripted time)."""
 
 from __future__ import annotations
 

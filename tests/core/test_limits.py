@@ -1,4 +1,4 @@
-"""Issue 4: origin allow-list, connection limits and rate, hostile handshakes, in the core.
+"""Origin allow-list, connection limits and rate, hostile handshakes, in the core.
 
 Bytes in, bytes out, scripted time: no sockets, no sleeps.
 """

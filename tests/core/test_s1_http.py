@@ -8,14 +8,15 @@ import pytest
 from wsproto.events import AcceptConnection, Request, TextMessage
 
 from agentcast.protocol import (
-    ConnectionState,
+    HttpAnswer,
     HttpRequest,
     Hub,
     Identity,
     LocalProtocolError,
     ServerConnection,
     Settings,
-    WebSocketConnection,
+    TransportState,
+    WebSocketTransport,
 )
 
 
@@ -29,7 +30,7 @@ def test_valid_upgrade_gets_101_and_a_websocket(h, hub):
     p = h.Pair(hub)
     p.handshake("/ws?token=abc123")
     assert isinstance(p.accept, AcceptConnection)
-    assert p.server.transport.state is ConnectionState.OPEN
+    assert p.server.transport.state is TransportState.OPEN
     assert p.server.session is not None
 
 
@@ -165,7 +166,9 @@ def test_get_routes_become_http_request_events(h, hub, path):
     assert event.client == "127.0.0.1"
     assert event.header("X-THING") == "yes"
     assert event.header("absent") is None
-    conn.send_http_response(200, b'{"status":"ok"}', headers=[("x-a", "b")])
+    conn.respond(
+        HttpAnswer(200, (("content-type", "application/json"), ("x-a", "b")), b'{"status":"ok"}')
+    )
     status, headers, body = h.parse_response(conn.data_to_send())
     assert (status, body, headers["x-a"]) == (200, b'{"status":"ok"}', "b")
     assert headers["connection"] == "close"
@@ -413,21 +416,21 @@ def test_close_before_upgrade_just_closes(h, hub):
 
 def test_api_misuse_raises_local_protocol_error(h, hub):
     conn = ServerConnection(hub, now=0.0)
-    with pytest.raises(LocalProtocolError, match="without a pending HttpRequest"):
-        conn.send_http_response(200, b"")
+    with pytest.raises(LocalProtocolError, match="without a pending request"):
+        conn.respond(HttpAnswer.json(200, {}))
     with pytest.raises(LocalProtocolError, match="complete_auth"):
         conn.complete_auth(None, 0.0, 0.0)
-    ws = WebSocketConnection(now=0.0)
+    ws = WebSocketTransport(now=0.0)
     with pytest.raises(LocalProtocolError, match=r"accept\(\) in state HTTP"):
         ws.accept(0.0)
-    with pytest.raises(LocalProtocolError, match=r"reject\(\) in state HTTP"):
-        ws.reject(400, "no")
+    with pytest.raises(LocalProtocolError, match=r"respond\(\) without a pending request \(HTTP\)"):
+        ws.respond(HttpAnswer.plain(400, "no"))
 
 
 def test_response_headers_must_not_inject_lines(h, hub):
     conn = raw(hub, h.http_request("/healthz"))
     with pytest.raises(LocalProtocolError, match="CR or LF"):
-        conn.send_http_response(200, b"", headers=[("x", "a\r\nset-cookie: y")])
+        conn.respond(HttpAnswer.plain(200, "", [("x", "a\r\nset-cookie: y")]))
 
 
 def test_subprotocol_echoed_in_101(h, hub):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 
 import pytest
 from wsproto.events import TextMessage
@@ -424,3 +425,65 @@ def test_settings_are_validated(kwargs, match):
 
 def test_settings_repr_hides_the_api_key():
     assert "s3cret" not in repr(Settings(api_key="s3cret"))
+
+
+WALL0 = 1766754000.0  # the wall clock at now == 0 (2025-12-26T13:00:00Z)
+
+
+# -- validation answers (the publish API returns these texts as {"error": ...}) ------------
+
+
+def test_unknown_type_with_a_lone_surrogate_is_echoed_with_a_replacement(h):
+    hub = Hub()
+    s, sink = h.open_session(hub, "u1")
+    s.receive_text('{"type":"x\\ud800y"}', 1.0, h.WALL0 + 1)
+    [answer] = sink.messages()
+    assert answer["data"] == {"error": "Unknown message type: x?y", "code": "unknown_type"}
+    assert sink.closed is None
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda: ChatMessage.from_data([]), "chat message must be an object"),
+        (lambda: Notification.from_data("n"), "notification must be an object"),
+        (
+            lambda: Notification(level="info", message="m", user_id=""),
+            "userId must not be empty",
+        ),
+        (
+            lambda: AgentStatus(agent_name="a", state="idle", progress=101),
+            "progress must be a number from 0 to 100",
+        ),
+        (
+            lambda: ChatMessage(conversation_id="c", message_id="m", content=5, sender="s"),
+            "content must be a string",
+        ),
+        (
+            lambda: ChatMessage(
+                conversation_id="c", message_id="m", content="x", sender="s", timestamp="now"
+            ),
+            "timestamp must be an ISO 8601 date-time such as 2025-12-26T13:00:00.000Z",
+        ),
+        (
+            lambda: ChatMessage(conversation_id="c", message_id="m", content="a\ud800", sender="s"),
+            "content is not valid Unicode (a lone surrogate)",
+        ),
+        (
+            lambda: AgentStatus(agent_name="a\udfff", state="idle"),
+            "agentName is not valid Unicode (a lone surrogate)",
+        ),
+    ],
+)
+def test_invalid_publish_data_is_refused_with_its_exact_reason(make, error):
+    with pytest.raises(ValueError, match=f"^{re.escape(error)}$"):
+        make()
+
+
+def test_fields_of_exactly_the_maximum_length_are_accepted():
+    longest = "x" * MAX_FIELD_LENGTH
+    assert AgentStatus(agent_name=longest, state="idle").to_data()["agentName"] == longest
+    chat = ChatMessage(conversation_id="c", message_id="m", content=longest, sender="s")
+    assert chat.to_data(WALL0)["content"] == longest
+    with pytest.raises(ValueError, match="is longer than"):
+        ChatMessage(conversation_id="c", message_id="m", content=longest + "x", sender="s")

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from wsproto.events import Message, Ping, Pong
 
-from agentcast.protocol import ConnectionClosed, Hub, Settings
+from agentcast.protocol import (
+    ConnectionClosed,
+    Hub,
+    Settings,
+)
 
 
 def test_no_ping_before_the_interval_then_json_ping_and_protocol_ping(h, pair):
@@ -154,3 +159,35 @@ def test_next_deadline_values(h, hub):
     p.flush()
     p.feed(p.client.send(p.close_events()[0].response()))
     assert p.server.next_deadline() is None
+
+
+W = 1766754000.0  # the wall clock at now == 0 (2025-12-26T13:00:00Z)
+
+
+# -- heartbeat and the end of a session ----------------------------------------------------
+
+
+def test_a_late_timer_sends_one_ping_and_keeps_the_ping_grid(h):
+    hub = Hub()
+    s, sink = h.open_session(hub, "u1")
+    s.touch(95.0)
+    s.handle_timer(95.0, W + 95)  # pings were due at 30, 60 and 90
+    assert [m["type"] for m in sink.messages()] == ["ping"]
+    assert sink.pings == 1
+    assert s.next_deadline() == 120.0
+    s.handle_timer(119.0, W + 119)
+    assert sink.pings == 1
+
+
+def test_ended_session_is_closed_and_sends_nothing_more(h):
+    hub = Hub()
+    s, sink = h.open_session(hub, "u1")
+    s.ended(1006, 1.0, W + 1)
+    assert s.closed
+    assert s.next_deadline() is None
+    assert hub.clients_count() == 0
+    assert hub.stats.closes == Counter({1006: 1})
+    s.handle_timer(30.0, W + 30)
+    s.receive_text('{"type":"ping"}', 30.0, W + 30)
+    assert sink.pings == 0
+    assert sink.messages() == []

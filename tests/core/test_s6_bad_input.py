@@ -4,11 +4,17 @@ what happens to the connection afterwards."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 from wsproto.events import CloseConnection, Message, TextMessage
 
-from agentcast.protocol import ConnectionClosed, Hub, Settings, format_timestamp
+from agentcast.protocol import (
+    ConnectionClosed,
+    Hub,
+    Settings,
+    format_timestamp,
+)
 
 TEXT, BINARY, CONT, CLOSE, PING = 0x1, 0x2, 0x0, 0x8, 0x9
 
@@ -407,12 +413,95 @@ def test_binary_over_the_rate_limit_is_dropped_with_the_rate_error(h):
 def test_size_limit_holds_without_the_header_check(h, monkeypatch):
     # If a wsproto release hid the frame header from us, the limit would still hold,
     # counted as the payload arrives.
-    from agentcast.protocol import websocket
+    from agentcast.protocol import frames
 
-    monkeypatch.setattr(websocket, "_declared_remaining", lambda ws: 0)
+    monkeypatch.setattr(frames, "declared_remaining", lambda ws: 0)
     p = small(h)
     frame = h.masked_frame(TEXT, b"x" * 1001)
     p.feed(frame[:600])
     assert p.flush() == []
     p.feed(frame[600:])
     closed_with(p, 1009, "message too big")
+
+
+def test_the_frame_header_length_is_read_from_wsproto(h):
+    # The 1009-from-the-header check reads wsproto's frame decoder, which has no public
+    # accessor. If a wsproto release renames what it reads, this fails loudly, rather
+    # than the limit silently moving to after the payload has been buffered.
+    from wsproto.connection import Connection, ConnectionType
+
+    from agentcast.protocol.frames import declared_remaining
+
+    ws = Connection(ConnectionType.SERVER)
+    assert declared_remaining(ws) == 0
+    frame = h.masked_frame(TEXT, b"x" * 300)
+    ws.receive_data(frame[:8])  # the header (2 + 2 length + 4 mask) and 0 payload bytes
+    list(ws.events())
+    assert declared_remaining(ws) == 300
+    ws.receive_data(frame[8:108])
+    list(ws.events())
+    assert declared_remaining(ws) == 200
+
+
+W = 1766754000.0  # the wall clock at now == 0 (2025-12-26T13:00:00Z)
+
+
+# -- rate limit window ---------------------------------------------------------------------
+
+
+def test_a_strike_exactly_one_window_old_no_longer_counts(h):
+    # One token, refilled very slowly; two strikes within 10 s close the connection.
+    hub = Hub(Settings(rate_limit=0.01, rate_burst=1, rate_limit_strikes=2, rate_limit_window=10))
+    s, sink = h.open_session(hub, "u1")
+    s.receive_text('{"type":"ping"}', 0.0, W)  # the token
+    s.receive_text('{"type":"ping"}', 0.0, W)  # strike at 0
+    s.receive_text('{"type":"ping"}', 10.0, W + 10)  # strike at 10: the one at 0 expired
+    assert sink.closed is None
+    assert [m["type"] for m in sink.messages()] == ["pong", "error", "error"]
+    s.receive_text('{"type":"ping"}', 10.0, W + 10)  # second strike within the window
+    assert sink.closed == (1008, "rate limit exceeded")
+
+
+# -- max_message_size for messages framed elsewhere (ASGI) -----------------------------
+
+
+def test_oversized_text_closes_1009_and_the_user_goes_offline_after_grace(h):
+    hub = Hub(Settings(max_message_size=10))
+    s, sink = h.open_session(hub, "u1")
+    _, watcher = h.open_session(hub, "u2")
+    sink.messages()  # u2 came online
+    s.receive_text('{"type":"ping","x":1}', 2.0, W + 2)
+    assert sink.closed == (1009, "message too big")
+    assert sink.messages() == []
+    assert hub.stats.messages_in == Counter()
+    assert s.messages_in == 0
+    assert hub.next_deadline() == 7.0  # grace (5 s) from the close
+    hub.handle_timer(7.0, W + 7)
+    assert [m["data"] for m in watcher.messages()] == [{"userId": "u1", "status": "offline"}]
+
+
+def test_oversized_text_counts_utf8_bytes_and_offline_is_stamped_at_the_close(h):
+    hub = Hub(Settings(max_message_size=10, presence_grace=0))
+    s, sink = h.open_session(hub, "u1")
+    _, watcher = h.open_session(hub, "u2")
+    sink.messages()  # u2 came online
+    s.receive_text("ééééé", 1.0, W + 1)  # 5 characters, 10 bytes: allowed
+    assert sink.closed is None
+    s.receive_text("éééééé", 3.0, W + 3)  # 12 bytes
+    assert sink.closed == (1009, "message too big")
+    [offline] = watcher.messages()
+    assert offline["data"] == {"userId": "u1", "status": "offline"}
+    assert offline["timestamp"] == format_timestamp(W + 3)
+
+
+def test_oversized_binary_closes_1009_without_an_error_message(h):
+    hub = Hub(Settings(max_message_size=10, presence_grace=0))
+    s, sink = h.open_session(hub, "u1")
+    _, watcher = h.open_session(hub, "u2")
+    sink.messages()  # u2 came online
+    s.receive_binary(4.0, W + 4, 11)
+    assert sink.closed == (1009, "message too big")
+    assert sink.messages() == []
+    assert hub.stats.errors == Counter()
+    [offline] = watcher.messages()
+    assert offline["timestamp"] == format_timestamp(W + 4)

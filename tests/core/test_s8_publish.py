@@ -31,7 +31,9 @@ def request(
 
 def call(hub: Hub, req: HttpRequest, now: float = 0.0, wall: float = 0.0):
     result = answer(req, hub, now=now, wall=wall)
-    return result.status, json.loads(result.body), dict(result.headers)
+    assert result.content_type == "application/json"
+    headers = {name: value for name, value in result.headers if name != "content-type"}
+    return result.status, json.loads(result.body), headers
 
 
 @pytest.fixture
@@ -59,7 +61,7 @@ def test_healthz_end_to_end_through_the_connection(h, hub):
     conn.receive_data(h.http_request("/healthz"), 0.0, 0.0)
     [event] = conn.events_received()
     result = answer(event, hub, now=0.0, wall=0.0)
-    conn.send_http_response(result.status, result.body, result.content_type, result.headers)
+    conn.respond(result)
     status, headers, body = h.parse_response(conn.data_to_send())
     assert (status, headers["content-type"]) == (200, "application/json")
     assert json.loads(body) == {"status": "ok", "clients": 0, "authenticated": 0}

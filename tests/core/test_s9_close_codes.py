@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from wsproto.events import CloseConnection, Request, TextMessage
 
-from agentcast.protocol import ConnectionClosed, ConnectionState, Hub, PreparedMessage, Settings
+from agentcast.protocol import ConnectionClosed, Hub, PreparedMessage, Settings, TransportState
 
 
 def closed_events(pair) -> list[ConnectionClosed]:
@@ -43,7 +43,7 @@ def test_server_close_waits_for_the_peer(h, hub, pair):
     assert isinstance(close, CloseConnection)
     assert (close.code, close.reason) == (1001, "going away")
     assert not pair.server.closed
-    assert pair.server.transport.state is ConnectionState.CLOSING
+    assert pair.server.transport.state is TransportState.CLOSING
     assert closed_events(pair) == []
     assert hub.clients_count() == 0  # no more broadcasts for it
     # Messages that cross our close frame are not answered.
@@ -135,7 +135,7 @@ def test_slow_client_is_closed_1013_and_nobody_else_is_affected(h):
         ).frame
     )
     published = 0
-    while slow.server.transport.state is ConnectionState.OPEN:
+    while slow.server.transport.state is TransportState.OPEN:
         before = slow.server.transport.backlog  # slow never reads
         hub.send_notification("info", "n" * 200, now=0.0, wall=h.WALL0)
         published += 1
@@ -181,7 +181,7 @@ def test_write_in_flight_pushes_a_client_over_the_limit(h):
     hub.send_notification("info", "a" * 600, now=0.0, wall=0.0)
     p.server.data_to_send()  # in flight, never completed
     hub.send_notification("info", "b" * 600, now=0.0, wall=0.0)
-    assert p.server.transport.state is ConnectionState.CLOSING
+    assert p.server.transport.state is TransportState.CLOSING
     assert p.server.transport.close_code == 1013
 
 

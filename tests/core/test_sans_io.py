@@ -25,15 +25,15 @@ import agentcast.protocol
 from agentcast.protocol import (
     BytesReceived,
     ConnectionClosed,
-    ConnectionState,
+    HttpAnswer,
     Hub,
     Identity,
-    PreparedMessage,
     Session,
     Settings,
     TextReceived,
+    TransportState,
     UpgradeRequested,
-    WebSocketConnection,
+    WebSocketTransport,
 )
 
 PROTOCOL_DIR = Path(agentcast.protocol.__file__).parent
@@ -127,14 +127,14 @@ def test_the_blocking_works():
 # -- the transport alone: an echo application, no session ------------------------------------
 
 
-def open_transport(**kwargs) -> tuple[WebSocketConnection, WSConnection]:
-    ws = WebSocketConnection(now=0.0, **kwargs)
+def open_transport(**kwargs) -> tuple[WebSocketTransport, WSConnection]:
+    ws = WebSocketTransport(now=0.0, **kwargs)
     client = WSConnection(ConnectionType.CLIENT)
     ws.receive_data(client.send(Request(host="h", target="/ws?x=1", subprotocols=["echo"])), 0.0)
     [upgrade] = ws.events_received()
     assert isinstance(upgrade, UpgradeRequested)
     assert (upgrade.path, upgrade.query, upgrade.subprotocols) == ("/ws", "x=1", ("echo",))
-    assert ws.state is ConnectionState.UPGRADING
+    assert ws.state is TransportState.UPGRADING
     ws.accept(0.0, "echo")
     client.receive_data(ws.data_to_send())
     [accepted] = list(client.events())
@@ -143,7 +143,7 @@ def open_transport(**kwargs) -> tuple[WebSocketConnection, WSConnection]:
     return ws, client
 
 
-def echo(ws: WebSocketConnection) -> None:
+def echo(ws: WebSocketTransport) -> None:
     for event in ws.events_received():
         if isinstance(event, TextReceived):
             ws.send_text(event.text)
@@ -170,7 +170,7 @@ def test_transport_runs_an_echo_application():
     assert ws.events_received() == [TextReceived(text='{"type":"ping"}')]
     assert ws.data_to_send() == b""
     assert ws.next_deadline() is None
-    ws.send_message(PreparedMessage("x", "{}"))
+    ws.send_text("{}")
     ws.close(1000, "done", 3.0)
     client.receive_data(ws.data_to_send())
     [frame, close] = list(client.events())
@@ -181,8 +181,6 @@ def test_transport_runs_an_echo_application():
     ws.send_text("x")
     ws.send_bytes(b"x")
     ws.send_ping()
-    ws.send_frame(b"\x81\x00")
-    ws.send_message(PreparedMessage("x", "{}"))
     assert ws.data_to_send() == b""
     ws.receive_data(client.send(close.response()), 4.0)
     assert ws.events_received() == [ConnectionClosed(code=1000, reason="done")]
@@ -190,11 +188,11 @@ def test_transport_runs_an_echo_application():
 
 
 def test_transport_reject():
-    ws = WebSocketConnection(now=0.0)
+    ws = WebSocketTransport(now=0.0)
     client = WSConnection(ConnectionType.CLIENT)
     ws.receive_data(client.send(Request(host="h", target="/ws")), 0.0)
     ws.events_received()
-    ws.reject(403, "Forbidden: origin not allowed", [("x-why", "origin")])
+    ws.respond(HttpAnswer.plain(403, "Forbidden: origin not allowed", [("x-why", "origin")]))
     client.receive_data(ws.data_to_send())
     [reject, *_] = list(client.events())
     assert isinstance(reject, RejectConnection)
@@ -202,12 +200,12 @@ def test_transport_reject():
     assert ws.closed
 
 
-def test_transport_send_frame_and_discard():
+def test_transport_output_not_yet_taken_can_be_discarded():
     ws, client = open_transport()
-    ws.send_frame(b"\x81\x02hi")
-    ws.discard_pending()
+    ws.send_text("hi")
+    ws.outbox.discard()
     assert ws.data_to_send() == b""
-    ws.send_frame(b"\x81\x02hi")
+    ws.send_text("hi")
     client.receive_data(ws.data_to_send())
     assert [e.data for e in client.events()] == ["hi"]
 

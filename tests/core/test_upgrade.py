@@ -8,14 +8,15 @@ import pytest
 
 from agentcast.protocol import (
     AuthFailure,
+    HttpAnswer,
     Hub,
     Identity,
     LocalProtocolError,
     Settings,
     Upgrade,
 )
-from agentcast.protocol.http import refuse
-from agentcast.protocol.websocket import body_too_large, not_an_upgrade, wrong_path
+from agentcast.protocol.answers import body_too_large, not_an_upgrade, wrong_path
+from agentcast.protocol.routing import Route, refusal, route
 
 
 def request(hub, query="", headers=(), subprotocols=(), *, client="10.0.0.1", now=0.0):
@@ -70,12 +71,12 @@ def test_require_auth_refuses_missing_and_bad_tokens_with_401():
     missing = request(hub)
     refusal = missing.decide(None)
     assert refusal is not None
-    assert (refusal.status, refusal.reason) == (401, "Unauthorized: missing token")
-    assert refusal.headers == (("www-authenticate", "Bearer"),)
+    assert (refusal.status, refusal.body) == (401, b"Unauthorized: missing token\n")
+    assert refusal.header("www-authenticate") == "Bearer"
     bad = request(hub, "token=x")
     refusal = bad.decide(AuthFailure("Invalid token"))
     assert refusal is not None
-    assert refusal.reason == "Unauthorized: Invalid token"
+    assert refusal.body == b"Unauthorized: Invalid token\n"
     assert hub.admission.refused["auth"] == 2
     assert hub.admission.connections == 0  # a refusal releases by itself
 
@@ -147,16 +148,22 @@ def test_a_message_framed_elsewhere_over_the_limit_closes_1009(h):
 
 
 def test_shared_http_answers():
+    settings = Settings()
+
+    def refuse(method: str, path: str) -> HttpAnswer | None:
+        return refusal(route(method, path, settings), path)
+
     assert refuse("GET", "/nowhere").status == 404
     answer = refuse("POST", "/healthz")
-    assert (answer.status, answer.headers) == (405, (("allow", "GET"),))
+    assert (answer.status, answer.header("allow")) == (405, "GET")
     assert refuse("GET", "/metrics") is None
-    assert refuse("POST", "/api/anything") is None  # the publish API answers (404 there)
+    assert refuse("POST", "/api/anything").status == 404
+    assert route("GET", "/api/notifications", settings) is Route.METHOD_NOT_ALLOWED
+    assert refuse("GET", "/api/notifications").header("allow") == "POST"
+    assert route("POST", "/api/notifications", settings) is Route.PUBLISH
+    assert route("POST", "/ws", settings) is Route.WEBSOCKET  # the upgrade checks the method
     upgrade_required = not_an_upgrade("GET")
-    assert (upgrade_required.status, upgrade_required.headers) == (
-        426,
-        (("upgrade", "websocket"),),
-    )
+    assert (upgrade_required.status, upgrade_required.header("upgrade")) == (426, "websocket")
     assert not_an_upgrade("POST").status == 400
     assert wrong_path("/ws").body == b"Not Found: the WebSocket endpoint is /ws\n"
     assert body_too_large(10).status == 413

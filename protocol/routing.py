@@ -1,0 +1,82 @@
+"""Which endpoint an HTTP request is for (PROTOCOL.md sections 1 and 8), decided once.
+
+:func:`route` is pure: method, path (without the query, relative to where the server is
+mounted) and settings in, a :class:`Route` out. The core's HTTP phase and the ASGI
+adapter both call it, so a path means the same on either; :func:`refusal` gives the
+answer for the two routes that are answers by themselves (``404``, ``405``).
+
+Adding an endpoint (the dashboard at ``GET /``, Server-Sent Events at ``GET /events``,
+``GET /openapi.json``) is a member of :class:`Route` and a line of :data:`_FIXED`.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from .answers import HttpAnswer
+from .config import Settings
+
+__all__ = ["Route", "allowed_method", "refusal", "route"]
+
+
+class Route(Enum):
+    """Where a request goes."""
+
+    #: The WebSocket endpoint (``settings.path``): an upgrade, or ``426``/``400``.
+    WEBSOCKET = "websocket"
+    #: ``GET /healthz``.
+    HEALTHZ = "healthz"
+    #: ``GET /metrics``: the adapter's (it owns the metrics registry).
+    METRICS = "metrics"
+    #: ``POST /api/agent-status``, ``/api/chat-messages``, ``/api/notifications``.
+    PUBLISH = "publish"
+    #: A path we do not serve: ``404``.
+    NOT_FOUND = "not_found"
+    #: A path we serve, with another method: ``405`` with ``Allow``.
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+
+
+#: Every fixed path, its route and its one method.
+_FIXED: dict[str, tuple[Route, str]] = {
+    "/healthz": (Route.HEALTHZ, "GET"),
+    "/metrics": (Route.METRICS, "GET"),
+    "/api/agent-status": (Route.PUBLISH, "POST"),
+    "/api/chat-messages": (Route.PUBLISH, "POST"),
+    "/api/notifications": (Route.PUBLISH, "POST"),
+}
+
+_NOT_FOUND = HttpAnswer.json(404, {"error": "not found"})
+
+
+def route(method: str, path: str, settings: Settings) -> Route:
+    """The route of a request for *path* with *method*.
+
+    The WebSocket endpoint comes first (a deployment may mount it anywhere); its method
+    is checked by the upgrade (a non-``GET`` is a bad upgrade, ``400``).
+    """
+    if path == settings.path:
+        return Route.WEBSOCKET
+    fixed = _FIXED.get(path)
+    if fixed is None:
+        return Route.NOT_FOUND
+    target, allowed = fixed
+    return target if method == allowed else Route.METHOD_NOT_ALLOWED
+
+
+def allowed_method(path: str) -> str | None:
+    """The method a fixed *path* takes, or ``None`` for a path not served."""
+    fixed = _FIXED.get(path)
+    return None if fixed is None else fixed[1]
+
+
+def refusal(target: Route, path: str) -> HttpAnswer | None:
+    """The answer to a request routed to *target* when the route is the answer:
+    ``404`` for :attr:`Route.NOT_FOUND`, ``405`` for :attr:`Route.METHOD_NOT_ALLOWED`;
+    ``None`` for a route that serves the request."""
+    if target is Route.NOT_FOUND:
+        return _NOT_FOUND
+    if target is Route.METHOD_NOT_ALLOWED:
+        allowed = allowed_method(path)
+        assert allowed is not None  # only a fixed path has a method that is not allowed
+        return HttpAnswer.json(405, {"error": "method not allowed"}, (("allow", allowed),))
+    return None
