@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, WebSocketRoute
 from websockets.exceptions import InvalidStatus
 
+from agentcast.adapters import Server, Service
 from agentcast.adapters.asgi import create_app, route_path
 from agentcast.protocol import Settings
 
@@ -331,3 +332,29 @@ async def test_uvicorn_runs_the_module_app_configured_from_the_environment(clien
             process.terminate()
             with anyio.fail_after(10), anyio.CancelScope(shield=True):
                 await process.wait()
+
+
+@pytest.mark.anyio
+@ASGI
+async def test_one_service_under_the_reference_server_and_an_asgi_server_at_once(
+    serve_asgi, clients, wait_for
+):
+    """A service is the same to every transport: served by the reference server and an
+    ASGI server together, one publish reaches the clients of both, the counts cover both,
+    and shutting the reference server down closes every connection of the service (1001)."""
+    service = Service(Settings())
+    host, port = await serve_asgi(create_app(service), service.settings)
+    async with anyio.create_task_group() as tg:
+        server = Server(service=service, host="127.0.0.1", port=0)
+        await tg.start(server.serve)
+        via_asgi, _ = await greeted(clients, f"ws://{host}:{port}/ws?token=asgi")
+        via_server, _ = await greeted(clients, f"{server.urls[0]}?token=server")
+        assert service.authenticated_clients_count() == 2
+        assert service.send_notification("info", "both").delivered == 2
+        for peer in (via_asgi, via_server):
+            message = await peer.recv_until("notification")
+            assert message["data"] == {"level": "info", "message": "both"}
+        server.shutdown()
+        for peer in (via_asgi, via_server):
+            assert (await peer.closed_by_server())[0] == 1001
+    await wait_for(lambda: service.clients_count() == 0)
