@@ -76,11 +76,6 @@ class FramePhase:
         self.ended = False
 
     @property
-    def open(self) -> bool:
-        """Neither side has sent a close frame yet."""
-        return self._ws.state is _WsState.OPEN
-
-    @property
     def buffered(self) -> int:
         """Bytes of the partial message held (bounded by ``max_message_size``)."""
         return self._size

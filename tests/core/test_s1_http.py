@@ -369,6 +369,17 @@ def test_frames_pipelined_with_the_upgrade_request_are_processed(h, hub):
     assert [m["type"] for m in p.messages()] == ["auth", "pong"]
 
 
+def test_frames_pipelined_past_the_header_limit_in_one_read_are_kept(h, hub):
+    # One read holds the upgrade request and more than max_header_size bytes of frames:
+    # the request head is measured on its own, and the frames after it are not lost.
+    p = h.Pair(hub)
+    request = p.client.send(Request(host="localhost", target="/ws"))
+    pings = h.masked_frame(0x1, b'{"type":"ping"}') * 2
+    padding = h.masked_frame(0x9, b"p" * 100) * (hub.settings.max_header_size // 100)
+    p.feed(request + padding + pings)
+    assert [m["type"] for m in p.messages()] == ["auth", "pong", "pong"]
+
+
 def test_frames_arriving_while_auth_is_pending_are_processed_after_it(h, hub):
     p = h.Pair(hub)
     p.feed(p.client.send(Request(host="localhost", target="/ws?token=abc123")))

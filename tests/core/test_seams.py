@@ -133,3 +133,23 @@ def test_a_session_needs_only_the_host_interface(h):
     assert sink.types() == ["auth"]
     assert host.stats.messages_in == Counter({"user_presence": 1})
     assert not session.deliver(PreparedMessage.build("ping", None, h.WALL0), 3.0, h.WALL0)
+
+
+def test_a_member_may_publish_while_receiving_and_everyone_gets_both_once(h):
+    hub = Hub()
+
+    class Relay(Recorder):
+        def deliver(self, message: PreparedMessage, now: float, wall: float) -> bool:
+            super().deliver(message, now, wall)
+            if message.kind == "agent_status":
+                hub.send_notification("info", "relayed", now=now, wall=wall)
+            return True
+
+    relay, other = Relay("r"), Recorder("o")
+    hub.open_session(relay, 0.0, h.WALL0)
+    hub.open_session(other, 0.0, h.WALL0)
+    relay.got.clear()
+    other.got.clear()
+    assert hub.broadcast_agent_status("a", "idle", now=1.0, wall=h.WALL0).delivered == 2
+    assert [m.kind for m in relay.got] == ["agent_status", "notification"]
+    assert sorted(m.kind for m in other.got) == ["agent_status", "notification"]

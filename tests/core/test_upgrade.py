@@ -165,6 +165,11 @@ def test_shared_http_answers():
     upgrade_required = not_an_upgrade("GET")
     assert (upgrade_required.status, upgrade_required.header("upgrade")) == (426, "websocket")
     assert not_an_upgrade("POST").status == 400
+    assert HttpAnswer.json(200, {}, [("x-a", "b")]).header_fields() == [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"2"),
+        (b"x-a", b"b"),
+    ]
     assert wrong_path("/ws").body == b"Not Found: the WebSocket endpoint is /ws\n"
     assert body_too_large(10).status == 413
     assert body_too_large(10).content_type == "text/plain; charset=utf-8"
