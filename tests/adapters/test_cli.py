@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from agentcast.adapters.cli import ConfigError, build_config, build_parser, main
+from agentcast.adapters.config import config_from_environment
 from agentcast.protocol import DevAuthenticator, StaticAuthenticator
 
 #: The flags every deployment may need; --help lists each with its environment variable.
@@ -89,6 +90,40 @@ def test_every_flag_has_an_environment_variable_and_the_command_line_wins():
     for flag in DOCUMENTED_FLAGS:
         assert flag in serve_help
         assert f"AGENTCAST_{flag[2:].upper().replace('-', '_')}" in serve_help
+
+
+def test_the_asgi_app_reads_the_environment_as_agentcast_serve_does():
+    """The ASGI application reads AGENTCAST_* without a command line: the same values,
+    the same checks, as `agentcast serve` given no flag."""
+    environ = {
+        "AGENTCAST_PATH": "/live",
+        "AGENTCAST_PORT": "4000",
+        "AGENTCAST_BACKEND": "TRIO",
+        "AGENTCAST_AUTH": "static",
+        "AGENTCAST_TOKEN": "t1=alice, t2=bob",
+        "AGENTCAST_API_KEY": "from-env",
+        "AGENTCAST_REQUIRE_AUTH": "yes",
+        "AGENTCAST_ALLOWED_ORIGIN": "https://a.example,https://*.b.example",
+        "AGENTCAST_MAX_CONNECTIONS_PER_IP": "0",
+        "AGENTCAST_CONNECTION_RATE": "2.5",
+        "AGENTCAST_HEARTBEAT_INTERVAL": "0.5",
+        "AGENTCAST_SOCKET_SEND_BUFFER": "65536",
+        "AGENTCAST_DRAIN_TIMEOUT": "3",
+        "AGENTCAST_LOG_LEVEL": "debug",
+    }
+    from_cli, from_env = config([], environ), config_from_environment(environ)
+    assert from_env.settings == from_cli.settings
+    assert from_env.settings.allowed_origins == ("https://a.example", "https://*.b.example")
+    assert dict(from_env.authenticator.table) == dict(from_cli.authenticator.table)
+    for field in ("host", "port", "backend", "uvloop", "drain_timeout", "socket_send_buffer"):
+        assert getattr(from_env, field) == getattr(from_cli, field), field
+    assert (from_env.log_level, from_env.log_format) == (from_cli.log_level, from_cli.log_format)
+
+    for bad in ({"AGENTCAST_PORT": "many"}, {"AGENTCAST_BACKEND": "twisted"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            config_from_environment(bad)
+    with pytest.raises(ConfigError, match="--token is for --auth static"):
+        config_from_environment({"AGENTCAST_TOKEN": "t=u"})
 
 
 def test_uvloop_is_the_default_on_asyncio_when_installed(monkeypatch):
