@@ -209,6 +209,25 @@ def test_body_split_over_many_reads(h, hub):
     assert event.body == body
 
 
+def test_body_past_the_header_limit_in_the_same_read_as_the_head(h):
+    # The head is cut off at the header limit first; the body after the cut still
+    # belongs to the request.
+    hub = Hub(Settings(max_header_size=1024, api_key="k"))
+    body = b'{"level":"info","message":"' + b"x" * 3000 + b'"}'
+    conn = raw(
+        hub,
+        h.http_request(
+            "/api/notifications",
+            method="POST",
+            headers=[("Content-Length", str(len(body))), ("Authorization", "Bearer k")],
+            body=body,
+        ),
+    )
+    [event] = conn.events_received()
+    assert isinstance(event, HttpRequest)
+    assert event.body == body
+
+
 def test_expect_100_continue_is_answered(h, hub):
     head = h.http_request(
         "/api/notifications",
