@@ -76,15 +76,28 @@ class ErrorCode(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class MessageError:
-    """The ``error`` answer to a bad client message; the connection stays open."""
+    """The ``error`` answer to a bad client message; the connection stays open.
+
+    ``expected``, when set, shows the shape the server takes instead (an extra field of
+    the answer's ``data``, beside ``error`` and ``code``, which stay fixed for clients
+    that match on them).
+    """
 
     code: ErrorCode
     error: str
+    expected: str | None = None
 
 
 INVALID_FORMAT: Final = MessageError(ErrorCode.INVALID_FORMAT, "Invalid message format")
 NOT_ALLOWED: Final = MessageError(ErrorCode.NOT_ALLOWED, "Message type not allowed from client")
-INVALID_PRESENCE: Final = MessageError(ErrorCode.INVALID_PRESENCE, "Invalid presence status")
+#: A client sets its presence with the bare status string as ``data``; a natural guess
+#: such as ``"data": {"status": "away"}`` gets this answer, which names the real shape.
+PRESENCE_SHAPE: Final = (
+    '{"type":"user_presence","data":"away"}, data one of "online", "away", "busy", "offline"'
+)
+INVALID_PRESENCE: Final = MessageError(
+    ErrorCode.INVALID_PRESENCE, "Invalid presence status", expected=PRESENCE_SHAPE
+)
 NOT_AUTHENTICATED: Final = MessageError(ErrorCode.NOT_AUTHENTICATED, "Not authenticated")
 BINARY_NOT_SUPPORTED: Final = MessageError(
     ErrorCode.BINARY_NOT_SUPPORTED, "Binary messages are not supported"

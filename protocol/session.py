@@ -336,7 +336,10 @@ class Session:
 
     def _error(self, error: MessageError, now: float, wall: float) -> None:
         self._hub.stats.errors[error.code.value] += 1
-        self._send("error", {"error": error.error, "code": error.code.value}, now, wall)
+        data = {"error": error.error, "code": error.code.value}
+        if error.expected is not None:
+            data["expected"] = error.expected
+        self._send("error", data, now, wall)
 
     def _silence_deadline(self) -> float | None:
         if not self._close_silent:

@@ -26,10 +26,9 @@ def assert_still_open(pair) -> None:
     assert not pair.server.closed
 
 
-def error_reply(pair, text: str, code: str) -> None:
-    assert pair.messages() == [
-        {"type": "error", "data": {"error": text, "code": code}, "timestamp": pair_ts(pair)}
-    ]
+def error_reply(pair, text: str, code: str, **extra: str) -> None:
+    data = {"error": text, "code": code, **extra}
+    assert pair.messages() == [{"type": "error", "data": data, "timestamp": pair_ts(pair)}]
 
 
 def pair_ts(pair) -> str:
@@ -97,7 +96,11 @@ def test_server_only_types_are_not_allowed(h, pair, kind):
 def test_bad_presence_status(h, pair, data):
     msg = {"type": "user_presence"} if data is None else {"type": "user_presence", "data": data}
     pair.send_json(msg)
-    error_reply(pair, "Invalid presence status", "invalid_presence")
+    # The error text and code stay those clients match on; "expected" shows the shape.
+    expected = (
+        '{"type":"user_presence","data":"away"}, data one of "online", "away", "busy", "offline"'
+    )
+    error_reply(pair, "Invalid presence status", "invalid_presence", expected=expected)
     assert_still_open(pair)
 
 

@@ -115,6 +115,13 @@ def err(text: str, code: str) -> dict[str, str]:
     return {"error": text, "code": code}
 
 
+#: A bad presence answer also names the shape the server takes.
+HINT = {
+    "expected": '{"type":"user_presence","data":"away"}, data one of "online", "away", "busy", '
+    '"offline"'
+}
+
+
 # -- the model -------------------------------------------------------------------------
 
 
@@ -331,7 +338,7 @@ class Model:
             # Authentication is checked before the status is.
             self.send(m, "error", err("Not authenticated", "not_authenticated"))
         elif label == "presence invalid":
-            self.send(m, "error", err("Invalid presence status", "invalid_presence"))
+            self.send(m, "error", {**err("Invalid presence status", "invalid_presence"), **HINT})
         elif label.startswith("presence"):
             assert m.user is not None
             m.presence = label.split()[1]
