@@ -46,3 +46,15 @@ def test_no_page_sends_the_reader_outside_the_clone(page):
     for pattern in (r"\.\./shared", r"PROTOCOL\.md", r"\bseed\b", r"\bissue \d"):
         found = re.search(pattern, text)
         assert found is None, f"{page.name}: {found[0]!r}, which a reader of a clone cannot open"
+
+
+SECRET_FLAGS = ("--api-key", "--jwt-secret")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_no_documented_command_puts_a_secret_on_the_command_line(page):
+    # `ps` shows every process's command line to every user of the machine: the documented
+    # commands pass secrets in AGENTCAST_* variables instead.
+    for block in re.findall(r"```sh\n(.*?)```", page.read_text(), re.S):
+        for flag in SECRET_FLAGS:
+            assert not re.search(rf"{flag}[ =]\S", block), f"{page.name}: {flag} in\n{block}"
