@@ -98,5 +98,6 @@ def wrong_path(endpoint: str) -> HttpAnswer:
 
 
 def body_too_large(limit: int) -> HttpAnswer:
-    """A request body over *limit* bytes (``max_body_size``): ``413``."""
-    return HttpAnswer.plain(413, f"Content Too Large: the limit is {limit} bytes")
+    """A request body over *limit* bytes (``max_body_size``): ``413``, in JSON like every
+    other answer of the HTTP API (bodies are sent to the API only)."""
+    return HttpAnswer.json(413, {"error": f"the body is larger than the limit of {limit} bytes"})

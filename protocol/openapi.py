@@ -171,10 +171,7 @@ def _publish(item: str, summary: str, settings: Settings) -> dict[str, Any]:
                 "401": _json(error, "An API key is configured and the request lacks it."),
                 "403": _json(error, "No API key is configured and the client is not local."),
                 "405": _json(error, "A method other than POST."),
-                "413": {
-                    "description": f"A body over {settings.max_body_size} bytes.",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                },
+                "413": _json(error, f"A body over {settings.max_body_size} bytes."),
             },
         }
     }

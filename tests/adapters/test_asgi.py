@@ -279,7 +279,7 @@ async def test_a_chunked_body_over_the_limit_is_413_without_reading_it(start_ser
 
     status, body = await anyio.to_thread.run_sync(post)
     assert status == 413
-    assert body == b"Content Too Large: the limit is 4096 bytes\n"
+    assert json.loads(body) == {"error": "the body is larger than the limit of 4096 bytes"}
 
 
 _RUNNING = re.compile(r"Uvicorn running on http://([\d.]+:\d+)")

@@ -301,7 +301,10 @@ def test_body_over_the_limit_by_content_length_is_413_before_the_body(h):
         h.http_request("/api/notifications", method="POST", headers=[("Content-Length", "101")]),
     )
     status, _, body = h.parse_response(conn.data_to_send())
-    assert (status, body) == (413, b"Content Too Large: the limit is 100 bytes\n")
+    assert (status, json.loads(body)) == (
+        413,
+        {"error": "the body is larger than the limit of 100 bytes"},
+    )
     assert conn.events_received() == []
     assert conn.closed
 

@@ -298,6 +298,11 @@ def test_body_over_the_size_limit_is_413_by_the_transport(h):
         0.0,
         0.0,
     )
-    status, _, text = h.parse_response(conn.data_to_send())
-    assert (status, text) == (413, b"Content Too Large: the limit is 1048576 bytes\n")
+    status, headers, text = h.parse_response(conn.data_to_send())
+    assert headers["content-type"] == "application/json"
+    # JSON like every other answer of the publish API.
+    assert (status, json.loads(text)) == (
+        413,
+        {"error": "the body is larger than the limit of 1048576 bytes"},
+    )
     assert conn.events_received() == []

@@ -172,4 +172,4 @@ def test_shared_http_answers():
     ]
     assert wrong_path("/ws").body == b"Not Found: the WebSocket endpoint is /ws\n"
     assert body_too_large(10).status == 413
-    assert body_too_large(10).content_type == "text/plain; charset=utf-8"
+    assert body_too_large(10).content_type == "application/json"  # an API answer
