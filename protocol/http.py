@@ -14,10 +14,11 @@ import hmac
 import ipaddress
 import json
 
-from .answers import HttpAnswer
+from .answers import JSON, HttpAnswer
 from .events import HttpRequest
 from .hub import Hub
 from .messages import AgentStatus, ChatMessage, Notification
+from .openapi import openapi_json
 from .routing import Route, refusal, route
 
 __all__ = ["PUBLISH_PATHS", "answer", "healthz", "is_loopback"]
@@ -67,11 +68,14 @@ def _authorized(request: HttpRequest, api_key: str | None) -> HttpAnswer | None:
 
 
 def answer(request: HttpRequest, hub: Hub, *, now: float, wall: float) -> HttpAnswer:
-    """The response to ``GET /healthz`` or a publish API request (``404``/``405`` for
+    """The response to ``GET /healthz``, ``GET /openapi.json`` or a publish API request
+    (``404``/``405`` for
     a request routed elsewhere: the adapter answers ``/metrics`` and upgrades itself)."""
     target = route(request.method, request.path, hub.settings)
     if target is Route.HEALTHZ:
         return healthz(hub)
+    if target is Route.OPENAPI:
+        return HttpAnswer(200, (("content-type", JSON),), openapi_json(hub.settings))
     if target is not Route.PUBLISH:
         return refusal(target, request.path) or _json(404, {"error": "not found"})
     kind = PUBLISH_PATHS[request.path]

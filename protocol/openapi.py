@@ -1,6 +1,7 @@
 """An OpenAPI 3.1 description of the server's plain HTTP requests, for machines.
 
-:func:`openapi_document` describes ``GET /healthz``, ``GET /metrics`` and the publish API
+:func:`openapi_document` describes ``GET /healthz``, ``GET /metrics``,
+``GET /openapi.json`` (itself) and the publish API
 (``POST /api/agent-status``, ``/api/chat-messages``, ``/api/notifications``): request
 bodies (one item or a batch), every answer and its body. It is built from the same
 constants the validation uses (states, levels, field lengths, the settings' batch and
@@ -13,6 +14,7 @@ The document is a plain ``dict`` (JSON-ready); :func:`openapi_json` is its encod
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 from .config import Settings
@@ -214,6 +216,15 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                     },
                 }
             },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document.",
+                    "responses": {
+                        "200": _json({"type": "object"}, "The OpenAPI 3.1 document."),
+                        "405": not_get,
+                    },
+                }
+            },
             "/api/agent-status": _publish(
                 "AgentStatus", "Publish agent_status to every authenticated client.", settings
             ),
@@ -240,6 +251,7 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
     }
 
 
+@lru_cache(maxsize=8)
 def openapi_json(settings: Settings | None = None) -> bytes:
-    """:func:`openapi_document` as UTF-8 JSON."""
+    """:func:`openapi_document` as UTF-8 JSON (what ``GET /openapi.json`` answers)."""
     return json.dumps(openapi_document(settings), separators=(",", ":")).encode()

@@ -30,6 +30,8 @@ class Route(Enum):
     METRICS = "metrics"
     #: ``POST /api/agent-status``, ``/api/chat-messages``, ``/api/notifications``.
     PUBLISH = "publish"
+    #: ``GET /openapi.json``: the OpenAPI document of the HTTP API.
+    OPENAPI = "openapi"
     #: A path we do not serve: ``404``.
     NOT_FOUND = "not_found"
     #: A path we serve, with another method: ``405`` with ``Allow``.
@@ -43,6 +45,7 @@ _FIXED: dict[str, tuple[Route, str]] = {
     "/api/agent-status": (Route.PUBLISH, "POST"),
     "/api/chat-messages": (Route.PUBLISH, "POST"),
     "/api/notifications": (Route.PUBLISH, "POST"),
+    "/openapi.json": (Route.OPENAPI, "GET"),
 }
 
 _NOT_FOUND = HttpAnswer.json(404, {"error": "not found"})

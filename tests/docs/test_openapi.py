@@ -242,6 +242,8 @@ def test_every_other_documented_answer_of_a_running_server(server):
         ("/healthz", "POST", http(server, "POST", "/healthz")),
         ("/metrics", "GET", http(server, "GET", "/metrics")),
         ("/metrics", "DELETE", http(server, "DELETE", "/metrics")),
+        ("/openapi.json", "GET", http(server, "GET", "/openapi.json")),
+        ("/openapi.json", "POST", http(server, "POST", "/openapi.json")),
         ("/api/notifications", "GET", http(server, "GET", "/api/notifications")),
         ("/api/notifications", "POST", http(server, "POST", "/api/notifications", item)),
         (
@@ -256,6 +258,8 @@ def test_every_other_documented_answer_of_a_running_server(server):
         ("/healthz", "POST", 405),
         ("/metrics", "GET", 200),
         ("/metrics", "DELETE", 405),
+        ("/openapi.json", "GET", 200),
+        ("/openapi.json", "POST", 405),
         ("/api/notifications", "GET", 405),
         ("/api/notifications", "POST", 401),
         ("/api/notifications", "POST", 401),
@@ -265,6 +269,8 @@ def test_every_other_documented_answer_of_a_running_server(server):
         documented = next(iter(DOCUMENT["paths"][path]))
         check(path, documented if status == 405 else method, status, ctype, body)
     assert b"agentcast_connections_open" in answers[2][2][2]
+    # The server answers the document this test checks it against.
+    assert json.loads(answers[4][2][2]) == DOCUMENT
 
 
 def test_an_oversized_body_is_413(server):
