@@ -73,8 +73,10 @@ from agentcast.protocol.answers import body_too_large, not_an_upgrade, wrong_pat
 from agentcast.protocol.http import answer
 from agentcast.protocol.routing import refusal
 
+from . import redaction
 from ._asgi_driver import AsgiDriver, Receive, Scope, Send, peer_of, send_answer
 from .config import config_from_environment
+from .options import ConfigError
 from .server import Server
 from .service import Service, clock
 
@@ -372,7 +374,10 @@ def create_app(
 ) -> AgentcastASGI:
     """The ASGI application for *service* (or a reference server's service), or for a
     new :class:`~agentcast.adapters.service.Service` built from *settings* and
-    *authenticator* (the development authenticator by default)."""
+    *authenticator* (the development authenticator by default).
+
+    It also keeps tokens out of uvicorn's logs, which show every request's URL, query
+    string included (``/ws?token=…``): see :mod:`agentcast.adapters.redaction`."""
     if service is None:
         service = Service(settings, authenticator=authenticator)
     elif settings is not None or authenticator is not None:
@@ -380,6 +385,7 @@ def create_app(
     elif isinstance(service, Server):
         service = service.service
     service.warn_about_defaults()
+    redaction.install()
     return AgentcastASGI(service, close_silent_clients=close_silent_clients)
 
 
@@ -400,6 +406,11 @@ def __getattr__(name: str) -> AgentcastASGI:
     global _app
     if name == "app":
         if _app is None:
-            _app = from_environment()
+            try:
+                _app = from_environment()
+            except ConfigError as exc:
+                # The ASGI server is importing us: say what is wrong in one line (a missing
+                # extra, a bad AGENTCAST_* value) instead of a traceback through its loader.
+                raise SystemExit(f"agentcast: error: {exc}") from None
         return _app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
