@@ -18,7 +18,10 @@ commands.
 from __future__ import annotations
 
 import argparse
+import difflib
 import gc
+import importlib.metadata
+import importlib.util
 import logging
 import os
 import sys
@@ -37,10 +40,10 @@ from .options import (
     ENV_PREFIX,
     SERVE_OPTIONS,
     SETTINGS_FLAGS,
-    InvalidValue,
     Option,
     choice,
     comma_list,
+    invalid_value_message,
     parse_duration,
 )
 from .server import Server
@@ -131,17 +134,66 @@ class _Repeat(argparse.Action):
         getattr(namespace, self.dest).append(values)
 
 
+class _FromEnvironment(str):
+    """An option's default read from its environment variable: a bad value is reported
+    under the variable's name, not the flag's (the user never typed the flag)."""
+
+    variable: str
+
+
 def _argparse_type(convert: Callable[[str], Any]) -> Callable[[str], Any]:
-    """*convert* reporting :class:`InvalidValue` the way argparse shows its message."""
+    """*convert* reporting a bad value with a message that says what was expected: for a
+    flag the way argparse shows it, for an environment variable as a :class:`ConfigError`
+    naming the variable."""
 
     @wraps(convert)
     def wrapped(text: str) -> Any:
         try:
             return convert(text)
-        except InvalidValue as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+        except ValueError as exc:
+            message = invalid_value_message(convert, text, exc)
+            if isinstance(text, _FromEnvironment):
+                raise ConfigError(f"{text.variable}: {message}") from None
+            raise argparse.ArgumentTypeError(message) from None
 
     return wrapped
+
+
+def _environment_default(option: Option, environ: Mapping[str, str]) -> Any:
+    value = option.from_environment(environ)  # a string: argparse converts it
+    if isinstance(value, str) and option.variable in environ:
+        value = _FromEnvironment(value)
+        value.variable = option.variable
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser. An unknown flag after a command is that command's error,
+    with its usage and the closest flag it has, not the top level's."""
+
+    commands: dict[str, argparse.ArgumentParser]
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self.commands.get(getattr(parsed, "command", None) or "", self)
+            message = f"unrecognized arguments: {' '.join(extras)}"
+            flags = [s for a in command._actions for s in a.option_strings]
+            close = difflib.get_close_matches(extras[0].split("=", 1)[0], flags, n=1)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+            command.error(message)
+        return parsed
+
+
+def version() -> str:
+    """The installed package's version (``unknown`` when run from a bare source tree)."""
+    try:
+        return importlib.metadata.version("agentcast")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _add_options(
@@ -150,7 +202,7 @@ def _add_options(
     """Add *options* to *parser*, each with its environment variable as its default."""
     for option in options:
         env = option.variable
-        default = option.from_environment(environ)  # a string: argparse converts it
+        default = _environment_default(option, environ)
         if option.kind == "switch":
             parser.add_argument(
                 option.flag,
@@ -189,9 +241,10 @@ def _add_options(
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     """The ``agentcast`` parser, with defaults from *environ* (``os.environ``)."""
     environ = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="agentcast", description="agentcast: a real-time WebSocket server for AI agents."
     )
+    parser.add_argument("--version", action="version", version=f"agentcast {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
@@ -219,6 +272,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="aud claim [env AGENTCAST_JWT_AUDIENCE, its first value]",
     )
     _add_options(token, TOKEN_OPTIONS[3:], environ)
+    parser.commands = {"serve": serve, "token": token}
     return parser
 
 
@@ -273,6 +327,17 @@ async def _serve(server: Server) -> None:
             print(f"agentcast listening on {url}", flush=True)
 
 
+#: The package each event loop needs, and the extra that installs it.
+_BACKEND_EXTRAS = {"trio": ("trio", "agentcast[trio]")}
+
+
+def _check_backend(backend: str) -> None:
+    """A :class:`ConfigError` naming the extra to install when *backend* is missing."""
+    needed = _BACKEND_EXTRAS.get(backend)
+    if needed is not None and importlib.util.find_spec(needed[0]) is None:
+        raise ConfigError(f"--backend {backend} needs {needed[0]}: pip install '{needed[1]}'")
+
+
 def serve(config: ServeConfig) -> None:
     """Run the server *config* describes until it shuts down, on the event loop it names."""
     options: dict[str, Any] = {"use_uvloop": True} if config.uvloop else {}
@@ -286,11 +351,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"agentcast: error: {exc}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except ConfigError as exc:  # a bad AGENTCAST_* value
+        print(f"agentcast: error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "token":
         return _token_command(args)
     try:
         config = build_config(args)
+        _check_backend(config.backend)
     except ConfigError as exc:
         print(f"agentcast serve: error: {exc}", file=sys.stderr)
         return 2

@@ -40,6 +40,7 @@ __all__ = [
     "Option",
     "choice",
     "comma_list",
+    "invalid_value_message",
     "parse_duration",
     "read_environment",
 ]
@@ -66,9 +67,12 @@ class InvalidValue(ValueError):
 
 
 def port(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if not 0 <= value <= 65535:
-        raise InvalidValue(f"{text} is not a port number (0-65535)")
+        raise InvalidValue(f"{text!r} is not a port number (0-65535)")
     return value
 
 
@@ -78,6 +82,22 @@ def token_pair(text: str) -> tuple[str, str]:
         # Never echo the value: it holds a token.
         raise InvalidValue("expected TOKEN=USER")
     return token, user
+
+
+#: What a value of a plain type should have been, for the message that refuses it.
+_EXPECTED = {int: "a whole number", float: "a number"}
+
+
+def invalid_value_message(convert: Callable[[str], Any], text: str, exc: ValueError) -> str:
+    """Why *text* is not a value of *convert*'s type: the type's own message when it gave
+    one (:class:`InvalidValue`), else the kind of value expected (the text is shown only
+    for numbers: no secret is one)."""
+    if isinstance(exc, InvalidValue):
+        return str(exc)
+    expected = _EXPECTED.get(convert)  # type: ignore[call-overload]
+    if expected is None:
+        return "not a valid value"
+    return f"{text!r} is not {expected}"
 
 
 def choice(choices: Sequence[str]) -> Callable[[str], str]:
@@ -96,17 +116,23 @@ def choice(choices: Sequence[str]) -> Callable[[str], str]:
 
 def limit(text: str) -> int | None:
     """A count limit; ``0`` is unlimited (``None``)."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if value < 0:
-        raise InvalidValue(f"{text} is negative (0: unlimited)")
+        raise InvalidValue(f"{text!r} is not a whole number of 0 or more (0: unlimited)")
     return value or None
 
 
 def optional_number(text: str) -> float | None:
     """A rate or a duration; ``0`` is no limit (``None``)."""
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     if not (math.isfinite(value) and value >= 0):
-        raise InvalidValue(f"{text} is not a non-negative number (0: no limit)")
+        raise InvalidValue(f"{text!r} is not a non-negative number (0: no limit)")
     return value or None
 
 
@@ -192,7 +218,7 @@ class Option:
             try:
                 return self.type(value)
             except ValueError as exc:
-                detail = str(exc) if isinstance(exc, InvalidValue) else "not a valid value"
+                detail = invalid_value_message(self.type, value, exc)
                 raise ConfigError(f"{self.variable}: {detail}") from None
         return value
 

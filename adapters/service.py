@@ -75,6 +75,11 @@ DEFAULT_DRAIN_TIMEOUT = 10.0
 _ABORT_WAIT = 1.0
 
 
+def _connections(count: int) -> str:
+    """``1 connection``, ``2 connections``: for log lines people read."""
+    return f"{count} connection" if count == 1 else f"{count} connections"
+
+
 def clock() -> float:
     """The monotonic ``now`` given to the core: the event loop's clock (so deadlines and
     cancel scopes agree, also under trio's MockClock), or ``time.monotonic()`` when no
@@ -229,7 +234,7 @@ class Service:
         time."""
         if not self._connections:
             return
-        log.info("shutting down: closing %d connections", len(self._connections))
+        log.info("shutting down: closing %s", _connections(len(self._connections)))
         self._drained = drained = anyio.Event()
         try:
             for connection in list(self._connections):
@@ -239,7 +244,7 @@ class Service:
             if not self._connections:
                 return
             log.warning(
-                "drain timeout: dropping %d connections still closing", len(self._connections)
+                "drain timeout: dropping %s still closing", _connections(len(self._connections))
             )
             if not abort:  # the caller drops them (by cancelling their tasks)
                 return

@@ -76,5 +76,7 @@ def test_a_bad_setting_stops_uvicorn_with_one_line(spawn, unused_port):
         env={"AGENTCAST_HEARTBEAT_INTERVAL": "soon"},
     )
     assert uvicorn.process.wait(timeout=30) != 0
-    assert "agentcast: error: AGENTCAST_HEARTBEAT_INTERVAL: " in uvicorn.output
+    assert "agentcast: error: AGENTCAST_HEARTBEAT_INTERVAL: 'soon' is not a number" in (
+        uvicorn.output
+    )
     assert "Traceback" not in uvicorn.output

@@ -115,11 +115,18 @@ print(sorted(m for m in ("anyio", "prometheus_client", "uvloop", "trio", "jwt")
     assert importable == "[]"  # and nothing beyond h11 and wsproto was there to help it
 
 
-def test_the_base_install_runs_the_reference_server(tmp_path):
-    """`pip install agentcast` (no extras) is enough for `agentcast serve`."""
+@pytest.fixture(scope="module")
+def base_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv with what `pip install agentcast` installs (no extras); its python."""
     distributions = _closure(_base_dependencies())
     assert {"anyio", "prometheus-client", "h11", "wsproto"} <= distributions
-    python = _venv(tmp_path, distributions, ("protocol", "adapters"))
+    assert not {"trio", "pyjwt", "uvicorn"} & distributions
+    return _venv(tmp_path_factory.mktemp("base"), distributions, ("protocol", "adapters"))
+
+
+def test_the_base_install_runs_the_reference_server(base_install, tmp_path):
+    """`pip install agentcast` (no extras) is enough for `agentcast serve`."""
+    python = base_install
     process = subprocess.Popen(
         [python, "-m", "agentcast.adapters", "serve", "--port", "0"],
         stdout=subprocess.PIPE,
@@ -151,3 +158,59 @@ def test_the_base_install_runs_the_reference_server(tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _run(python: Path, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [python, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**_isolated_env(), **env},
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+SECRET = "s" * 48
+SERVE = ("-m", "agentcast.adapters", "serve", "--port", "0")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (
+            (*SERVE, "--backend", "trio"),
+            {},
+            "agentcast serve: error: --backend trio needs trio: pip install 'agentcast[trio]'",
+        ),
+        (
+            (*SERVE, "--auth", "jwt"),
+            {"AGENTCAST_JWT_SECRET": SECRET},
+            "agentcast serve: error: --auth jwt needs PyJWT: pip install 'agentcast[jwt]'",
+        ),
+        (
+            ("-m", "agentcast.adapters", "token", "--sub", "user_1"),
+            {"AGENTCAST_JWT_SECRET": SECRET},
+            "agentcast token: error: needs PyJWT: pip install 'agentcast[jwt]'",
+        ),
+        (
+            ("-c", "import agentcast.adapters.asgi as asgi; asgi.app"),
+            {"AGENTCAST_AUTH": "jwt", "AGENTCAST_JWT_SECRET": SECRET},
+            "agentcast: error: --auth jwt needs PyJWT: pip install 'agentcast[jwt]'",
+        ),
+    ],
+    ids=["trio", "jwt", "token", "asgi-jwt"],
+)
+def test_a_missing_extra_is_one_line_naming_it(base_install, tmp_path, args, env, expected):
+    result = _run(base_install, tmp_path, *args, **env)
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [expected]  # one line, no traceback
+
+
+def test_the_asgi_application_needs_no_extra(base_install, tmp_path):
+    # The asgi extra brings an ASGI server (uvicorn); the application itself is plain.
+    code = "from agentcast.adapters.asgi import create_app; print(type(create_app()).__name__)"
+    result = _run(base_install, tmp_path, "-c", code)
+    assert (result.returncode, result.stdout.strip()) == (0, "AgentcastASGI"), result.stderr
