@@ -70,6 +70,7 @@ from agentcast.protocol import (
     route,
 )
 from agentcast.protocol.answers import body_too_large, not_an_upgrade, wrong_path
+from agentcast.protocol.auth import ChannelAuthorizer
 from agentcast.protocol.http import answer
 from agentcast.protocol.routing import refusal
 
@@ -370,17 +371,19 @@ def create_app(
     *,
     settings: Settings | None = None,
     authenticator: Authenticator | None = None,
+    authorizer: ChannelAuthorizer | None = None,
     close_silent_clients: bool = False,
 ) -> AgentcastASGI:
     """The ASGI application for *service* (or a reference server's service), or for a
-    new :class:`~agentcast.adapters.service.Service` built from *settings* and
-    *authenticator* (the development authenticator by default).
+    new :class:`~agentcast.adapters.service.Service` built from *settings*,
+    *authenticator* (the development authenticator by default) and *authorizer* (who may
+    subscribe to what; default: the token says).
 
     It also keeps tokens out of uvicorn's logs, which show every request's URL, query
     string included (``/ws?token=…``): see :mod:`agentcast.adapters.redaction`."""
     if service is None:
-        service = Service(settings, authenticator=authenticator)
-    elif settings is not None or authenticator is not None:
+        service = Service(settings, authenticator=authenticator, authorizer=authorizer)
+    elif settings is not None or authenticator is not None or authorizer is not None:
         raise ValueError("pass a service, or settings and an authenticator, not both")
     elif isinstance(service, Server):
         service = service.service

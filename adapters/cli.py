@@ -263,6 +263,14 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         formatter_class=_HelpFormatter,
     )
     token.add_argument("--sub", required=True, help="the user id (sub claim)")
+    token.add_argument(
+        "--channel",
+        action="append",
+        default=None,
+        metavar="PATTERN",
+        help="a channel name or prefix* pattern the token may subscribe to (repeatable; "
+        "the channels claim); without it the token may subscribe to none",
+    )
     _add_options(token, TOKEN_OPTIONS[:3], environ)
     audiences = comma_list(environ.get("AGENTCAST_JWT_AUDIENCE"))
     token.add_argument(
@@ -301,6 +309,7 @@ def _token_command(args: argparse.Namespace) -> int:
             args.algorithm.upper(),
             issuer=args.issuer or None,
             audience=args.audience or None,
+            channels=args.channel,
         )
     except ValueError as exc:  # never the secret itself
         print(f"agentcast token: error: {exc}", file=sys.stderr)

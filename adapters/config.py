@@ -208,6 +208,7 @@ def _jwt_config(args: Mapping[str, Any]) -> tuple[Authenticator, JwtKeyFile | No
         "audience": comma_list(args["jwt_audience"]) or None,
         "leeway": args["jwt_leeway"],
         "user_claim": args["jwt_user_claim"],
+        "channels_claim": args["jwt_channels_claim"],
     }
     flag, value = sources[0]
     try:

@@ -14,6 +14,8 @@ Exported (``agentcast_`` prefix):
 ``connections_authenticated``              gauge   open and authenticated
 ``tcp_connections``                        gauge   TCP connections held (incl. plain HTTP)
 ``send_backlog_bytes``                     gauge   output pending over all connections
+``channel_subscriptions``                  gauge   channel subscriptions over all connections
+``channels_subscribed``                    gauge   channels with at least one subscriber
 ``connections_opened_total``               counter WebSocket connections opened
 ``connections_closed_total{code}``         counter closed, by close code (1006: no close frame)
 ``messages_received_total{type}``          counter client messages accepted, by type
@@ -112,6 +114,16 @@ class _HubCollector(Collector):
             p + "send_backlog_bytes",
             "Bytes queued for clients and not yet written, over all connections.",
             value=self._backlog(),
+        )
+        yield GaugeMetricFamily(
+            p + "channel_subscriptions",
+            "Channel subscriptions over all connections.",
+            value=hub.subscriptions_count(),
+        )
+        yield GaugeMetricFamily(
+            p + "channels_subscribed",
+            "Channels with at least one subscribed connection.",
+            value=hub.channels_count(),
         )
         yield CounterMetricFamily(
             p + "connections_opened", "WebSocket connections opened.", value=stats.opened_total

@@ -301,6 +301,12 @@ SETTINGS_FLAGS: tuple[Option, ...] = tuple(
             "close a connection that has not authenticated after this long (1008; 0: never)",
         ),
         ("--max-header-size", int, "BYTES", "largest request line + headers (bigger: 431, closed)"),
+        (
+            "--max-subscriptions",
+            int,
+            "N",
+            "channel subscriptions per connection (more: error too_many_subscriptions)",
+        ),
     )
 )
 
@@ -336,6 +342,13 @@ _JWT_OPTIONS = (
         "SECONDS",
     ),
     Option("--jwt-user-claim", "the claim holding the user id", "sub", metavar="CLAIM"),
+    Option(
+        "--jwt-channels-claim",
+        "the claim listing the channels a token may subscribe to (names and prefix* "
+        "patterns); a token without it may subscribe to none",
+        "channels",
+        metavar="CLAIM",
+    ),
     Option(
         "--jwt-reload-interval",
         "look at --jwt-public-key / --jwt-jwks this often and re-read it when it "

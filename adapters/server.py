@@ -57,7 +57,9 @@ from agentcast.protocol import (
     Published,
     Settings,
 )
+from agentcast.protocol.auth import ChannelAuthorizer
 from agentcast.protocol.messages import AgentState, NotificationLevel
+from agentcast.protocol.scope import EVERYONE, PendingVerdict, Scope
 
 from ._asyncio_driver import AsyncioDriver, Flusher
 from ._driver import IO_ERRORS, format_peer
@@ -125,6 +127,7 @@ class Server:
         socket_send_buffer: int | None = None,
         jwt_key_file: JwtKeyFile | None = None,
         service: Service | None = None,
+        authorizer: ChannelAuthorizer | None = None,
     ) -> None:
         if service is None:
             service = Service(
@@ -132,8 +135,14 @@ class Server:
                 authenticator=authenticator,
                 jwt_key_file=jwt_key_file,
                 drain_timeout=DEFAULT_DRAIN_TIMEOUT if drain_timeout is None else drain_timeout,
+                authorizer=authorizer,
             )
-        elif settings is not None or authenticator is not None or jwt_key_file is not None:
+        elif (
+            settings is not None
+            or authenticator is not None
+            or jwt_key_file is not None
+            or authorizer is not None
+        ):
             raise ValueError("pass a service, or settings and an authenticator, not both")
         elif drain_timeout is not None:
             service.drain_timeout = drain_timeout
@@ -182,9 +191,14 @@ class Server:
         state: AgentState,
         current_task: str | None = None,
         progress: float | None = None,
+        *,
+        user_ids: Iterable[str] | None = None,
+        channel: str | None = None,
     ) -> Published:
         """:meth:`Service.broadcast_agent_status`."""
-        return self.service.broadcast_agent_status(agent_name, state, current_task, progress)
+        return self.service.broadcast_agent_status(
+            agent_name, state, current_task, progress, user_ids=user_ids, channel=channel
+        )
 
     def broadcast_chat_message(
         self,
@@ -193,21 +207,44 @@ class Server:
         content: str,
         sender: str,
         timestamp: str | None = None,
+        *,
+        user_ids: Iterable[str] | None = None,
+        channel: str | None = None,
     ) -> Published:
         """:meth:`Service.broadcast_chat_message`."""
         return self.service.broadcast_chat_message(
-            conversation_id, message_id, content, sender, timestamp
+            conversation_id,
+            message_id,
+            content,
+            sender,
+            timestamp,
+            user_ids=user_ids,
+            channel=channel,
         )
 
     def send_notification(
-        self, level: NotificationLevel, message: str, user_id: str | None = None
+        self,
+        level: NotificationLevel,
+        message: str,
+        user_id: str | None = None,
+        *,
+        user_ids: Iterable[str] | None = None,
+        channel: str | None = None,
     ) -> Published:
         """:meth:`Service.send_notification`."""
-        return self.service.send_notification(level, message, user_id)
+        return self.service.send_notification(
+            level, message, user_id, user_ids=user_ids, channel=channel
+        )
 
-    def publish(self, item: AgentStatus | ChatMessage | Notification) -> Published:
+    def publish(
+        self, item: AgentStatus | ChatMessage | Notification, *, scope: Scope = EVERYONE
+    ) -> Published:
         """:meth:`Service.publish`."""
-        return self.service.publish(item)
+        return self.service.publish(item, scope=scope)
+
+    def complete_verdict(self, verdict: PendingVerdict, allowed: bool) -> None:
+        """:meth:`Service.complete_verdict`."""
+        self.service.complete_verdict(verdict, allowed)
 
     def clients_count(self) -> int:
         """Open WebSocket connections, authenticated or not."""

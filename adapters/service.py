@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -57,7 +57,9 @@ from agentcast.protocol import (
     Published,
     Settings,
 )
+from agentcast.protocol.auth import ChannelAuthorizer
 from agentcast.protocol.messages import AgentState, NotificationLevel
+from agentcast.protocol.scope import EVERYONE, PendingVerdict, Scope
 
 from .metrics import Metrics
 
@@ -110,17 +112,27 @@ class Served(Protocol):
 class _MeteredHub(Hub):
     """A hub that times every publish (the fan-out histogram) and tells the service."""
 
-    def __init__(self, settings: Settings, on_publish: Callable[[float, bool], None]) -> None:
-        super().__init__(settings)
+    def __init__(
+        self,
+        settings: Settings,
+        on_publish: Callable[[float, bool], None],
+        authorizer: ChannelAuthorizer | None = None,
+    ) -> None:
+        super().__init__(settings, authorizer=authorizer)
         self._on_publish = on_publish
 
     def publish(
-        self, item: AgentStatus | ChatMessage | Notification, *, now: float, wall: float
+        self,
+        item: AgentStatus | ChatMessage | Notification,
+        *,
+        now: float,
+        wall: float,
+        scope: Scope = EVERYONE,
     ) -> Published:
         drops = self.stats.slow_client_drops
         start = time.perf_counter()
         try:
-            return super().publish(item, now=now, wall=wall)
+            return super().publish(item, now=now, wall=wall, scope=scope)
         finally:
             self._on_publish(time.perf_counter() - start, self.stats.slow_client_drops != drops)
 
@@ -136,9 +148,10 @@ class Service:
         authenticator: Authenticator | None = None,
         jwt_key_file: JwtKeyFile | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        authorizer: ChannelAuthorizer | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings()
-        self.hub: Hub = _MeteredHub(self.settings, self._published)
+        self.hub: Hub = _MeteredHub(self.settings, self._published, authorizer)
         if jwt_key_file is not None:
             if authenticator is not None and authenticator is not jwt_key_file.authenticator:
                 raise ValueError("jwt_key_file brings its own authenticator: pass one of them")
@@ -167,11 +180,22 @@ class Service:
         state: AgentState,
         current_task: str | None = None,
         progress: float | None = None,
+        *,
+        user_ids: Iterable[str] | None = None,
+        channel: str | None = None,
     ) -> Published:
-        """Send ``agent_status`` to every authenticated connection. Invalid arguments raise
-        ``ValueError``."""
+        """Send ``agent_status`` to every authenticated connection, or only to the
+        connections of *user_ids* and/or those subscribed to *channel*. Invalid arguments
+        raise ``ValueError``."""
         return self.hub.broadcast_agent_status(
-            agent_name, state, current_task, progress, now=clock(), wall=time.time()
+            agent_name,
+            state,
+            current_task,
+            progress,
+            now=clock(),
+            wall=time.time(),
+            user_ids=user_ids,
+            channel=channel,
         )
 
     def broadcast_chat_message(
@@ -181,23 +205,57 @@ class Service:
         content: str,
         sender: str,
         timestamp: str | None = None,
+        *,
+        user_ids: Iterable[str] | None = None,
+        channel: str | None = None,
     ) -> Published:
         """Send ``chat_message`` to every authenticated connection (``timestamp``, ISO 8601,
-        defaults to now)."""
+        defaults to now), or only to *user_ids* and/or the subscribers of *channel*."""
         return self.hub.broadcast_chat_message(
-            conversation_id, message_id, content, sender, timestamp, now=clock(), wall=time.time()
+            conversation_id,
+            message_id,
+            content,
+            sender,
+            timestamp,
+            now=clock(),
+            wall=time.time(),
+            user_ids=user_ids,
+            channel=channel,
         )
 
     def send_notification(
-        self, level: NotificationLevel, message: str, user_id: str | None = None
+        self,
+        level: NotificationLevel,
+        message: str,
+        user_id: str | None = None,
+        *,
+        user_ids: Iterable[str] | None = None,
+        channel: str | None = None,
     ) -> Published:
         """Send ``notification`` to every authenticated connection, or only to every
-        connection of *user_id*."""
-        return self.hub.send_notification(level, message, user_id, now=clock(), wall=time.time())
+        connection of *user_id* (or of *user_ids*), and/or to the subscribers of
+        *channel*."""
+        return self.hub.send_notification(
+            level,
+            message,
+            user_id,
+            now=clock(),
+            wall=time.time(),
+            user_ids=user_ids,
+            channel=channel,
+        )
 
-    def publish(self, item: AgentStatus | ChatMessage | Notification) -> Published:
-        """Publish an already validated payload."""
-        return self.hub.publish(item, now=clock(), wall=time.time())
+    def publish(
+        self, item: AgentStatus | ChatMessage | Notification, *, scope: Scope = EVERYONE
+    ) -> Published:
+        """Publish an already validated payload to *scope* (default: everyone)."""
+        return self.hub.publish(item, now=clock(), wall=time.time(), scope=scope)
+
+    def complete_verdict(self, verdict: PendingVerdict, allowed: bool) -> None:
+        """Answer a subscription the authorizer left pending (PROTOCOL.md 4a): the
+        client gets ``subscribed`` or ``forbidden_channel``. Call it from the event
+        loop's thread, e.g. at the end of the task that looked the answer up."""
+        verdict.complete(allowed, now=clock(), wall=time.time())
 
     def clients_count(self) -> int:
         """Open WebSocket connections, authenticated or not."""

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from .scope import ALL_CHANNELS, NO_CHANNELS, ChannelGrant, Verdict
 
 __all__ = [
     "AuthFailure",
     "AuthResult",
     "Authenticator",
+    "ChannelAuthorizer",
     "DevAuthenticator",
     "Identity",
     "StaticAuthenticator",
@@ -31,10 +34,15 @@ class Identity:
 
     ``expires_at`` is the wall-clock time (Unix seconds) after which the token is no longer
     valid; the connection is then closed with 4001 unless refreshed (PROTOCOL.md 2).
+
+    ``channels`` is what the identity may subscribe to (PROTOCOL.md 4a): every channel
+    unless the authenticator says otherwise (a JWT says it with its ``channels`` claim).
+    A hub with an in-process authorizer asks that instead.
     """
 
     user_id: str
     expires_at: float | None = None
+    channels: ChannelGrant = ALL_CHANNELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +83,27 @@ class DevAuthenticator:
 
 @dataclass(frozen=True, slots=True)
 class StaticAuthenticator:
-    """A fixed table ``token → userId``; tokens are compared in constant time."""
+    """A fixed table ``token → userId``; tokens are compared in constant time.
+
+    Every user may subscribe to every channel, unless *channels* is given: then a user
+    may subscribe to the channel names and ``prefix*`` patterns listed for it (a user not
+    listed, to none).
+    """
 
     table: Mapping[str, str] = field(repr=False)
+    channels: Mapping[str, Iterable[str]] | None = None
+    _grants: Mapping[str, ChannelGrant] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for token, user in self.table.items():
             if not token or not user:
                 raise ValueError("static tokens and user ids must not be empty")
+        if self.channels is not None:
+            grants = {
+                user: ChannelGrant.parse(patterns, f"channels of {user}")
+                for user, patterns in self.channels.items()
+            }
+            object.__setattr__(self, "_grants", grants)
 
     def authenticate(self, token: str, wall: float) -> AuthResult:
         found: str | None = None
@@ -94,4 +115,19 @@ class StaticAuthenticator:
                 found = user
         if found is None:
             return AuthFailure("Invalid token")
-        return Identity(user_id=found)
+        if self._grants is None:
+            return Identity(user_id=found)
+        return Identity(user_id=found, channels=self._grants.get(found, NO_CHANNELS))
+
+
+class ChannelAuthorizer(Protocol):
+    """An application's own subscription rule (PROTOCOL.md 4a), asked instead of the
+    identity's grant.
+
+    Called as ``authorizer(identity, channel)`` for each ``subscribe`` (and again for each
+    subscription when a refreshed token arrives). It must not raise and must not block:
+    an answer that needs I/O is a :class:`~agentcast.protocol.scope.PendingVerdict`,
+    completed later.
+    """
+
+    def __call__(self, identity: Identity, channel: str, /) -> Verdict: ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .origin import OriginAllowList
+from .scope import DEFAULT_MAX_SUBSCRIPTIONS
 
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_MAX_HEADER_SIZE",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_SEND_BUFFER",
+    "DEFAULT_MAX_SUBSCRIPTIONS",
     "DEFAULT_PATH",
     "DEFAULT_PRESENCE_GRACE",
     "DEFAULT_RATE_BURST",
@@ -120,6 +122,8 @@ class Settings:
     connection_rate: float | None = DEFAULT_CONNECTION_RATE
     #: Seconds before an unauthenticated connection is closed (1008); ``None``: never.
     unauthenticated_timeout: float | None = DEFAULT_UNAUTHENTICATED_TIMEOUT
+    #: Channel subscriptions per connection, pending verdicts included (PROTOCOL.md 4a).
+    max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
@@ -145,6 +149,7 @@ class Settings:
             "max_header_size",
             "max_body_size",
             "max_batch",
+            "max_subscriptions",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

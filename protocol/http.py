@@ -20,6 +20,7 @@ from .hub import Hub
 from .messages import AgentStatus, ChatMessage, Notification
 from .openapi import openapi_json
 from .routing import Route, refusal, route
+from .scope import split_scope
 
 __all__ = ["PUBLISH_PATHS", "answer", "healthz", "is_loopback"]
 
@@ -95,11 +96,12 @@ def answer(request: HttpRequest, hub: Hub, *, now: float, wall: float) -> HttpAn
     validated = []
     for index, item in enumerate(items):
         try:
-            validated.append(kind.from_data(item))
+            data, scope = split_scope(item)  # userIds, channel (PROTOCOL.md 4a)
+            validated.append((kind.from_data(data), scope))
         except ValueError as exc:
             where = f"item {index}: " if batch else ""
             return _json(400, {"error": f"{where}{exc}"})
-    published = [hub.publish(item, now=now, wall=wall) for item in validated]
+    published = [hub.publish(item, now=now, wall=wall, scope=scope) for item, scope in validated]
     delivered = sum(p.delivered for p in published)
     if batch:
         return _json(202, {"ids": [p.id for p in published], "delivered": delivered})

@@ -8,6 +8,14 @@ publishing takes the monotonic ``now`` and the wall-clock ``wall`` (the referenc
 ``Server`` object supplies both). A broadcast is encoded and framed once, and the same
 bytes object is queued on every recipient; nothing here waits for a socket.
 
+Scoped delivery (section 4a): a broadcast may name an audience (``user_ids``) and a
+``channel``. Connections are indexed by user and by channel, so a scoped broadcast costs
+work in proportion to its recipients; which connections receive it is
+:func:`~agentcast.protocol.scope.receives`, and every broadcast goes through
+:meth:`Hub._fan_out`, whose recipients are exactly the connections that rule admits. Who
+may subscribe is asked through :meth:`Hub.authorize`: the in-process authorizer if there
+is one, else the identity's grant.
+
 Presence (section 4) is per user, aggregated over that user's connections: the strongest
 connection status wins (``busy`` > ``online`` > ``away`` > ``offline``); when the last
 connection goes, the user turns ``offline`` only after ``presence_grace`` seconds, so a
@@ -16,11 +24,12 @@ reload does not flap. A ``user_presence`` message goes out only when the aggrega
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from .admission import Admission
+from .auth import ChannelAuthorizer, Identity
 from .config import Settings
 from .messages import (
     AgentState,
@@ -31,6 +40,7 @@ from .messages import (
     PreparedMessage,
     PresenceStatus,
 )
+from .scope import EVERYONE, PendingVerdict, Scope, Verdict, receives
 from .stats import Stats
 
 __all__ = ["Hub", "Member", "Published", "Stats"]
@@ -60,6 +70,11 @@ class Member(Protocol):
         """This connection's own presence status."""
         ...
 
+    @property
+    def subscriptions(self) -> Collection[str]:
+        """The channels this connection is subscribed to (PROTOCOL.md 4a)."""
+        ...
+
     def deliver(self, message: PreparedMessage, now: float, wall: float) -> bool:
         """Queue *message*; ``False`` if the member is closed or was dropped as too slow."""
         ...
@@ -76,14 +91,21 @@ class _User:
 class Hub:
     """Registry of sessions and users; delivery rules; presence; broadcast ids."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, authorizer: ChannelAuthorizer | None = None
+    ) -> None:
         self.settings = settings if settings is not None else Settings()
+        #: Who may subscribe to what, asked instead of the identity's grant (``None``: the
+        #: grant decides). See :class:`~agentcast.protocol.scope.ChannelAuthorizer`.
+        self.authorizer = authorizer
         self.stats = Stats()
         #: Origin check, connection limits and rate, asked at every upgrade.
         self.admission = Admission(self.settings)
         self._sessions: dict[Member, None] = {}
         self._authenticated: dict[Member, None] = {}
         self._users: dict[str, _User] = {}
+        self._channels: dict[str, dict[Member, None]] = {}  # channel -> subscribers
+        self._subscriptions = 0
         self._leaving: dict[str, float] = {}  # user id -> when it turns offline
         self._seq = 0
         self._fanning_out = False
@@ -107,12 +129,16 @@ class Hub:
         *,
         now: float,
         wall: float,
+        user_ids: Iterable[str] | None = None,
+        channel: str | None = None,
     ) -> Published:
-        """Send ``agent_status`` to every authenticated connection."""
+        """Send ``agent_status`` to every authenticated connection, or to its scope:
+        the connections of *user_ids*, those subscribed to *channel*, or both."""
         status = AgentStatus(
             agent_name=agent_name, state=state, current_task=current_task, progress=progress
         )
-        return self.publish(status, now=now, wall=wall)
+        scope = Scope.of(user_ids=user_ids, channel=channel)
+        return self.publish(status, now=now, wall=wall, scope=scope)
 
     def broadcast_chat_message(
         self,
@@ -124,8 +150,11 @@ class Hub:
         *,
         now: float,
         wall: float,
+        user_ids: Iterable[str] | None = None,
+        channel: str | None = None,
     ) -> Published:
-        """Send ``chat_message`` to every authenticated connection.
+        """Send ``chat_message`` to every authenticated connection, or to its scope
+        (*user_ids*, *channel*, or both).
 
         ``timestamp`` (ISO 8601) defaults to the publishing time.
         """
@@ -136,7 +165,8 @@ class Hub:
             sender=sender,
             timestamp=timestamp,
         )
-        return self.publish(message, now=now, wall=wall)
+        scope = Scope.of(user_ids=user_ids, channel=channel)
+        return self.publish(message, now=now, wall=wall, scope=scope)
 
     def send_notification(
         self,
@@ -146,18 +176,28 @@ class Hub:
         *,
         now: float,
         wall: float,
+        user_ids: Iterable[str] | None = None,
+        channel: str | None = None,
     ) -> Published:
         """Send ``notification`` to every authenticated connection, or, with *user_id*,
-        to every connection of that user and nobody else."""
+        to every connection of that user and nobody else; or to a scope (*user_ids*,
+        *channel*, or both). *user_id* and *user_ids* exclude each other."""
+        scope = Scope.of(user_id=user_id, user_ids=user_ids, channel=channel)
         return self.publish(
-            Notification(level=level, message=message, user_id=user_id), now=now, wall=wall
+            Notification(level=level, message=message), now=now, wall=wall, scope=scope
         )
 
     def publish(
-        self, item: AgentStatus | ChatMessage | Notification, *, now: float, wall: float
+        self,
+        item: AgentStatus | ChatMessage | Notification,
+        *,
+        now: float,
+        wall: float,
+        scope: Scope = EVERYONE,
     ) -> Published:
-        """Publish one validated payload (what the typed methods and the HTTP API use)."""
-        return self.deliver_local(item, self._next_id(), now=now, wall=wall)
+        """Publish one validated payload (what the typed methods and the HTTP API use) to
+        *scope* (default: every authenticated connection)."""
+        return self.deliver_local(item, self._next_id(), now=now, wall=wall, scope=scope)
 
     def deliver_local(
         self,
@@ -166,28 +206,80 @@ class Hub:
         *,
         now: float,
         wall: float,
+        scope: Scope = EVERYONE,
     ) -> Published:
-        """Deliver *item* under *message_id* to this process's recipients, by the rules
-        of PROTOCOL.md section 4, without issuing an id: the way in for a message whose
-        id was given elsewhere (another process, through a backplane). *wall* is the
-        publishing time, the message's ``timestamp``."""
-        recipients: Iterable[Member]
+        """Deliver *item* under *message_id* to this process's recipients in *scope*, by
+        the rules of PROTOCOL.md sections 4 and 4a, without issuing an id: the way in for
+        a message whose id was given elsewhere (another process, through a backplane,
+        which must carry the scope along). *wall* is the publishing time, the message's
+        ``timestamp``. A notification's ``user_id`` is its one-user audience; with an
+        audience in *scope* as well it is a :class:`ValueError`."""
+        if isinstance(item, Notification) and item.user_id is not None:
+            if scope.user_ids is not None:
+                raise ValueError("give userId or userIds, not both")
+            scope = Scope.of(user_id=item.user_id, channel=scope.channel)
         if isinstance(item, AgentStatus):
             message = PreparedMessage.build(
-                "agent_status", item.to_data(), wall, message_id, key=item.agent_name
+                "agent_status", item.to_data(), wall, message_id, key=item.agent_name, scope=scope
             )
-            recipients = self._authenticated
         elif isinstance(item, ChatMessage):
-            message = PreparedMessage.build("chat_message", item.to_data(wall), wall, message_id)
-            recipients = self._authenticated
+            message = PreparedMessage.build(
+                "chat_message", item.to_data(wall), wall, message_id, scope=scope
+            )
         else:
-            message = PreparedMessage.build("notification", item.to_data(), wall, message_id)
-            if item.user_id is None:
-                recipients = self._authenticated
-            else:
-                user = self._users.get(item.user_id)
-                recipients = user.sessions if user is not None else ()
-        return Published(message_id, self._fan_out(message, recipients, now, wall))
+            message = PreparedMessage.build(
+                "notification", item.to_data(), wall, message_id, scope=scope
+            )
+        return Published(message_id, self._fan_out(message, now, wall))
+
+    # -- channels (PROTOCOL.md 4a) ------------------------------------------------------
+
+    def subscriptions_count(self) -> int:
+        """Channel subscriptions over all connections (for metrics)."""
+        return self._subscriptions
+
+    def channels_count(self) -> int:
+        """Channels with at least one subscribed connection (for metrics)."""
+        return len(self._channels)
+
+    def subscribers(self, channel: str) -> int:
+        """Connections subscribed to *channel*."""
+        found = self._channels.get(channel)
+        return len(found) if found is not None else 0
+
+    def authorize(self, identity: Identity, channel: str) -> Verdict:
+        """May *identity* subscribe to *channel*? The authorizer's answer (``True``,
+        ``False`` or a :class:`~agentcast.protocol.scope.PendingVerdict`), or, without
+        one, the identity's grant. An authorizer that raises, or answers something
+        else, refuses (and is counted: ``stats.errors["authorizer_failed"]``)."""
+        authorizer = self.authorizer
+        if authorizer is None:
+            return identity.channels.allows(channel)
+        try:
+            verdict = authorizer(identity, channel)
+        except Exception:
+            verdict = None
+        if isinstance(verdict, bool | PendingVerdict):
+            return verdict
+        self.stats.errors["authorizer_failed"] += 1
+        return False
+
+    def add_subscription(self, member: Member, channel: str) -> None:
+        """*member* subscribed to *channel* (the session calls this once it is allowed)."""
+        subscribers = self._channels.get(channel)
+        if subscribers is None:
+            subscribers = self._channels[channel] = {}
+        if member not in subscribers:
+            subscribers[member] = None
+            self._subscriptions += 1
+
+    def remove_subscription(self, member: Member, channel: str) -> None:
+        """*member*'s subscription to *channel* ended. Idempotent."""
+        subscribers = self._channels.get(channel)
+        if subscribers is not None and subscribers.pop(member, 0) is None:
+            self._subscriptions -= 1
+            if not subscribers:
+                del self._channels[channel]
 
     # -- time ---------------------------------------------------------------------------
 
@@ -218,7 +310,7 @@ class Hub:
         message = PreparedMessage.build(
             "user_presence", {"userId": user_id, "status": status}, wall, self._next_id()
         )
-        self._fan_out(message, self._authenticated, now, wall)
+        self._fan_out(message, now, wall)
 
     def _aggregate(self, user_id: str, now: float, wall: float) -> None:
         user = self._users[user_id]
@@ -266,6 +358,8 @@ class Hub:
             self._deferred.append((member, now, wall))
             return
         del self._sessions[member]
+        for channel in member.subscriptions:
+            self.remove_subscription(member, channel)
         if self._authenticated.pop(member, 0) is None:
             user_id = member.user_id
             assert user_id is not None
@@ -279,14 +373,44 @@ class Hub:
                 del self._users[user_id]
                 self._set_status(user_id, user, "offline", now, wall)
 
-    def _fan_out(
-        self, message: PreparedMessage, recipients: Iterable[Member], now: float, wall: float
-    ) -> int:
+    def _recipients(self, scope: Scope) -> list[Member]:
+        """The connections :func:`~agentcast.protocol.scope.receives` admits for *scope*,
+        found through the indexes, so the work follows the recipients, not the
+        connections. Each index holds exactly the connections the rule admits for one
+        part of a scope (every authenticated connection; a user's connections; a
+        channel's subscribers, who are authenticated), so only a scope with both an
+        audience and a channel needs the rule itself, on the smaller side."""
+        user_ids = scope.user_ids
+        channel = scope.channel
+        if channel is None:
+            if user_ids is None:
+                return list(self._authenticated)
+            return list(self._audience(user_ids))
+        subscribers = self._channels.get(channel)
+        if subscribers is None:
+            return []
+        if user_ids is None:
+            return list(subscribers)
+        candidates: Iterable[Member] = subscribers
+        if len(user_ids) < len(subscribers):
+            candidates = self._audience(user_ids)
+        return [s for s in candidates if receives(scope, s.user_id, s.subscriptions)]
+
+    def _audience(self, user_ids: Iterable[str]) -> Iterable[Member]:
+        users = self._users
+        for user_id in user_ids:
+            user = users.get(user_id)
+            if user is not None:
+                yield from user.sessions
+
+    def _fan_out(self, message: PreparedMessage, now: float, wall: float) -> int:
+        """Deliver a broadcast to the connections of its scope (``message.scope``): the
+        only way a broadcast reaches a connection."""
         delivered = 0
         nested = self._fanning_out
         self._fanning_out = True
         try:
-            for session in list(recipients):
+            for session in self._recipients(message.scope):
                 if session.deliver(message, now, wall):
                     delivered += 1
         finally:

@@ -25,7 +25,11 @@ connection is closed with 4001 at that moment: :attr:`Identity.expires_at` is ``
 ``nbf`` and ``iat``, when present, may be up to ``leeway`` seconds in the future, for an
 issuer whose clock runs ahead of ours; ``iss`` and ``aud`` are checked when configured,
 and a token that names an audience is refused when none is configured (RFC 7519 4.1.3);
-the user id is the ``sub`` claim (the name is configurable).
+the user id is the ``sub`` claim (the name is configurable). What the token may subscribe
+to (PROTOCOL.md 4a) is its ``channels`` claim (name configurable): a list of channel names
+and ``prefix*`` patterns; a token without it may subscribe to no channel, and a token whose
+claim is not such a list is refused (an issuer's mistake should show, not widen or narrow
+access silently).
 
 Failure reasons are short, fixed strings (``"token expired"``, ``"invalid signature"``,
 ...): they never contain the token or a value taken from it.
@@ -42,6 +46,7 @@ import jwt
 
 from ._jwt_keys import HMAC_ALGORITHMS, SUPPORTED_ALGORITHMS, JwtKey, JwtKeySet, parse_jwks
 from .auth import AuthFailure, AuthResult, Identity
+from .scope import NO_CHANNELS, ChannelGrant
 
 __all__ = [
     "DEFAULT_LEEWAY",
@@ -115,7 +120,15 @@ class JwtAuthenticator:
     one of them).
     """
 
-    __slots__ = ("_audience", "_configured", "_issuer", "_leeway", "_state", "_user_claim")
+    __slots__ = (
+        "_audience",
+        "_channels_claim",
+        "_configured",
+        "_issuer",
+        "_leeway",
+        "_state",
+        "_user_claim",
+    )
 
     def __init__(
         self,
@@ -126,6 +139,7 @@ class JwtAuthenticator:
         audience: str | Iterable[str] | None = None,
         leeway: float = DEFAULT_LEEWAY,
         user_claim: str = "sub",
+        channels_claim: str = "channels",
     ) -> None:
         configured: frozenset[str] | None = None
         if algorithms is not None:
@@ -139,6 +153,8 @@ class JwtAuthenticator:
             raise ValueError("leeway must be a non-negative number of seconds")
         if not user_claim:
             raise ValueError("user_claim must not be empty")
+        if not channels_claim:
+            raise ValueError("channels_claim must not be empty")
         self._configured = configured
         self._issuer = issuer
         if audience is None:
@@ -149,6 +165,7 @@ class JwtAuthenticator:
                 raise ValueError("audience must not be empty")
         self._leeway = float(leeway)
         self._user_claim = user_claim
+        self._channels_claim = channels_claim
         # Keys and the allow-list live in one tuple, swapped in one assignment.
         self._state = (keys, _allowed(keys, configured))
 
@@ -243,7 +260,13 @@ class JwtAuthenticator:
             or not _has_utf8_form(user_id)
         ):
             return AuthFailure(f"invalid claim: {name}")
-        return Identity(user_id=user_id, expires_at=exp)
+        channels = NO_CHANNELS
+        if self._channels_claim in claims:
+            try:
+                channels = ChannelGrant.parse(claims[self._channels_claim])
+            except ValueError:
+                return AuthFailure(f"invalid claim: {self._channels_claim}")
+        return Identity(user_id=user_id, expires_at=exp, channels=channels)
 
     def _check_audience(self, claims: dict[str, Any]) -> AuthFailure | None:
         expected = self._audience
@@ -267,9 +290,11 @@ def make_dev_token(
     *,
     issuer: str | None = None,
     audience: str | None = None,
+    channels: Iterable[str] | None = None,
 ) -> str:
     """A signed HMAC token for *sub*, valid from *wall* for *ttl* seconds (``agentcast
-    token``): ``iat`` is *wall*, ``exp`` *wall* + *ttl*, rounded to whole seconds."""
+    token``): ``iat`` is *wall*, ``exp`` *wall* + *ttl*, rounded to whole seconds.
+    *channels* (names and ``prefix*`` patterns) becomes the ``channels`` claim."""
     keys = JwtKeySet.from_secret(secret)
     if algorithm not in HMAC_ALGORITHMS:
         raise ValueError("a dev token is signed with a secret: HS256, HS384 or HS512")
@@ -288,6 +313,10 @@ def make_dev_token(
         claims["iss"] = issuer
     if audience is not None:
         claims["aud"] = audience
+    if channels is not None:
+        patterns = list(channels) if not isinstance(channels, str) else [channels]
+        ChannelGrant.parse(patterns)  # ValueError for an entry that is no channel or pattern
+        claims["channels"] = patterns
     material = keys.keys[0].material
     assert isinstance(material, bytes)
     return jwt.encode(claims, material, algorithm=algorithm)

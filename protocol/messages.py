@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Final, Literal
 
+from .scope import EVERYONE, Scope, is_channel
 from .timestamps import format_timestamp, is_iso_timestamp
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "Notification",
     "PreparedMessage",
     "PresenceUpdate",
+    "Subscribe",
+    "Unsubscribe",
     "decode_client_message",
     "encode_server_message",
     "frame_text",
@@ -52,7 +55,16 @@ BROADCAST_TYPES: Final = frozenset(
 )
 #: Types only the server may send (PROTOCOL.md 6: "Message type not allowed from client").
 SERVER_ONLY_TYPES: Final = frozenset(
-    {"agent_status", "chat_message", "notification", "error", "presence_state", "resume"}
+    {
+        "agent_status",
+        "chat_message",
+        "notification",
+        "error",
+        "presence_state",
+        "resume",
+        "subscribed",
+        "unsubscribed",
+    }
 )
 #: Unknown types are echoed in the error, cut to this many characters (PROTOCOL.md 6).
 MAX_ECHOED_TYPE = 64
@@ -72,6 +84,9 @@ class ErrorCode(StrEnum):
     BINARY_NOT_SUPPORTED = "binary_not_supported"
     RATE_LIMITED = "rate_limited"
     AUTH_FAILED = "auth_failed"
+    INVALID_CHANNEL = "invalid_channel"
+    FORBIDDEN_CHANNEL = "forbidden_channel"
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +95,24 @@ class MessageError:
 
     ``expected``, when set, shows the shape the server takes instead (an extra field of
     the answer's ``data``, beside ``error`` and ``code``, which stay fixed for clients
-    that match on them).
+    that match on them). ``channel``: the channel a refused ``subscribe`` named, so that
+    a client that asked for several knows which one was refused (only ever a valid
+    channel name).
     """
 
     code: ErrorCode
     error: str
     expected: str | None = None
+    channel: str | None = None
+
+    def to_data(self) -> dict[str, str]:
+        """The ``data`` of the ``error`` message."""
+        data = {"error": self.error, "code": self.code.value}
+        if self.expected is not None:
+            data["expected"] = self.expected
+        if self.channel is not None:
+            data["channel"] = self.channel
+        return data
 
 
 INVALID_FORMAT: Final = MessageError(ErrorCode.INVALID_FORMAT, "Invalid message format")
@@ -103,6 +130,21 @@ BINARY_NOT_SUPPORTED: Final = MessageError(
     ErrorCode.BINARY_NOT_SUPPORTED, "Binary messages are not supported"
 )
 RATE_LIMITED: Final = MessageError(ErrorCode.RATE_LIMITED, "Rate limit exceeded")
+INVALID_CHANNEL: Final = MessageError(ErrorCode.INVALID_CHANNEL, "Invalid channel name")
+
+
+def forbidden_channel(channel: str) -> MessageError:
+    """The answer to a ``subscribe`` the connection may not make (PROTOCOL.md 4a)."""
+    return MessageError(ErrorCode.FORBIDDEN_CHANNEL, "Channel not allowed", channel=channel)
+
+
+def too_many_subscriptions(channel: str, limit: int) -> MessageError:
+    """The answer to a ``subscribe`` past the per-connection limit (PROTOCOL.md 4a)."""
+    return MessageError(
+        ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+        f"Too many subscriptions (at most {limit})",
+        channel=channel,
+    )
 
 
 # -- client messages ---------------------------------------------------------------------
@@ -132,7 +174,21 @@ class AuthRefresh:
     token: str = field(repr=False)
 
 
-ClientMessage = ClientPing | ClientPong | PresenceUpdate | AuthRefresh
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """``{"type":"subscribe","data":{"channel":"…"}}`` (PROTOCOL.md 4a, [ext])."""
+
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """``{"type":"unsubscribe","data":{"channel":"…"}}`` (PROTOCOL.md 4a, [ext])."""
+
+    channel: str
+
+
+ClientMessage = ClientPing | ClientPong | PresenceUpdate | AuthRefresh | Subscribe | Unsubscribe
 
 
 def decode_client_message(text: str) -> ClientMessage | MessageError:
@@ -166,6 +222,15 @@ def decode_client_message(text: str) -> ClientMessage | MessageError:
         if isinstance(token, str) and token:
             return AuthRefresh(token)
         return INVALID_FORMAT
+    if kind in {"subscribe", "unsubscribe"}:
+        data = obj.get("data")
+        if not isinstance(data, dict):
+            return INVALID_FORMAT
+        channel = data.get("channel")
+        if not is_channel(channel):
+            return INVALID_CHANNEL
+        assert isinstance(channel, str)
+        return Subscribe(channel) if kind == "subscribe" else Unsubscribe(channel)
     if kind in SERVER_ONLY_TYPES:
         return NOT_ALLOWED
     # A lone surrogate (JSON "\ud800") has no UTF-8 form: echo it as "?".
@@ -372,14 +437,20 @@ class PreparedMessage:
     """A server message encoded once: its text, and the frame that carries it.
 
     Server frames are unmasked, so the same ``frame`` bytes object is queued on every
-    recipient of a broadcast; the ASGI adapter sends ``text`` instead.
+    recipient of a broadcast; the ASGI adapter sends ``text`` instead. A broadcast carries
+    its :class:`~agentcast.protocol.scope.Scope` (PROTOCOL.md 4a) wherever it goes
+    (delivery, history, another process); it is not part of the text.
     """
 
-    __slots__ = ("frame", "key", "kind", "text")
+    __slots__ = ("frame", "key", "kind", "scope", "text")
 
-    def __init__(self, kind: str, text: str, key: str | None = None) -> None:
+    def __init__(
+        self, kind: str, text: str, key: str | None = None, scope: Scope = EVERYONE
+    ) -> None:
         self.kind = kind
         self.text = text
+        #: To whom the message goes, if it is a broadcast (PROTOCOL.md 4a).
+        self.scope = scope
         #: Conflation key: a newer message with the same key may replace this one while
         #: it waits in a slow connection's backlog (``agent_status``: the agent's name).
         self.key = key
@@ -393,8 +464,10 @@ class PreparedMessage:
         wall: float,
         message_id: str | None = None,
         key: str | None = None,
+        *,
+        scope: Scope = EVERYONE,
     ) -> PreparedMessage:
-        return cls(kind, encode_server_message(kind, data, wall, message_id), key)
+        return cls(kind, encode_server_message(kind, data, wall, message_id), key, scope)
 
     def __len__(self) -> int:
         return len(self.frame)

@@ -17,11 +17,16 @@ queues text for ``websocket.send``). What it owns:
   never reaches the session there;
 * this connection's presence status, which the :class:`~agentcast.protocol.Hub`
   aggregates per user;
+* its channel subscriptions (section 4a): ``subscribe``/``unsubscribe``, ``channels=`` at
+  connect time, the per-connection limit, verdicts that come later, and the re-check of
+  every subscription when a refreshed token arrives;
 * the slow-client policy: a backlog past ``max_send_buffer`` closes with 1013.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from functools import partial
 from typing import Protocol, assert_never
 
 from .auth import AuthFailure, AuthResult, Identity
@@ -30,6 +35,7 @@ from .config import Settings
 from .events import AuthRequested, Event
 from .messages import (
     BINARY_NOT_SUPPORTED,
+    INVALID_CHANNEL,
     INVALID_PRESENCE,
     NOT_AUTHENTICATED,
     RATE_LIMITED,
@@ -40,10 +46,15 @@ from .messages import (
     PreparedMessage,
     PresenceStatus,
     PresenceUpdate,
+    Subscribe,
+    Unsubscribe,
     decode_client_message,
+    forbidden_channel,
+    too_many_subscriptions,
 )
 from .outbox import Outbox
 from .ratelimit import RateLimiter
+from .scope import PendingVerdict, Verdict, is_channel
 from .stats import Stats
 
 __all__ = ["Host", "Session", "Sink"]
@@ -71,6 +82,18 @@ class Host(Protocol):
 
     def close_session(self, member: Session, now: float, wall: float) -> None:
         """The session is closed: deliver nothing more to it. Idempotent."""
+        ...
+
+    def authorize(self, identity: Identity, channel: str) -> Verdict:
+        """May *identity* subscribe to *channel*: now (a bool) or later (a verdict)."""
+        ...
+
+    def add_subscription(self, member: Session, channel: str) -> None:
+        """The session subscribed to *channel*: deliver the channel's messages to it."""
+        ...
+
+    def remove_subscription(self, member: Session, channel: str) -> None:
+        """The session's subscription to *channel* ended. Idempotent."""
         ...
 
 
@@ -111,10 +134,14 @@ class Session:
         "_last_seen",
         "_limiter",
         "_next_ping",
+        "_pending",
+        "_rechecks",
         "_sink",
+        "identity",
         "messages_in",
         "messages_out",
         "presence",
+        "subscriptions",
         "user_id",
     )
 
@@ -127,6 +154,7 @@ class Session:
         now: float,
         wall: float,
         close_silent: bool = True,
+        channels: Iterable[str] = (),
     ) -> None:
         settings = hub.settings
         self._hub = hub
@@ -151,6 +179,14 @@ class Session:
         )
         #: The authenticated user, or ``None``.
         self.user_id: str | None = None
+        #: Who the token says this is (the latest refresh), or ``None``.
+        self.identity: Identity | None = None
+        #: The channels this connection is subscribed to (PROTOCOL.md 4a), in order.
+        self.subscriptions: dict[str, None] = {}
+        # Subscriptions waiting for the authorizer's verdict (they count against the limit),
+        # and subscriptions being re-checked after a refresh (they hold meanwhile).
+        self._pending: dict[str, PendingVerdict] = {}
+        self._rechecks: dict[str, PendingVerdict] = {}
         #: This connection's own presence status (the hub aggregates per user).
         self.presence: PresenceStatus = "online"
         self.messages_in = 0
@@ -158,11 +194,16 @@ class Session:
         result = auth if auth is not None else AuthFailure("Missing token")
         if isinstance(result, Identity):
             self.user_id = result.user_id
+            self.identity = result
             self._set_expiry(result, now, wall)
         elif settings.unauthenticated_timeout is not None:
             self._auth_deadline = now + settings.unauthenticated_timeout
         self._send_auth(result, now, wall)
         hub.open_session(self, now, wall)
+        # channels= in the URL: each one as a `subscribe`, answered right after the above.
+        # Past the limit, one more is tried (and refused) so the client learns why.
+        for channel in list(dict.fromkeys(channels))[: settings.max_subscriptions + 1]:
+            self._handle_subscription(channel, True, now, wall)
 
     # -- state --------------------------------------------------------------------------
 
@@ -208,7 +249,9 @@ class Session:
         stats = self._hub.stats
         match message:
             case MessageError():
-                if message is INVALID_PRESENCE and self.user_id is None:
+                if (message is INVALID_PRESENCE or message is INVALID_CHANNEL) and (
+                    self.user_id is None
+                ):
                     message = NOT_AUTHENTICATED  # authentication is checked first
                 self._error(message, now, wall)
             case ClientPing():
@@ -229,6 +272,10 @@ class Session:
                     return
                 stats.messages_in["auth"] += 1
                 self._events.append(AuthRequested(token=token, refresh=True))
+            case Subscribe(channel=channel):
+                self._handle_subscription(channel, True, now, wall)
+            case Unsubscribe(channel=channel):
+                self._handle_subscription(channel, False, now, wall)
             case _:
                 assert_never(message)
 
@@ -252,9 +299,12 @@ class Session:
             result = AuthFailure("Token is for another user")
         if isinstance(result, Identity):
             self._set_expiry(result, now, wall)
+            self.identity = result
         else:
             self._hub.stats.errors["auth_failed"] += 1
         self._send_auth(result, now, wall)
+        if isinstance(result, Identity):
+            self._recheck(result, now, wall)
 
     def handle_timer(self, now: float, wall: float) -> None:
         """Act on the deadlines that have passed at *now*."""
@@ -292,6 +342,91 @@ class Session:
         self._closed = True
         self._hub.close_session(self, now, wall)
         self._hub.stats.closes[code] += 1
+
+    # -- channels (PROTOCOL.md 4a) --------------------------------------------------------
+
+    def _handle_subscription(self, channel: str, subscribe: bool, now: float, wall: float) -> None:
+        """A ``subscribe`` (or ``unsubscribe``) of a valid or invalid *channel* name."""
+        if self.user_id is None:
+            self._error(NOT_AUTHENTICATED, now, wall)
+            return
+        if not is_channel(channel):
+            self._error(INVALID_CHANNEL, now, wall)
+            return
+        self._hub.stats.messages_in["subscribe" if subscribe else "unsubscribe"] += 1
+        if subscribe:
+            self._subscribe(channel, now, wall)
+        else:
+            self._end_subscription(channel, None, now, wall)
+
+    def _subscribe(self, channel: str, now: float, wall: float) -> None:
+        if channel in self.subscriptions:
+            self._send("subscribed", {"channel": channel}, now, wall)  # already: say so again
+            return
+        if channel in self._pending:
+            return  # answered once, when the verdict comes
+        limit = self._hub.settings.max_subscriptions
+        if len(self.subscriptions) + len(self._pending) >= limit:
+            self._error(too_many_subscriptions(channel, limit), now, wall)
+            return
+        assert self.identity is not None
+        answer = self._hub.authorize(self.identity, channel)
+        pending = PendingVerdict()
+        self._pending[channel] = pending
+        if isinstance(answer, PendingVerdict) and answer.allowed is None:
+            self._pending[channel] = answer
+            answer.add_waiter(partial(self._verdict, channel, answer))
+            return
+        allowed = answer if isinstance(answer, bool) else bool(answer.allowed)
+        self._verdict(channel, pending, allowed, now, wall)
+
+    def _verdict(
+        self, channel: str, verdict: PendingVerdict, allowed: bool, now: float, wall: float
+    ) -> None:
+        """The authorizer's answer to a ``subscribe`` (now or later)."""
+        if self._closed or self._pending.get(channel) is not verdict:
+            return  # the connection is gone, or the client unsubscribed meanwhile
+        del self._pending[channel]
+        if not allowed:
+            self._error(forbidden_channel(channel), now, wall)
+            return
+        self.subscriptions[channel] = None
+        self._hub.add_subscription(self, channel)
+        self._send("subscribed", {"channel": channel}, now, wall)
+
+    def _end_subscription(self, channel: str, reason: str | None, now: float, wall: float) -> None:
+        """End a subscription (or a pending one) and say so: ``unsubscribed``, with a
+        *reason* when the server ended it."""
+        self._pending.pop(channel, None)
+        self._rechecks.pop(channel, None)
+        if self.subscriptions.pop(channel, 0) is None:
+            self._hub.remove_subscription(self, channel)
+        data = {"channel": channel} if reason is None else {"channel": channel, "reason": reason}
+        self._send("unsubscribed", data, now, wall)
+
+    def _recheck(self, identity: Identity, now: float, wall: float) -> None:
+        """A refreshed token: every subscription is asked again; those no longer allowed
+        end with ``unsubscribed`` and a reason. Until a later verdict comes, a
+        subscription holds."""
+        for channel in list(self.subscriptions):
+            answer = self._hub.authorize(identity, channel)
+            if isinstance(answer, PendingVerdict) and answer.allowed is None:
+                self._rechecks[channel] = answer
+                answer.add_waiter(partial(self._rechecked, channel, answer))
+                continue
+            self._rechecks.pop(channel, None)
+            allowed = answer if isinstance(answer, bool) else bool(answer.allowed)
+            if not allowed:
+                self._end_subscription(channel, "no longer allowed", now, wall)
+
+    def _rechecked(
+        self, channel: str, verdict: PendingVerdict, allowed: bool, now: float, wall: float
+    ) -> None:
+        if self._closed or self._rechecks.get(channel) is not verdict:
+            return
+        del self._rechecks[channel]
+        if not allowed and channel in self.subscriptions:
+            self._end_subscription(channel, "no longer allowed", now, wall)
 
     # -- output -------------------------------------------------------------------------
 
@@ -336,10 +471,7 @@ class Session:
 
     def _error(self, error: MessageError, now: float, wall: float) -> None:
         self._hub.stats.errors[error.code.value] += 1
-        data = {"error": error.error, "code": error.code.value}
-        if error.expected is not None:
-            data["expected"] = error.expected
-        self._send("error", data, now, wall)
+        self._send("error", error.to_data(), now, wall)
 
     def _silence_deadline(self) -> float | None:
         if not self._close_silent:

@@ -41,6 +41,7 @@ from .admission import Ticket
 from .answers import HttpAnswer
 from .auth import AuthFailure, AuthResult, Identity
 from .errors import LocalProtocolError
+from .scope import channels_in_query
 from .session import Session, Sink
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def extract_token(
 class Upgrade:
     """One upgrade request's way to an open session (or to a refusal). See the module doc."""
 
-    __slots__ = ("_decided", "_hub", "_ticket", "refusal", "subprotocol", "token")
+    __slots__ = ("_decided", "_hub", "_ticket", "channels", "refusal", "subprotocol", "token")
 
     def __init__(
         self,
@@ -102,6 +103,8 @@ class Upgrade:
         self.token: str | None = None
         #: The subprotocol to select when accepting (``agentcast.v1`` or ``None``).
         self.subprotocol: str | None = None
+        #: ``channels=a,b`` in the URL: subscribed right after ``auth`` (PROTOCOL.md 4a).
+        self.channels: list[str] = []
         decision = hub.admission.admit(headers, client, now)
         #: Set when the upgrade is refused (at the request, or by :meth:`decide`).
         self.refusal: HttpAnswer | None = None
@@ -110,6 +113,7 @@ class Upgrade:
             return
         self._ticket = decision
         self.token, self.subprotocol = extract_token(query, headers, subprotocols)
+        self.channels = channels_in_query(query)
 
     def decide(self, result: AuthResult | None) -> HttpAnswer | None:
         """The token's verdict (``None``: there was no token): a refusal, or ``None`` to
@@ -149,7 +153,15 @@ class Upgrade:
         """
         if not self._decided or self.refusal is not None:
             raise LocalProtocolError("open() needs an accepted upgrade (decide() first)")
-        return Session(self._hub, sink, result, now=now, wall=wall, close_silent=close_silent)
+        return Session(
+            self._hub,
+            sink,
+            result,
+            now=now,
+            wall=wall,
+            close_silent=close_silent,
+            channels=self.channels,
+        )
 
     def release(self) -> None:
         """The connection is over: give its place in the hub's counts back. Idempotent."""

@@ -26,6 +26,7 @@ SECURITY_FLAGS = [
     "--jwt-audience",
     "--jwt-leeway",
     "--jwt-user-claim",
+    "--jwt-channels-claim",
     "--jwt-reload-interval",
     "--require-auth",
     "--allowed-origin",

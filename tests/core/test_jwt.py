@@ -26,6 +26,7 @@ from agentcast.protocol.jwt_auth import (
     make_dev_token,
     parse_jwks,
 )
+from agentcast.protocol.scope import NO_CHANNELS
 
 WALL = 1_766_754_000.0
 SECRET = "correct-horse-battery-staple-0123456789"  # 39 bytes: HS256 only
@@ -149,7 +150,9 @@ def test_a_valid_token_of_each_family_authenticates(alg: str) -> None:
     token = jwt.encode(_claims(), signing_key, algorithm=alg)
     data = _auth_message(Hub(Settings(require_auth=True)), auth, token)
     assert data == {"success": True, "userId": "user_1"}
-    assert auth.authenticate(token, WALL) == Identity(user_id="user_1", expires_at=WALL + 300)
+    assert auth.authenticate(token, WALL) == Identity(
+        user_id="user_1", expires_at=WALL + 300, channels=NO_CHANNELS
+    )
 
 
 def test_default_algorithms_follow_the_key_type() -> None:
@@ -315,7 +318,7 @@ def test_the_allow_list_restricts_the_algorithms_a_key_could_verify(
 ) -> None:
     auth = JwtAuthenticator(JwtKeySet.from_pem(_pem(rsa_key)), algorithms=["RS256"])
     assert auth.authenticate(jwt.encode(_claims(aud=None), rsa_key, "RS256"), WALL) == Identity(
-        user_id="user_1", expires_at=WALL + 300
+        user_id="user_1", expires_at=WALL + 300, channels=NO_CHANNELS
     )
     ps = jwt.encode(_claims(aud=None), rsa_key, "PS256")
     assert auth.authenticate(ps, WALL) == AuthFailure("algorithm not allowed")
@@ -364,7 +367,9 @@ def test_audience_may_be_one_of_several_and_a_token_naming_one_needs_a_configure
 def test_the_user_claim_is_configurable() -> None:
     token = jwt.encode(_claims(aud=None, uid="u-77"), SECRET.encode(), "HS256")
     auth = JwtAuthenticator(JwtKeySet.from_secret(SECRET), user_claim="uid")
-    assert auth.authenticate(token, WALL) == Identity(user_id="u-77", expires_at=WALL + 300)
+    assert auth.authenticate(token, WALL) == Identity(
+        user_id="u-77", expires_at=WALL + 300, channels=NO_CHANNELS
+    )
     other = JwtAuthenticator(JwtKeySet.from_secret(SECRET), user_claim="email")
     assert other.authenticate(token, WALL) == AuthFailure("missing claim: email")
 
@@ -662,7 +667,9 @@ def test_make_dev_token_makes_a_token_the_authenticator_accepts() -> None:
     }
     assert jwt.get_unverified_header(token)["alg"] == "HS256"
     auth = JwtAuthenticator(JwtKeySet.from_secret(SECRET), issuer=ISSUER, audience=AUDIENCE)
-    assert auth.authenticate(token, WALL) == Identity(user_id="user_1", expires_at=WALL + 3601)
+    assert auth.authenticate(token, WALL) == Identity(
+        user_id="user_1", expires_at=WALL + 3601, channels=NO_CHANNELS
+    )
     long_secret = "k" * 64
     hs512 = make_dev_token(long_secret, "u", 60, WALL, algorithm="HS512")
     assert jwt.get_unverified_header(hs512)["alg"] == "HS512"

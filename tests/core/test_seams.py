@@ -62,6 +62,7 @@ class Recorder:
     def __init__(self, user_id: str | None, presence: str = "online") -> None:
         self.user_id = user_id
         self.presence = presence
+        self.subscriptions: dict[str, None] = {}
         self.got: list[PreparedMessage] = []
 
     def deliver(self, message: PreparedMessage, now: float, wall: float) -> bool:

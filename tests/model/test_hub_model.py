@@ -9,6 +9,12 @@ invalid, presence changes, floods past the rate limit, protocol Pings), publish 
 of broadcast, stall a handshake, and move the clock (exactly onto, just before and just
 past every heartbeat, timeout, close-timeout and presence-grace deadline).
 
+Scoped delivery (section 4a) is part of it: clients subscribe and unsubscribe (with
+``subscribe`` messages or ``channels=`` in the URL), some channels are refused by an
+in-process authorizer, the per-connection limit is small, and every broadcast may name
+an audience and a channel; the model says exactly who receives each one, so no message
+ever reaches a connection outside its scope.
+
 A plain-Python model next to it says what each client must have received, message by
 message (type, data, timestamp, broadcast id), which close code it must have seen and
 when, the aggregated presence and the counts. The driver behaves like an adapter: it
@@ -46,6 +52,7 @@ from agentcast.protocol import (
     ConnectionClosed,
     DevAuthenticator,
     Hub,
+    Identity,
     ServerConnection,
     Settings,
 )
@@ -64,6 +71,8 @@ RATE = 4.0
 BURST = 8
 STRIKES = 3
 WINDOW = 60.0
+MAX_SUBSCRIPTIONS = 2
+CHANNELS = ["c1", "c2", "secret"]  # "secret": user_alice only (the authorizer below)
 
 SETTINGS = Settings(
     heartbeat_interval=INTERVAL,
@@ -76,7 +85,13 @@ SETTINGS = Settings(
     rate_burst=BURST,
     rate_limit_strikes=STRIKES,
     rate_limit_window=WINDOW,
+    max_subscriptions=MAX_SUBSCRIPTIONS,
 )
+
+
+def authorizer(identity: Identity, channel: str) -> bool:
+    return channel != "secret" or identity.user_id == "user_alice"
+
 
 RANK = {"offline": 0, "away": 1, "online": 2, "busy": 3}
 UNAUTHENTICATED_TYPES = {"auth", "pong", "ping", "error"}
@@ -102,6 +117,12 @@ CLIENT_MESSAGES: list[tuple[str, str, str]] = [
     ("refresh bob", "text", '{"type":"auth","data":{"token":"bob"}}'),
     ("refresh invalid", "text", '{"type":"auth","data":{"token":"no!"}}'),
     ("binary", "binary", ""),
+    ("subscribe c1", "text", '{"type":"subscribe","data":{"channel":"c1"}}'),
+    ("subscribe c2", "text", '{"type":"subscribe","data":{"channel":"c2"}}'),
+    ("subscribe secret", "text", '{"type":"subscribe","data":{"channel":"secret"}}'),
+    ("subscribe bad", "text", '{"type":"subscribe","data":{"channel":"no way"}}'),
+    ("unsubscribe c1", "text", '{"type":"unsubscribe","data":{"channel":"c1"}}'),
+    ("unsubscribe secret", "text", '{"type":"unsubscribe","data":{"channel":"secret"}}'),
 ]
 
 
@@ -153,6 +174,7 @@ class MConn:
     auth_deadline: float | None = None
     close_at: float | None = None  # closing: when the server stops waiting for the echo
     presence: str = "online"
+    subs: set[str] = field(default_factory=set)
     tokens: float = float(BURST)
     bucket_at: float = 0.0
     strikes: list[float] = field(default_factory=list)
@@ -198,6 +220,15 @@ class Model:
 
     def presence(self) -> dict[str, str]:
         return {uid: u.status for uid, u in self.users.items() if u.status != "offline"}
+
+    def in_scope(self, user_ids: list[str] | None, channel: str | None) -> list[MConn]:
+        """PROTOCOL.md 4a, written out: authenticated, in the audience if there is one,
+        subscribed to the channel if there is one."""
+        return [
+            m
+            for m in self.authenticated()
+            if (user_ids is None or m.user in user_ids) and (channel is None or channel in m.subs)
+        ]
 
     def deadline(self) -> float | None:
         times = [d for m in self.conns if (d := m.deadline()) is not None]
@@ -286,7 +317,7 @@ class Model:
 
     # -- inputs ------------------------------------------------------------------------
 
-    def connect(self, m: MConn, token: str | None) -> None:
+    def connect(self, m: MConn, token: str | None, channels: list[str] = []) -> None:  # noqa: B006
         self.conns.append(m)
         m.last_seen = m.bucket_at = self.now
         m.next_ping = self.now + INTERVAL
@@ -299,7 +330,30 @@ class Model:
             reason = "Missing token" if token is None else "Invalid token"
             self.send(m, "auth", {"success": False, "error": reason})
             m.auth_deadline = self.now + UNAUTH_TIMEOUT
+        for channel in channels:
+            self.subscription(m, "subscribe", channel)
         self.drain()
+
+    def subscription(self, m: MConn, verb: str, channel: str) -> None:
+        if m.user is None:
+            self.send(m, "error", err("Not authenticated", "not_authenticated"))
+        elif channel not in CHANNELS:
+            self.send(m, "error", err("Invalid channel name", "invalid_channel"))
+        elif verb == "unsubscribe":
+            m.subs.discard(channel)
+            self.send(m, "unsubscribed", {"channel": channel})
+        elif channel in m.subs:
+            self.send(m, "subscribed", {"channel": channel})
+        elif len(m.subs) >= MAX_SUBSCRIPTIONS:
+            error = f"Too many subscriptions (at most {MAX_SUBSCRIPTIONS})"
+            data = {**err(error, "too_many_subscriptions"), "channel": channel}
+            self.send(m, "error", data)
+        elif channel == "secret" and m.user != "user_alice":
+            data = {**err("Channel not allowed", "forbidden_channel"), "channel": channel}
+            self.send(m, "error", data)
+        else:
+            m.subs.add(channel)
+            self.send(m, "subscribed", {"channel": channel})
 
     def touch(self, m: MConn) -> None:
         m.last_seen = max(m.last_seen, self.now)
@@ -347,6 +401,9 @@ class Model:
             return label.split()[1]
         elif label == "binary":
             self.send(m, "error", err("Binary messages are not supported", "binary_not_supported"))
+        elif label.startswith(("subscribe", "unsubscribe")):
+            verb, channel = label.split()
+            self.subscription(m, verb, channel)
         return None
 
     def refresh(self, m: MConn, token: str) -> None:
@@ -455,7 +512,7 @@ def server_frames(data: bytes) -> list[tuple[int, bytes]]:
 class HubMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.hub = Hub(SETTINGS)
+        self.hub = Hub(SETTINGS, authorizer=authorizer)
         self.model = Model()
         self.clients: list[Client] = []
         self.now = 0.0
@@ -592,14 +649,16 @@ class HubMachine(RuleBasedStateMachine):
         answers_ping=st.booleans(),
         answers_json_ping=st.booleans(),
         answers_close=st.booleans(),
+        channels=st.sampled_from(["", "c1", "secret,c2", "c1,bad%20x,c1,c2,secret"]),
     )
-    def connect(
+    def connect(  # noqa: PLR0917 (hypothesis passes the rule's arguments by name)
         self,
         token: str | None,
         via: str,
         answers_ping: bool,
         answers_json_ping: bool,
         answers_close: bool,
+        channels: str,
     ) -> None:
         valid = token is not None and token in ("alice", "bob", "carol")
         m = MConn(
@@ -621,6 +680,8 @@ class HubMachine(RuleBasedStateMachine):
             headers = [(b"authorization", f"Bearer {token}".encode())]
         elif token is not None:
             protocols = ["agentcast.v1", f"bearer.{token}"]
+        if channels:
+            target += ("&" if "?" in target else "?") + "channels=" + channels
         request = Request(
             host="localhost", target=target, extra_headers=headers, subprotocols=protocols
         )
@@ -634,7 +695,8 @@ class HubMachine(RuleBasedStateMachine):
             assert events[0].token == token
             assert not events[0].refresh
             conn.complete_auth(self.auth.authenticate(token, self.wall), self.now, self.wall)
-        self.model.connect(m, token)
+        names = list(dict.fromkeys(channels.replace("%20", " ").split(","))) if channels else []
+        self.model.connect(m, token, names[: MAX_SUBSCRIPTIONS + 1])
         self.settle()
 
     @precondition(lambda self: len(self.clients) < MAX_CLIENTS)
@@ -705,6 +767,11 @@ class HubMachine(RuleBasedStateMachine):
 
     # -- rules: publishing -------------------------------------------------------------
 
+    audiences = st.sampled_from(
+        [None, None, ["user_alice"], ["user_bob", "user_carol"], ["user_nobody"]]
+    )
+    channels = st.sampled_from([None, None, "c1", "c2", "secret", "nobody"])
+
     def _published(self, kind: str, data: Any, result: Any, recipients: list[MConn]) -> None:
         delivered = self.model.broadcast(kind, data, recipients, result.id)
         assert result.delivered == delivered
@@ -715,27 +782,54 @@ class HubMachine(RuleBasedStateMachine):
         state=st.sampled_from(["idle", "working", "stopped"]),
         task=st.sampled_from([None, "Refactor the parser"]),
         progress=st.sampled_from([None, 0, 55.5, 100]),
+        user_ids=audiences,
+        channel=channels,
     )
-    def broadcast_agent_status(
-        self, agent: str, state: Any, task: str | None, progress: float | None
+    def broadcast_agent_status(  # noqa: PLR0917 (hypothesis passes them by name)
+        self,
+        agent: str,
+        state: Any,
+        task: str | None,
+        progress: float | None,
+        user_ids: list[str] | None,
+        channel: str | None,
     ) -> None:
         result = self.hub.broadcast_agent_status(
-            agent, state, task, progress, now=self.now, wall=self.wall
+            agent,
+            state,
+            task,
+            progress,
+            now=self.now,
+            wall=self.wall,
+            user_ids=user_ids,
+            channel=channel,
         )
         data: dict[str, Any] = {"agentName": agent, "state": state}
         if task is not None:
             data["currentTask"] = task
         if progress is not None:
             data["progress"] = progress
-        self._published("agent_status", data, result, self.model.authenticated())
+        self._published("agent_status", data, result, self.model.in_scope(user_ids, channel))
 
     @rule(
         content=st.sampled_from(["hi", "héllo ✓ 🚀", ""]),
         stamp=st.sampled_from([None, "2025-12-26T13:00:00.000Z"]),
+        user_ids=audiences,
+        channel=channels,
     )
-    def broadcast_chat_message(self, content: str, stamp: str | None) -> None:
+    def broadcast_chat_message(
+        self, content: str, stamp: str | None, user_ids: list[str] | None, channel: str | None
+    ) -> None:
         result = self.hub.broadcast_chat_message(
-            "conv-1", "msg-1", content, "agent:coder", stamp, now=self.now, wall=self.wall
+            "conv-1",
+            "msg-1",
+            content,
+            "agent:coder",
+            stamp,
+            now=self.now,
+            wall=self.wall,
+            user_ids=user_ids,
+            channel=channel,
         )
         data = {
             "conversationId": "conv-1",
@@ -744,21 +838,38 @@ class HubMachine(RuleBasedStateMachine):
             "sender": "agent:coder",
             "timestamp": stamp or iso(self.now),
         }
-        self._published("chat_message", data, result, self.model.authenticated())
+        self._published("chat_message", data, result, self.model.in_scope(user_ids, channel))
 
     @rule(
         level=st.sampled_from(["info", "success", "warning", "error"]),
         user=st.sampled_from([None, "user_alice", "user_bob", "user_carol", "user_nobody"]),
+        user_ids=audiences,
+        channel=channels,
     )
-    def send_notification(self, level: Any, user: str | None) -> None:
+    def send_notification(
+        self, level: Any, user: str | None, user_ids: list[str] | None, channel: str | None
+    ) -> None:
+        if user is not None and user_ids is not None:
+            user_ids = None  # both is a ValueError (publish_invalid tries it)
         result = self.hub.send_notification(
-            level, "Build finished", user, now=self.now, wall=self.wall
+            level,
+            "Build finished",
+            user,
+            now=self.now,
+            wall=self.wall,
+            user_ids=user_ids,
+            channel=channel,
         )
-        recipients = [m for m in self.model.authenticated() if user is None or m.user == user]
+        audience = [user] if user is not None else user_ids
+        recipients = self.model.in_scope(audience, channel)
         data = {"level": level, "message": "Build finished"}
         self._published("notification", data, result, recipients)
 
-    @rule(which=st.sampled_from(["progress", "state", "level", "empty name"]))
+    @rule(
+        which=st.sampled_from(
+            ["progress", "state", "level", "empty name", "both audiences", "no users", "channel"]
+        )
+    )
     def publish_invalid(self, which: str) -> None:
         """Invalid arguments raise ValueError and reach nobody (PROTOCOL.md 8)."""
         now, wall = self.times
@@ -769,6 +880,14 @@ class HubMachine(RuleBasedStateMachine):
                 self.hub.broadcast_agent_status("a", "flying", now=now, wall=wall)  # type: ignore[arg-type]
             elif which == "level":
                 self.hub.send_notification("loud", "x", now=now, wall=wall)  # type: ignore[arg-type]
+            elif which == "both audiences":
+                self.hub.send_notification(
+                    "info", "x", "user_alice", user_ids=["user_bob"], now=now, wall=wall
+                )
+            elif which == "no users":
+                self.hub.broadcast_chat_message("c", "m", "x", "s", user_ids=[], now=now, wall=wall)
+            elif which == "channel":
+                self.hub.broadcast_agent_status("a", "idle", channel="no way", now=now, wall=wall)
             else:
                 self.hub.broadcast_agent_status("", "idle", now=now, wall=wall)
         except ValueError:
@@ -850,6 +969,14 @@ class HubMachine(RuleBasedStateMachine):
                 assert c.close_frame[1] == m.last_seen + TIMEOUT
             if m.state == "open" and not m.half:
                 assert self.now < m.last_seen + TIMEOUT
+
+    @invariant()
+    def subscriptions_match(self) -> None:
+        subscribed = [m.subs for m in self.model.authenticated()]
+        assert self.hub.subscriptions_count() == sum(len(subs) for subs in subscribed)
+        assert self.hub.channels_count() == len(set().union(*subscribed))
+        for channel in CHANNELS:
+            assert self.hub.subscribers(channel) == sum(channel in subs for subs in subscribed)
 
     @invariant()
     def presence_and_counts_match(self) -> None:
