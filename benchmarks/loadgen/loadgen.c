@@ -16,7 +16,10 @@
  *   fanout  connect N clients, wait until quiet, then POST --bursts batches of --burst-size
  *           notifications to /api/notifications (one request per burst, each sent after the
  *           previous one's 202, and at most two bursts not yet fully delivered); the window
- *           runs from the first POST to the last delivery.
+ *           runs from the first POST to the last delivery. With --channels K, client i
+ *           subscribes to channel "ch<i mod K>" (channels= in its URL) and each notification
+ *           names a pseudo-random channel (a hash of its seq): every client must receive
+ *           exactly the notifications of its own channel, in order, and nothing else.
  *   rtt     connect N clients (distinct users), wait until quiet (RSS: idle memory), then
  *           send JSON {"type":"ping"} at --ping-rate per second in total, round-robin, at
  *           most one outstanding per client, for --duration seconds; RTT = ping to pong.
@@ -211,6 +214,7 @@ static struct {
     int same_user;
     int scenario;
     int bursts, burst_size, msg_bytes;
+    int channels; /* fanout: 0 = unscoped broadcasts */
     double ping_rate, duration;
     double settle, timeout;
     int hold;
@@ -249,6 +253,7 @@ typedef struct conn {
     char user_needle[160]; /* "userId":"<own id>" once authenticated */
     size_t user_needle_len;
     uint64_t next_seq, n_notif;
+    int channel, burst_mark, finished;
     char last_id[64];
     int last_id_len;
     uint32_t presence_seen;
@@ -306,7 +311,7 @@ static double percentile(samples_t *s, double p) {
 }
 
 /* fan-out bookkeeping */
-static uint64_t total_msgs;
+static uint64_t total_msgs, expected_deliveries;
 static int *burst_done; /* clients that received all of burst b */
 static int bursts_sent, bursts_acked, pub_busy;
 static uint64_t pub_delivered_reported;
@@ -444,16 +449,17 @@ static void client_send_upgrade(conn_t *c) {
     uint8_t digest[20];
     sha1((const uint8_t *)cat, strlen(cat), digest);
     base64(digest, 20, c->accept);
-    char token[64];
+    char token[64], channel[32] = "";
     if (cfg.same_user)
         snprintf(token, sizeof token, "%s", cfg.token_prefix);
     else
         snprintf(token, sizeof token, "%s%d", cfg.token_prefix, c->idx);
+    if (cfg.channels) snprintf(channel, sizeof channel, "&channels=ch%d", c->channel);
     int n = snprintf(req, sizeof req,
-                     "GET %s?token=%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                     "GET %s?token=%s%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n",
-                     cfg.path, token, cfg.host, cfg.port, key);
+                     cfg.path, token, channel, cfg.host, cfg.port, key);
     c->state = ST_HANDSHAKE;
     c->want_out = 0;
     set_events(c);
@@ -522,6 +528,34 @@ static void presence_progress(conn_t *c, uint32_t seen) {
     }
 }
 
+/* The channel of notification seq (--channels): pseudo-random, the same on both sides. */
+static int seq_channel(uint64_t seq) {
+    uint64_t x = (seq + 1) * 0x9E3779B97F4A7C15ull;
+    x ^= x >> 31;
+    return (int)(x % (uint64_t)cfg.channels);
+}
+
+/* The first seq >= from that client c must receive (total_msgs: none left). */
+static uint64_t next_for(const conn_t *c, uint64_t from) {
+    if (!cfg.channels) return from;
+    while (from < total_msgs && seq_channel(from) != c->channel) from++;
+    return from;
+}
+
+/* Bursts c has received all of its messages of, and whether it has received everything. */
+static void mark_progress(conn_t *c) {
+    while (c->burst_mark < cfg.bursts &&
+           c->next_seq >= (uint64_t)(c->burst_mark + 1) * (uint64_t)cfg.burst_size) {
+        burst_done[c->burst_mark]++;
+        c->burst_mark++;
+    }
+    if (c->next_seq >= total_msgs && !c->finished) {
+        c->finished = 1;
+        n_finished++;
+        if (n_finished == cfg.clients && t_window0 >= 0) t_window1 = now_s();
+    }
+}
+
 static void on_notification(conn_t *c, const uint8_t *p, size_t n) {
     check_id(c, p, n);
     const uint8_t *q = find(p, n, "seq=");
@@ -531,24 +565,21 @@ static void on_notification(conn_t *c, const uint8_t *p, size_t n) {
     }
     uint64_t seq = 0;
     for (int i = 4; i < 12; i++) seq = seq * 10 + (uint64_t)(q[i] - '0');
+    if (seq >= total_msgs || (cfg.channels && seq_channel(seq) != c->channel)) {
+        n_foreign++; /* outside this client's scope */
+        return;
+    }
     c->n_notif++;
     if (seq == c->next_seq) {
-        c->next_seq = seq + 1;
+        c->next_seq = next_for(c, seq + 1);
     } else if (seq > c->next_seq) {
-        n_lost += seq - c->next_seq;
-        c->next_seq = seq + 1;
+        for (uint64_t s = c->next_seq; s < seq; s = next_for(c, s + 1)) n_lost++;
+        c->next_seq = next_for(c, seq + 1);
     } else {
         n_dup_or_reordered++;
         return;
     }
-    if (cfg.burst_size && (seq + 1) % (uint64_t)cfg.burst_size == 0) {
-        uint64_t b = seq / (uint64_t)cfg.burst_size;
-        if (b < (uint64_t)cfg.bursts) burst_done[b]++;
-    }
-    if (c->next_seq == total_msgs) {
-        n_finished++;
-        if (n_finished == cfg.clients) t_window1 = now_s();
-    }
+    mark_progress(c);
 }
 
 static void on_text(conn_t *c, const uint8_t *p, size_t n) {
@@ -734,7 +765,7 @@ static char *pub_body;
 static size_t pub_body_cap;
 
 static void publish_burst(int b) {
-    size_t need = (size_t)cfg.burst_size * ((size_t)cfg.msg_bytes + 64) + 16;
+    size_t need = (size_t)cfg.burst_size * ((size_t)cfg.msg_bytes + 96) + 16;
     if (need > pub_body_cap) {
         pub_body_cap = need;
         pub_body = xrealloc(pub_body, need);
@@ -748,7 +779,11 @@ static void publish_burst(int b) {
     for (int i = 0; i < cfg.burst_size; i++) {
         uint64_t seq = (uint64_t)b * (uint64_t)cfg.burst_size + (uint64_t)i;
         if (i) pub_body[o++] = ',';
-        o += (size_t)sprintf(pub_body + o, "{\"level\":\"info\",\"message\":\"seq=%08llu ",
+        if (cfg.channels)
+            o += (size_t)sprintf(pub_body + o, "{\"channel\":\"ch%d\",", seq_channel(seq));
+        else
+            pub_body[o++] = '{';
+        o += (size_t)sprintf(pub_body + o, "\"level\":\"info\",\"message\":\"seq=%08llu ",
                              (unsigned long long)seq);
         for (int k = 13; k < text_len; k++) pub_body[o++] = (char)('a' + (k % 26));
         pub_body[o++] = '"';
@@ -920,7 +955,7 @@ static void usage(void) {
             "usage: loadgen --scenario fanout|rtt|churn|storm --port P [--pub-port P]\n"
             "  [--host 127.0.0.1] [--path /ws] [--api-key K] [--token-prefix T] [--same-user]\n"
             "  [--clients N] [--concurrency C] [--server-pid PID]\n"
-            "  [--bursts B] [--burst-size M] [--msg-bytes S]\n"
+            "  [--bursts B] [--burst-size M] [--msg-bytes S] [--channels K]\n"
             "  [--ping-rate R] [--duration D] [--settle S] [--timeout S] [--hold]\n");
     exit(2);
 }
@@ -933,7 +968,8 @@ int main(int argc, char **argv) {
         {"scenario", 1, 0, 's'},  {"server-pid", 1, 0, 'i'},   {"bursts", 1, 0, 'b'},
         {"burst-size", 1, 0, 'm'}, {"msg-bytes", 1, 0, 'B'},   {"ping-rate", 1, 0, 'r'},
         {"duration", 1, 0, 'd'},  {"settle", 1, 0, 'q'},       {"timeout", 1, 0, 'T'},
-        {"hold", 0, 0, 'H'},      {"help", 0, 0, '?'},         {0, 0, 0, 0}};
+        {"hold", 0, 0, 'H'},      {"help", 0, 0, '?'},         {"channels", 1, 0, 'C'},
+        {0, 0, 0, 0}};
     int o;
     const char *scen = "fanout";
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -957,6 +993,7 @@ int main(int argc, char **argv) {
         case 'q': cfg.settle = atof(optarg); break;
         case 'T': cfg.timeout = atof(optarg); break;
         case 'H': cfg.hold = 1; break;
+        case 'C': cfg.channels = atoi(optarg); break;
         default: usage();
         }
     }
@@ -966,6 +1003,7 @@ int main(int argc, char **argv) {
     if (cfg.scenario < 0 || !cfg.port || cfg.clients < 1 || cfg.concurrency < 1) usage();
     if (!cfg.pub_port) cfg.pub_port = cfg.port;
     if (cfg.scenario != SC_FANOUT) cfg.burst_size = 0;
+    if (cfg.scenario != SC_FANOUT || cfg.channels < 0) cfg.channels = 0;
 
     signal(SIGPIPE, SIG_IGN);
     struct rlimit rl;
@@ -993,6 +1031,14 @@ int main(int argc, char **argv) {
     if (cfg.scenario == SC_FANOUT) {
         total_msgs = (uint64_t)cfg.bursts * (uint64_t)cfg.burst_size;
         burst_done = calloc((size_t)cfg.bursts + 1, sizeof *burst_done);
+        for (int i = 0; i < cfg.clients; i++) {
+            conn_t *c = &clients[i];
+            c->channel = cfg.channels ? i % cfg.channels : 0;
+            for (uint64_t s = next_for(c, 0); s < total_msgs; s = next_for(c, s + 1))
+                expected_deliveries++;
+            c->next_seq = next_for(c, 0);
+            mark_progress(c);
+        }
     }
 
     long rss0 = proc_status_kb("VmRSS:");
@@ -1094,7 +1140,7 @@ int main(int argc, char **argv) {
     uint64_t delivered = 0, expected = 0;
     if (cfg.scenario == SC_FANOUT) {
         delivered = type_count[T_NOTIFICATION] - deliveries0;
-        expected = total_msgs * (uint64_t)cfg.clients;
+        expected = expected_deliveries;
     } else if (cfg.scenario == SC_STORM) {
         delivered = type_count[T_USER_PRESENCE];
         expected = (uint64_t)cfg.clients * (uint64_t)(cfg.clients + 1) / 2;
@@ -1109,7 +1155,8 @@ int main(int argc, char **argv) {
     uint64_t not_delivered = 0;
     if (cfg.scenario == SC_FANOUT) {
         for (int i = 0; i < cfg.clients; i++)
-            if (clients[i].next_seq < total_msgs) not_delivered += total_msgs - clients[i].next_seq;
+            for (uint64_t s = clients[i].next_seq; s < total_msgs; s = next_for(&clients[i], s + 1))
+                not_delivered++;
     }
     int zero_loss = !n_lost && !n_dup_or_reordered && !n_id_not_increasing && !not_delivered &&
                     !n_foreign;
@@ -1159,8 +1206,8 @@ int main(int argc, char **argv) {
            (unsigned long long)not_delivered, (unsigned long long)n_dup_or_reordered,
            (unsigned long long)n_id_not_increasing, (unsigned long long)n_foreign,
            pub_bad_status);
-    printf("\"ws_pings\":%llu,\"first_error\":\"%s\"}\n", (unsigned long long)n_ws_ping,
-           first_error);
+    printf("\"channels\":%d,\"ws_pings\":%llu,\"first_error\":\"%s\"}\n", cfg.channels,
+           (unsigned long long)n_ws_ping, first_error);
     fflush(stdout);
 
     if (cfg.hold) {
