@@ -21,6 +21,7 @@ from .auth import (
     Authenticator,
     AuthFailure,
     AuthResult,
+    ChannelAuthorizer,
     DevAuthenticator,
     Identity,
     StaticAuthenticator,
@@ -50,6 +51,7 @@ from .messages import (
     encode_server_message,
 )
 from .routing import Route, route
+from .scope import EVERYONE, ChannelGrant, PendingVerdict, Scope
 from .session import Host, Session, Sink
 from .stats import Stats
 from .timestamps import format_timestamp
@@ -57,6 +59,7 @@ from .upgrade import SUBPROTOCOL, Upgrade, extract_token
 from .websocket import TransportState, WebSocketTransport
 
 __all__ = [
+    "EVERYONE",
     "SUBPROTOCOL",
     "AgentStatus",
     "AuthFailure",
@@ -64,6 +67,8 @@ __all__ = [
     "AuthResult",
     "Authenticator",
     "BytesReceived",
+    "ChannelAuthorizer",
+    "ChannelGrant",
     "ChatMessage",
     "CloseCode",
     "ConnectionClosed",
@@ -79,10 +84,12 @@ __all__ = [
     "Member",
     "MessageError",
     "Notification",
+    "PendingVerdict",
     "PreparedMessage",
     "ProtocolError",
     "Published",
     "Route",
+    "Scope",
     "ServerConnection",
     "Session",
     "Settings",
