@@ -11,8 +11,9 @@ past every heartbeat, timeout, close-timeout and presence-grace deadline).
 
 Scoped delivery (section 4a) is part of it: clients subscribe and unsubscribe (with
 ``subscribe`` messages or ``channels=`` in the URL), some channels are refused by an
-in-process authorizer, the per-connection limit is small, and every broadcast may name
-an audience and a channel; the model says exactly who receives each one, so no message
+in-process authorizer (whose answer for one channel changes, so that a refreshed token
+revokes it), the per-connection limit is small, and every broadcast may name an
+audience and a channel; the model says exactly who receives each one, so no message
 ever reaches a connection outside its scope.
 
 A plain-Python model next to it says what each client must have received, message by
@@ -72,7 +73,9 @@ BURST = 8
 STRIKES = 3
 WINDOW = 60.0
 MAX_SUBSCRIPTIONS = 2
-CHANNELS = ["c1", "c2", "secret"]  # "secret": user_alice only (the authorizer below)
+# "secret": user_alice only, and only while it is open (the machine's authorizer; a rule
+# closes and reopens it, and a refreshed token then loses it).
+CHANNELS = ["c1", "c2", "secret"]
 
 SETTINGS = Settings(
     heartbeat_interval=INTERVAL,
@@ -87,10 +90,6 @@ SETTINGS = Settings(
     rate_limit_window=WINDOW,
     max_subscriptions=MAX_SUBSCRIPTIONS,
 )
-
-
-def authorizer(identity: Identity, channel: str) -> bool:
-    return channel != "secret" or identity.user_id == "user_alice"
 
 
 RANK = {"offline": 0, "away": 1, "online": 2, "busy": 3}
@@ -174,7 +173,7 @@ class MConn:
     auth_deadline: float | None = None
     close_at: float | None = None  # closing: when the server stops waiting for the echo
     presence: str = "online"
-    subs: set[str] = field(default_factory=set)
+    subs: dict[str, None] = field(default_factory=dict)  # in subscription order
     tokens: float = float(BURST)
     bucket_at: float = 0.0
     strikes: list[float] = field(default_factory=list)
@@ -209,6 +208,7 @@ class Model:
         self.leaving: dict[str, float] = {}  # user -> when it turns offline (in order)
         self.log: list[str | None] = []  # broadcast ids, in publish order
         self.queue: list[tuple[MConn, str]] = []  # client answers still to process
+        self.secret_open = True
 
     # -- views -------------------------------------------------------------------------
 
@@ -340,7 +340,7 @@ class Model:
         elif channel not in CHANNELS:
             self.send(m, "error", err("Invalid channel name", "invalid_channel"))
         elif verb == "unsubscribe":
-            m.subs.discard(channel)
+            m.subs.pop(channel, None)
             self.send(m, "unsubscribed", {"channel": channel})
         elif channel in m.subs:
             self.send(m, "subscribed", {"channel": channel})
@@ -348,12 +348,15 @@ class Model:
             error = f"Too many subscriptions (at most {MAX_SUBSCRIPTIONS})"
             data = {**err(error, "too_many_subscriptions"), "channel": channel}
             self.send(m, "error", data)
-        elif channel == "secret" and m.user != "user_alice":
+        elif not self.allowed(m.user, channel):
             data = {**err("Channel not allowed", "forbidden_channel"), "channel": channel}
             self.send(m, "error", data)
         else:
-            m.subs.add(channel)
+            m.subs[channel] = None
             self.send(m, "subscribed", {"channel": channel})
+
+    def allowed(self, user: str, channel: str) -> bool:
+        return channel != "secret" or (user == "user_alice" and self.secret_open)
 
     def touch(self, m: MConn) -> None:
         m.last_seen = max(m.last_seen, self.now)
@@ -416,6 +419,13 @@ class Model:
         else:
             data = {"success": True, "userId": m.user}
         self.send(m, "auth", data)
+        if data["success"]:  # every subscription is asked again, in order
+            assert m.user is not None
+            for channel in list(m.subs):
+                if not self.allowed(m.user, channel):
+                    del m.subs[channel]
+                    reason = {"channel": channel, "reason": "no longer allowed"}
+                    self.send(m, "unsubscribed", reason)
 
     def client_close(self, m: MConn) -> None:
         self.touch(m)
@@ -512,7 +522,8 @@ def server_frames(data: bytes) -> list[tuple[int, bytes]]:
 class HubMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.hub = Hub(SETTINGS, authorizer=authorizer)
+        self.secret_open = True
+        self.hub = Hub(SETTINGS, authorizer=self.authorize)
         self.model = Model()
         self.clients: list[Client] = []
         self.now = 0.0
@@ -521,6 +532,9 @@ class HubMachine(RuleBasedStateMachine):
     @property
     def wall(self) -> float:
         return WALL0 + self.now
+
+    def authorize(self, identity: Identity, channel: str) -> bool:
+        return channel != "secret" or (identity.user_id == "user_alice" and self.secret_open)
 
     # -- driving the real side ---------------------------------------------------------
 
@@ -739,7 +753,16 @@ class HubMachine(RuleBasedStateMachine):
     )
     def send_messages(self, index: int, messages: list[tuple[str, str, str]]) -> None:
         """One chunk of client messages: a single one, or a flood past the rate limit."""
-        c = self.pick(index, self._open)
+        self._chunk(self.pick(index, self._open), messages)
+
+    def _chunk(
+        self,
+        c: Client,
+        messages: list[tuple[str, str, str]],
+        before_refresh: Callable[[], None] | None = None,
+    ) -> None:
+        """Send *messages* in one chunk; *before_refresh* runs after the server has read
+        them and before the refreshes they asked for are answered."""
         assert c.ws is not None
         chunk = b""
         for _, kind, payload in messages:
@@ -749,6 +772,8 @@ class HubMachine(RuleBasedStateMachine):
                 chunk += c.ws.send(BytesMessage(data=b"\x00\x01"))
         c.conn.receive_data(chunk, *self.times)
         refreshes = [self.model.text(c.model, label) for label, _, _ in messages]
+        if before_refresh is not None:
+            before_refresh()
         self.model.drain()
         for token in refreshes:
             if token is not None:
@@ -894,6 +919,31 @@ class HubMachine(RuleBasedStateMachine):
             pass
         else:
             raise AssertionError(f"invalid {which} was published")
+        self.settle()
+
+    def _alice(self, c: Client) -> bool:
+        return self._open(c) and c.model.user == "user_alice"
+
+    @precondition(lambda self: any(self._alice(c) for c in self.clients))
+    @rule(index=st.integers(min_value=0), subscribe_first=st.booleans())
+    def revoke_by_refresh(self, index: int, subscribe_first: bool) -> None:
+        """The secret channel closes, then alice refreshes her token: her subscription
+        to it ends (``unsubscribed``, with a reason) and it delivers nothing more to her."""
+        c = self.pick(index, self._alice)
+        by_label = {label: (label, kind, payload) for label, kind, payload in CLIENT_MESSAGES}
+        chunk = [by_label["subscribe secret"]] if subscribe_first else []
+
+        def close_secret() -> None:
+            self.secret_open = self.model.secret_open = False
+
+        self._chunk(c, [*chunk, by_label["refresh alice"]], close_secret)
+
+    @rule()
+    def toggle_secret(self) -> None:
+        """The application closes (or reopens) the secret channel: subscriptions that
+        exist hold until the token is refreshed, new ones are refused."""
+        self.secret_open = self.model.secret_open = not self.secret_open
+        note(f"secret open: {self.secret_open}")
         self.settle()
 
     # -- rules: time -------------------------------------------------------------------
