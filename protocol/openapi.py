@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import Settings
 from .messages import AGENT_STATES, MAX_FIELD_LENGTH, NOTIFICATION_LEVELS
+from .scope import MAX_USER_ID_LENGTH, MAX_USER_IDS
 from .timestamps import _ISO_RE
 
 __all__ = ["openapi_document", "openapi_json"]
@@ -36,6 +37,24 @@ def _text(min_length: int = 0, *, nullable: bool = False) -> dict[str, Any]:
         schema["minLength"] = min_length
     schema["maxLength"] = MAX_FIELD_LENGTH
     return schema
+
+
+def _scope() -> dict[str, Any]:
+    """The scope fields any item may add: ``userIds`` and ``channel``."""
+    return {
+        "userIds": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID_LENGTH},
+            "minItems": 1,
+            "maxItems": MAX_USER_IDS,
+            "description": "Only the connections of these users receive it.",
+        },
+        "channel": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9_.:@/-]{1,128}$",
+            "description": "Only the connections subscribed to this channel receive it.",
+        },
+    }
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -56,6 +75,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "state": {"enum": _enum(AGENT_STATES)},
                 "currentTask": _text(nullable=True),
                 "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
+                **_scope(),
             },
             "required": ["agentName", "state"],
             "additionalProperties": False,
@@ -75,17 +95,20 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                     "description": "When it was written; default: the publishing time.",
                     "examples": ["2025-12-26T13:00:00.000Z"],
                 },
+                **_scope(),
             },
             "required": ["conversationId", "messageId", "content", "sender"],
             "additionalProperties": False,
         },
         "Notification": {
             "type": "object",
-            "description": "A notification; with userId, for that user's connections only.",
+            "description": "A notification; with userId, for that user's connections only "
+            "(userId and userIds exclude each other).",
             "properties": {
                 "level": {"enum": _enum(NOTIFICATION_LEVELS)},
                 "message": _text(1),
                 "userId": _text(1, nullable=True),
+                **_scope(),
             },
             "required": ["level", "message"],
             "additionalProperties": False,

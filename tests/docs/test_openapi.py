@@ -148,6 +148,7 @@ VALID = {
         {"agentName": "planner", "state": "working", "currentTask": "indexing", "progress": 40},
         {"agentName": "planner", "state": "idle"},
         {"agentName": "planner", "state": "stopped", "currentTask": None, "progress": 100},
+        {"agentName": "planner", "state": "idle", "userIds": ["user_a"], "channel": "agent:p"},
     ],
     "/api/chat-messages": [
         {"conversationId": "c", "messageId": "m", "content": "", "sender": "bot"},
@@ -162,6 +163,8 @@ VALID = {
     "/api/notifications": [
         {"level": "info", "message": "hello"},
         {"level": "error", "message": "failed", "userId": "user_abc123"},
+        {"level": "info", "message": "team", "channel": "conversation:team-1"},
+        {"level": "info", "message": "two", "userIds": ["user_a", "user_b"]},
     ],
 }
 INVALID = {
@@ -183,6 +186,10 @@ INVALID = {
         {"level": "debug", "message": "x"},
         {"level": "info", "message": ""},
         {"level": "info", "message": "x", "userId": ""},
+        {"level": "info", "message": "x", "userIds": []},
+        {"level": "info", "message": "x", "userIds": [""]},
+        {"level": "info", "message": "x", "channel": "no spaces"},
+        {"level": "info", "message": "x", "channel": None},
     ],
 }
 
@@ -193,7 +200,8 @@ def test_the_document_covers_every_publish_path_and_field():
         item = DOCUMENT["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         [single, _batch] = item["schema"]["oneOf"]
         name = single["$ref"].rsplit("/", 1)[1]
-        assert set(DOCUMENT["components"]["schemas"][name]["properties"]) == kind._FIELDS
+        scope = {"userIds", "channel"}  # any item may name its audience and channel
+        assert set(DOCUMENT["components"]["schemas"][name]["properties"]) == kind._FIELDS | scope
     assert json.loads(openapi_json()) == DOCUMENT
 
 
