@@ -222,20 +222,30 @@ def decode_client_message(text: str) -> ClientMessage | MessageError:
         if isinstance(token, str) and token:
             return AuthRefresh(token)
         return INVALID_FORMAT
-    if kind in {"subscribe", "unsubscribe"}:
-        data = obj.get("data")
-        if not isinstance(data, dict):
-            return INVALID_FORMAT
-        channel = data.get("channel")
-        if not is_channel(channel):
-            return INVALID_CHANNEL
-        assert isinstance(channel, str)
-        return Subscribe(channel) if kind == "subscribe" else Unsubscribe(channel)
+    if kind == "subscribe":
+        return _subscription(obj, Subscribe)
+    if kind == "unsubscribe":
+        return _subscription(obj, Unsubscribe)
     if kind in SERVER_ONLY_TYPES:
         return NOT_ALLOWED
     # A lone surrogate (JSON "\ud800") has no UTF-8 form: echo it as "?".
     echoed = kind[:MAX_ECHOED_TYPE].encode("utf-8", "replace").decode("utf-8")
     return MessageError(ErrorCode.UNKNOWN_TYPE, f"Unknown message type: {echoed}")
+
+
+def _subscription(
+    obj: dict[str, Any], kind: type[Subscribe | Unsubscribe]
+) -> Subscribe | Unsubscribe | MessageError:
+    """``data`` must be an object (else ``invalid_format``) naming a valid channel (else
+    ``invalid_channel``); other fields of ``data`` are ignored."""
+    data = obj.get("data")
+    if not isinstance(data, dict):
+        return INVALID_FORMAT
+    channel = data.get("channel")
+    if not is_channel(channel):
+        return INVALID_CHANNEL
+    assert isinstance(channel, str)
+    return kind(channel)
 
 
 # -- server broadcast payloads, validated --------------------------------------------------
