@@ -78,7 +78,7 @@ async def send_answer(send: Send, answer: HttpAnswer, *, websocket: bool = False
     prefix = "websocket.http.response" if websocket else "http.response"
     headers = answer.header_fields()
     await send({"type": prefix + ".start", "status": answer.status, "headers": headers})
-    await send({"type": prefix + ".body", "body": answer.body})
+    await send({"type": prefix + ".body", "body": answer.wire_body})
 
 
 class AsgiDriver:

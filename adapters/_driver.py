@@ -36,10 +36,12 @@ from agentcast.protocol import (
     ConnectionClosed,
     HttpAnswer,
     HttpRequest,
+    Route,
     ServerConnection,
     TextReceived,
     TransportState,
     UpgradeRequested,
+    route,
 )
 from agentcast.protocol.http import answer
 
@@ -217,9 +219,14 @@ class Driver:
 
     def _answer_http(self, request: HttpRequest, now: float, wall: float) -> None:
         service = self._service
-        if request.path == "/metrics":
+        target = route(request.method, request.path, service.settings)
+        if target is Route.METRICS:
             metrics = service.metrics
             reply = HttpAnswer(200, (("content-type", metrics.content_type),), metrics.render())
+        elif target is Route.STATIC:
+            reply = service.static.answer(
+                request.method, request.path, request.header("if-none-match")
+            )
         else:
             reply = answer(request, service.hub, now=now, wall=wall)
         self.conn.respond(reply)

@@ -1,8 +1,8 @@
 """The ASGI adapter: agentcast under uvicorn, hypercorn, Starlette and FastAPI.
 
 An ASGI 3 application serving the same surface as the reference server: the WebSocket
-endpoint at ``settings.path`` (other paths: ``404``), ``GET /healthz``, ``GET /metrics``
-and the publish API (``POST /api/...``), from the same
+endpoint at ``settings.path`` (other paths: ``404``), ``GET /healthz``, ``GET /metrics``,
+the publish API (``POST /api/...``) and the dashboard (``GET /``, ``/agentcast.js``), from the same
 :class:`~agentcast.adapters.service.Service` the reference server holds, so server code
 publishes the same way::
 
@@ -290,6 +290,10 @@ class AgentcastASGI:
             (bytes(k).decode("latin-1").lower(), bytes(v).decode("latin-1"))
             for k, v in scope.get("headers") or ()
         )
+        if target is Route.STATIC:
+            if_none_match = next((v for k, v in headers if k == "if-none-match"), None)
+            await send_answer(send, service.static.answer(method, path, if_none_match))
+            return
         limit = service.settings.max_body_size
         length = next((v for k, v in headers if k == "content-length"), None)
         body = None

@@ -210,6 +210,13 @@ def _add_options(
                 default=default,
                 help=f"{option.help} [env {env}]",
             )
+        elif option.kind == "toggle":
+            parser.add_argument(
+                option.flag,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=f"{option.help} [env {env}: 1 or 0]",
+            )
         elif option.kind == "tristate":
             assert option.negative is not None
             group = parser.add_mutually_exclusive_group()
@@ -334,6 +341,10 @@ async def _serve(server: Server) -> None:
         gc.freeze()
         for url in server.urls:
             print(f"agentcast listening on {url}", flush=True)
+        if server.settings.dashboard:
+            for url in server.urls:
+                page = url.replace("ws", "http", 1).removesuffix(server.settings.path) + "/"
+                print(f"agentcast dashboard at {page}", flush=True)
 
 
 #: The package each event loop needs, and the extra that installs it.

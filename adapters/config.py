@@ -107,6 +107,7 @@ def build_config(values: Mapping[str, Any] | object) -> ServeConfig:
             **fields,
             api_key=args["api_key"] or None,
             require_auth=args["require_auth"],
+            dashboard=args["dashboard"],
             allowed_origins=tuple(args["allowed_origin"]) or None,
         )
     except ValueError as exc:

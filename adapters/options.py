@@ -164,13 +164,14 @@ FALSE = frozenset({"", "0", "false", "no", "off"})
 
 # -- options ----------------------------------------------------------------------------
 
-Kind = Literal["value", "switch", "tristate", "repeatable"]
+Kind = Literal["value", "switch", "toggle", "tristate", "repeatable"]
 
 
 @dataclass(frozen=True, slots=True)
 class Option:
     """One option: ``kind`` is ``value`` (``--flag VALUE``), ``switch`` (``--flag``, on or
-    off), ``tristate`` (``--flag``/``negative``/neither: ``"auto"``) or ``repeatable``
+    off), ``toggle`` (``--flag``/``--no-flag``, *default* when neither), ``tristate``
+    (``--flag``/``negative``/neither: ``"auto"``) or ``repeatable``
     (``--flag A --flag B``; in the environment ``A,B``)."""
 
     flag: str
@@ -196,10 +197,12 @@ class Option:
         """The option's value from *environ* (its default when the variable is unset).
         For a ``value`` option this is the raw string, converted by :meth:`convert`."""
         name = self.variable
-        if self.kind in ("switch", "tristate"):
+        if self.kind in ("switch", "toggle", "tristate"):
             raw = environ.get(name, "").strip().lower()
             if raw not in TRUE | FALSE:
                 raise ConfigError(f"{name} must be one of 1, 0, true, false, yes, no, on, off")
+            if self.kind == "toggle" and raw == "":
+                return self.default
             if self.kind == "tristate" and raw == "":
                 return "auto"
             return raw in TRUE
@@ -408,6 +411,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         kind="repeatable",
     ),
     *SETTINGS_FLAGS,
+    Option(
+        "--dashboard",
+        "serve the live dashboard at / and the browser client at /agentcast.js "
+        "(--no-dashboard: those paths are 404)",
+        True,
+        kind="toggle",
+    ),
     Option("--tls-cert", "certificate chain file (PEM) for wss://", metavar="FILE"),
     Option("--tls-key", "private key file (PEM) for wss://", metavar="FILE"),
     Option(

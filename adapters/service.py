@@ -61,6 +61,7 @@ from agentcast.protocol.auth import ChannelAuthorizer
 from agentcast.protocol.messages import AgentState, NotificationLevel
 from agentcast.protocol.scope import EVERYONE, PendingVerdict, Scope
 
+from .dashboard import StaticFiles
 from .metrics import Metrics
 
 if TYPE_CHECKING:  # imported for real only with JWT configured (it needs PyJWT)
@@ -167,6 +168,8 @@ class Service:
         self.drain_timeout = drain_timeout
         self._connections: dict[Served, None] = {}
         self.metrics = Metrics(self.hub, tcp=self._connections.__len__, backlog=self.backlog)
+        #: The dashboard's files (``GET /``, ``/agentcast.js``...), read on first request.
+        self.static = StaticFiles(self.settings)
         self._drained: anyio.Event | None = None
         self._running = False
         self._hub_wakeup: anyio.Event | None = None

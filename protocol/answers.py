@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 
 from .errors import LocalProtocolError
@@ -35,11 +35,16 @@ PLAIN_TEXT = "text/plain; charset=utf-8"
 
 @dataclass(frozen=True, slots=True)
 class HttpAnswer:
-    """One HTTP response: *status*, *headers* (``content-type`` first), *body*."""
+    """One HTTP response: *status*, *headers* (``content-type`` first), *body*.
+
+    With *body_omitted* (the answer to ``HEAD``, or a ``304``) the headers, the
+    ``content-length`` included, are those of the full answer, and the body is not sent.
+    """
 
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
+    body_omitted: bool = False
 
     @classmethod
     def plain(cls, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> HttpAnswer:
@@ -56,6 +61,15 @@ class HttpAnswer:
     def content_type(self) -> str:
         """The ``content-type`` header's value (``""`` if none)."""
         return next((value for name, value in self.headers if name == "content-type"), "")
+
+    def without_body(self) -> HttpAnswer:
+        """This answer's headers, and no body on the wire (see :attr:`body_omitted`)."""
+        return replace(self, body_omitted=True)
+
+    @property
+    def wire_body(self) -> bytes:
+        """The bytes sent after the headers: the body, or nothing."""
+        return b"" if self.body_omitted else self.body
 
     def header(self, name: str) -> str | None:
         """The first value of header *name* (lower case), or ``None``."""
@@ -79,7 +93,7 @@ class HttpAnswer:
             lines.append(f"{name}: {value}")
         # After the content type (always first), as every answer has them.
         lines[2:2] = [f"content-length: {len(self.body)}", "connection: close"]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.wire_body
 
 
 def not_an_upgrade(method: str) -> HttpAnswer:

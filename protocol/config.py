@@ -124,6 +124,9 @@ class Settings:
     unauthenticated_timeout: float | None = DEFAULT_UNAUTHENTICATED_TIMEOUT
     #: Channel subscriptions per connection, pending verdicts included (PROTOCOL.md 4a).
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
+    #: Serve the live dashboard at ``GET /`` and its files (the page, its style sheet and
+    #: script, the browser client ``/agentcast.js`` and its ``.d.ts``). Off: all ``404``.
+    dashboard: bool = True
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):

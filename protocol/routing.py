@@ -5,8 +5,8 @@ mounted) and settings in, a :class:`Route` out. The core's HTTP phase and the AS
 adapter both call it, so a path means the same on either; :func:`refusal` gives the
 answer for the two routes that are answers by themselves (``404``, ``405``).
 
-Adding an endpoint (the dashboard at ``GET /``, Server-Sent Events at ``GET /events``,
-``GET /openapi.json``) is a member of :class:`Route` and a line of :data:`_FIXED`.
+Adding an endpoint (Server-Sent Events at ``GET /events``) is a
+member of :class:`Route` and a line of :data:`_FIXED`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from enum import Enum
 from .answers import HttpAnswer
 from .config import Settings
 
-__all__ = ["Route", "allowed_method", "refusal", "route"]
+__all__ = ["STATIC_PATHS", "Route", "allowed_method", "refusal", "route"]
 
 
 class Route(Enum):
@@ -32,13 +32,27 @@ class Route(Enum):
     PUBLISH = "publish"
     #: ``GET /openapi.json``: the OpenAPI document of the HTTP API.
     OPENAPI = "openapi"
+    #: ``GET``/``HEAD`` of the dashboard's files (:data:`STATIC_PATHS`), with
+    #: ``settings.dashboard`` on: the adapter reads the file, :mod:`.static` answers.
+    STATIC = "static"
     #: A path we do not serve: ``404``.
     NOT_FOUND = "not_found"
     #: A path we serve, with another method: ``405`` with ``Allow``.
     METHOD_NOT_ALLOWED = "method_not_allowed"
 
 
-#: Every fixed path, its route and its one method.
+#: The dashboard's files: URL path -> file name in the package's ``static`` folder.
+STATIC_PATHS: dict[str, str] = {
+    "/": "index.html",
+    "/dashboard.css": "dashboard.css",
+    "/dashboard.js": "dashboard.js",
+    "/agentcast.js": "agentcast.js",
+    "/agentcast.d.ts": "agentcast.d.ts",
+}
+
+_STATIC_METHODS = "GET, HEAD"
+
+#: Every fixed path, its route and the methods it takes.
 _FIXED: dict[str, tuple[Route, str]] = {
     "/healthz": (Route.HEALTHZ, "GET"),
     "/metrics": (Route.METRICS, "GET"),
@@ -46,6 +60,7 @@ _FIXED: dict[str, tuple[Route, str]] = {
     "/api/chat-messages": (Route.PUBLISH, "POST"),
     "/api/notifications": (Route.PUBLISH, "POST"),
     "/openapi.json": (Route.OPENAPI, "GET"),
+    **dict.fromkeys(STATIC_PATHS, (Route.STATIC, _STATIC_METHODS)),
 }
 
 _NOT_FOUND = HttpAnswer.json(404, {"error": "not found"})
@@ -55,7 +70,8 @@ def route(method: str, path: str, settings: Settings) -> Route:
     """The route of a request for *path* with *method*.
 
     The WebSocket endpoint comes first (a deployment may mount it anywhere); its method
-    is checked by the upgrade (a non-``GET`` is a bad upgrade, ``400``).
+    is checked by the upgrade (a non-``GET`` is a bad upgrade, ``400``). The dashboard's
+    files exist only with ``settings.dashboard`` on.
     """
     if path == settings.path:
         return Route.WEBSOCKET
@@ -63,11 +79,14 @@ def route(method: str, path: str, settings: Settings) -> Route:
     if fixed is None:
         return Route.NOT_FOUND
     target, allowed = fixed
-    return target if method == allowed else Route.METHOD_NOT_ALLOWED
+    if target is Route.STATIC and not settings.dashboard:
+        return Route.NOT_FOUND
+    return target if method in allowed.split(", ") else Route.METHOD_NOT_ALLOWED
 
 
 def allowed_method(path: str) -> str | None:
-    """The method a fixed *path* takes, or ``None`` for a path not served."""
+    """The methods a fixed *path* takes (the ``Allow`` header: ``GET, HEAD`` for the
+    dashboard's files), or ``None`` for a path not served."""
     fixed = _FIXED.get(path)
     return None if fixed is None else fixed[1]
 

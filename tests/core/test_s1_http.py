@@ -135,7 +135,9 @@ def test_configured_path_is_the_endpoint(h):
     assert h.parse_response(conn.data_to_send())[0] == 101
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/"), ("GET", "/nope"), ("POST", "/x")])
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/index.html"), ("GET", "/nope"), ("POST", "/x")]
+)
 def test_unknown_http_path_is_404(h, hub, method, path):
     conn = raw(hub, h.http_request(path, method=method))
     status, headers, body = h.parse_response(conn.data_to_send())

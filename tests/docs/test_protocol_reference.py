@@ -18,7 +18,7 @@ import agentcast.protocol
 from agentcast.protocol import CloseCode, ErrorCode, decode_client_message
 from agentcast.protocol.http import PUBLISH_PATHS
 from agentcast.protocol.messages import BROADCAST_TYPES, SERVER_ONLY_TYPES, MessageError
-from agentcast.protocol.routing import _FIXED, Route
+from agentcast.protocol.routing import _FIXED, STATIC_PATHS, Route
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "protocol.md"
@@ -137,7 +137,9 @@ def test_every_publish_path_and_field_is_documented(path):
 
 #: Every fixed path the router knows besides the publish API, with its method.
 PLAIN_ROUTES = sorted(
-    (method, path) for path, (target, method) in _FIXED.items() if target is not Route.PUBLISH
+    (method, path)
+    for path, (target, method) in _FIXED.items()
+    if target not in (Route.PUBLISH, Route.STATIC)
 )
 
 
@@ -148,6 +150,13 @@ def test_the_router_has_plain_routes():
 @pytest.mark.parametrize(("method", "path"), PLAIN_ROUTES)
 def test_every_plain_http_route_is_documented(method, path):
     assert f"### `{method} {path}`" in reference()
+
+
+def test_every_file_of_the_dashboard_is_documented():
+    section = reference().partition("### The dashboard: `GET /`")[2].partition("\n#")[0]
+    assert section, "docs/protocol.md has a section on the dashboard's files"
+    for path in STATIC_PATHS:
+        assert f"`{path}`" in section, path
 
 
 def test_every_json_example_is_valid_and_uses_known_types():
