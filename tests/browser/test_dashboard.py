@@ -4,6 +4,7 @@ the server restarts."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -18,6 +19,10 @@ from .conftest import REPO, free_port
 
 #: ``UPDATE_SCREENSHOT=1`` writes the dashboard's picture in the docs.
 SCREENSHOT = REPO / "docs" / "dashboard.png"
+
+
+def agent(name, state, task, progress):
+    return {"agentName": name, "state": state, "currentTask": task, "progress": progress}
 
 
 def open_dashboard(new_page, server, token="abc123"):
@@ -224,3 +229,60 @@ def test_the_asgi_app_serves_the_dashboard(new_page, serve):
     server.publish("/api/agent-status", {"agentName": "asgi-agent", "state": "idle"})
     expect(page.locator('tr[data-agent="asgi-agent"] .state')).to_have_text("idle")
     assert page.problems == []
+
+
+def scripted_server(page, *messages):
+    """Route the page's WebSocket to a script (Playwright's WebSocket routing) that sends
+    *messages* once connected: for what no server sends yet, or not on demand."""
+    seen = {}
+
+    def handler(ws):
+        seen["url"], seen["protocols"] = ws.url, ws.protocols
+        for message in messages:
+            ws.send(json.dumps(message))
+
+    page.route_web_socket(re.compile(r".*/ws(\?.*)?$"), handler)
+    return seen
+
+
+def test_an_agent_state_snapshot_fills_the_table_and_the_resume_is_shown(new_page, serve):
+    server = serve()
+    page = new_page()
+    seen = scripted_server(
+        page,
+        {"type": "auth", "data": {"success": True, "userId": "user_abc123"}},
+        {"type": "presence_state", "data": {"users": [{"userId": "user_zoe", "status": "away"}]}},
+        {
+            "type": "agent_state",
+            "data": {
+                "agents": [
+                    agent("indexer", "working", "Indexing the repository", 80),
+                    {"agentName": "planner", "state": "idle"},
+                ]
+            },
+        },
+        {"type": "resume", "data": {"complete": True, "replayed": 3}},
+    )
+    page.goto(f"{server.base}/?token=abc123")
+    expect(page.locator('tr[data-agent="indexer"] .percent')).to_have_text("80 %")
+    expect(page.locator('tr[data-agent="planner"]')).to_have_attribute("data-state", "idle")
+    expect(page.locator('#people li[data-user="user_zoe"]')).to_have_attribute(
+        "data-status", "away"
+    )
+    expect(page.locator("#resume")).to_have_text("Resumed: 3 missed messages replayed")
+    # The token went in the subprotocol, not in the URL.
+    assert seen["protocols"] == ["agentcast.v1", "bearer.abc123"]
+    assert "token" not in seen["url"]
+
+
+def test_a_history_gap_is_shown(new_page, serve):
+    server = serve()
+    page = new_page()
+    scripted_server(
+        page,
+        {"type": "auth", "data": {"success": True, "userId": "user_abc123"}},
+        {"type": "resume", "data": {"complete": False}},
+    )
+    page.goto(f"{server.base}/?token=abc123")
+    expect(page.locator("#resume")).to_contain_text("History gap")
+    expect(page.locator("#notifications li.gap")).to_contain_text("may be missing")
