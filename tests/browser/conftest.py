@@ -42,6 +42,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TIMEOUT = 15.0
+#: npm packages the browser tests use: TypeScript, React's types, axe-core.
+JS_TOOLS = REPO / "tests" / "browser" / "js"
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -182,3 +184,23 @@ def serve() -> Iterator[Callable[..., ServerProcess]]:
     for server in started:
         with contextlib.suppress(Exception):
             server.kill()
+
+
+@pytest.fixture(scope="session")
+def js_tools() -> Path:
+    """``tests/browser/js`` with its npm packages installed (on first use)."""
+    npm = shutil.which("npm")
+    if shutil.which("node") is None or npm is None:
+        pytest.fail("node and npm are required for the browser tests' tools (tests/browser/js)")
+    if not (JS_TOOLS / "node_modules" / ".package-lock.json").is_file():
+        result = subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund"],
+            cwd=JS_TOOLS,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.fail(f"npm install in {JS_TOOLS} failed:\n{result.stdout}\n{result.stderr}")
+    return JS_TOOLS

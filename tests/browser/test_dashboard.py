@@ -286,3 +286,41 @@ def test_a_history_gap_is_shown(new_page, serve):
     page.goto(f"{server.base}/?token=abc123")
     expect(page.locator("#resume")).to_contain_text("History gap")
     expect(page.locator("#notifications li.gap")).to_contain_text("may be missing")
+
+
+AXE_RULES = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+
+
+def audit(page, js_tools):
+    """axe-core's WCAG 2.1 A/AA violations on the page as it is (contrast included)."""
+    page.add_script_tag(path=str(js_tools / "node_modules" / "axe-core" / "axe.min.js"))
+    return page.evaluate(
+        """async (tags) => {
+            const result = await axe.run(document, { runOnly: { type: "tag", values: tags } });
+            const where = (v) => v.nodes.map((n) => n.target).join(", ");
+            return result.violations.map((v) => `${v.id}: ${where(v)}`);
+        }""",
+        AXE_RULES,
+    )
+
+
+def test_the_dashboard_passes_an_accessibility_audit(new_page, serve, js_tools):
+    server = serve()
+    # The audit's script is injected, which the page's policy would refuse (rightly).
+    page = new_page(bypass_csp=True)
+    page.goto(server.base + "/")
+    expect(page.get_by_label("Token")).to_be_focused()
+    assert audit(page, js_tools) == []  # the form
+
+    page.goto(f"{server.base}/?token=abc123")
+    expect(page.locator("#connection")).to_have_text("Connected as user_abc123")
+    server.publish("/api/agent-status", [agent("planner", "working", "Sprint plan", 45)])
+    for level in ("info", "success", "warning", "error"):
+        server.publish("/api/notifications", {"level": level, "message": f"a {level} message"})
+    server.publish(
+        "/api/chat-messages",
+        {"conversationId": "c", "messageId": "m", "content": "hello", "sender": "bot"},
+    )
+    expect(page.locator("#notifications li")).to_have_count(4)
+    expect(page.locator("#chat li")).to_have_count(1)
+    assert audit(page, js_tools) == []  # every panel filled
