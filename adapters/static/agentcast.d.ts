@@ -115,8 +115,8 @@ export interface ClientOptions {
   /** Reconnect after a close that allows it; default true. */
   reconnect?: boolean;
   backoff?: BackoffOptions;
-  /** Seconds without any message after which the server is presumed gone; default 90,
-   * 0 or null: never. */
+  /** Seconds without any message (or without the connection opening) after which the
+   * server is presumed gone; default 90, 0 or null: never. */
   idleTimeout?: number | null;
   /** Seconds before a JWT's `exp` to refresh it in band; default 30. */
   refreshMargin?: number;

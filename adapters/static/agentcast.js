@@ -283,7 +283,9 @@ export class AgentcastClient {
     try {
       ws = new this._WebSocket(url.href, protocols);
     } catch (error) {
-      this._lost(1006, `cannot open: ${error && error.message ? error.message : error}`);
+      // A URL or subprotocol the browser refuses (SyntaxError, SecurityError): a retry
+      // would be refused the same way.
+      this._lost(1006, `cannot open: ${error && error.message ? error.message : error}`, true);
       return;
     }
     const since = this.lastId;
@@ -304,6 +306,7 @@ export class AgentcastClient {
       if (this._ws === ws) this._lost(event.code, event.reason || "");
     };
     ws.onerror = () => {}; // a close event follows, with the code
+    this._touch(); // a connection that does not open within idleTimeout is given up too
   }
 
   _receive(text) {
@@ -358,7 +361,7 @@ export class AgentcastClient {
     }
   }
 
-  _lost(code, reason) {
+  _lost(code, reason, fatal = false) {
     const conn = this._conn;
     this._ws = null;
     this._conn = null;
@@ -368,7 +371,7 @@ export class AgentcastClient {
     }
     let decision = closeDecision(code);
     if (decision === "refresh" && !this._getToken) decision = "stop";
-    if (!this._reconnect) decision = "stop";
+    if (!this._reconnect || fatal) decision = "stop";
     if (decision === "stop") {
       this.lastClose = { code, reason, reconnectIn: null };
       this._setState("stopped");

@@ -367,6 +367,31 @@ export const tests = {
     ok(sockets[0].closedWith !== null, "the old socket was closed");
   },
 
+  async a_connection_that_never_opens_is_given_up() {
+    const { client, clock, sockets } = world();
+    client.connect();
+    await clock.advance(90_000 - 1);
+    eq(client.state, "connecting", "still trying");
+    await clock.advance(1);
+    eq(client.state, "reconnecting", "given up after the idle timeout");
+    eq(client.lastClose.code, 1006, "counted as 1006");
+    ok(sockets[0].closedWith !== null, "the pending socket was closed");
+  },
+
+  async a_socket_the_browser_refuses_stops() {
+    const { client, clock } = world({
+      WebSocket: class {
+        constructor() {
+          throw new SyntaxError("invalid subprotocol");
+        }
+      },
+    });
+    client.connect();
+    eq(client.state, "stopped", "a retry would be refused the same way");
+    ok(client.lastClose.reason.includes("invalid subprotocol"), "reason surfaced");
+    eq(clock.pending(), [], "no retry");
+  },
+
   async the_token_goes_in_the_subprotocol_or_the_query() {
     let w = world({ token: "abc123" });
     w.client.connect();

@@ -35,6 +35,8 @@ TESTS = [
     "channels_are_kept_across_reconnects",
     "presence_is_set_again_after_every_reconnect",
     "the_server_ping_is_answered_and_a_silent_server_is_left",
+    "a_connection_that_never_opens_is_given_up",
+    "a_socket_the_browser_refuses_stops",
     "the_token_goes_in_the_subprotocol_or_the_query",
     "events_per_message_type_and_a_failing_handler_breaks_nothing",
     "close_stops_for_good",
