@@ -110,6 +110,8 @@ function drawHeader() {
     pill.textContent = "Not connected";
   }
   $("whoami").textContent = client && client.userId ? client.userId : "";
+  // The server said not to come back (1008, 4500+...): only a person decides to retry.
+  $("reconnect").hidden = s !== "stopped";
 }
 
 function drawAgents() {
@@ -319,6 +321,10 @@ $("login").addEventListener("submit", (event) => {
 
 $("presence").addEventListener("change", (event) => {
   if (client) client.setPresence(event.target.value);
+});
+
+$("reconnect").addEventListener("click", () => {
+  if (client) client.connect();
 });
 
 $("disconnect").addEventListener("click", () => {

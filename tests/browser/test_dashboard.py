@@ -231,15 +231,19 @@ def test_the_asgi_app_serves_the_dashboard(new_page, serve):
     assert page.problems == []
 
 
-def scripted_server(page, *messages):
+def scripted_server(page, *messages, close=None):
     """Route the page's WebSocket to a script (Playwright's WebSocket routing) that sends
-    *messages* once connected: for what no server sends yet, or not on demand."""
-    seen = {}
+    *messages* once connected, then closes with *close* (code, reason) if given: for what
+    no server sends yet, or not on demand."""
+    seen = {"connections": 0}
 
     def handler(ws):
         seen["url"], seen["protocols"] = ws.url, ws.protocols
+        seen["connections"] += 1
         for message in messages:
             ws.send(json.dumps(message))
+        if close is not None and seen["connections"] == 1:
+            ws.close(code=close[0], reason=close[1])
 
     page.route_web_socket(re.compile(r".*/ws(\?.*)?$"), handler)
     return seen
@@ -324,3 +328,22 @@ def test_the_dashboard_passes_an_accessibility_audit(new_page, serve, js_tools):
     expect(page.locator("#notifications li")).to_have_count(4)
     expect(page.locator("#chat li")).to_have_count(1)
     assert audit(page, js_tools) == []  # every panel filled
+
+
+def test_a_server_that_says_do_not_come_back_is_not_retried_until_asked(new_page, serve):
+    server = serve()
+    page = new_page()
+    seen = scripted_server(
+        page,
+        {"type": "auth", "data": {"success": True, "userId": "user_abc123"}},
+        close=(4500, "user revoked"),
+    )
+    page.goto(f"{server.base}/?token=abc123")
+    pill = page.locator("#connection")
+    expect(pill).to_have_text("Disconnected (user revoked, code 4500)")
+    expect(pill).to_have_attribute("data-state", "stopped")
+    assert seen["connections"] == 1
+    page.get_by_role("button", name="Reconnect").click()
+    expect(pill).to_have_text("Connected as user_abc123")
+    expect(page.get_by_role("button", name="Reconnect")).to_be_hidden()
+    assert seen["connections"] == 2
