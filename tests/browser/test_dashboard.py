@@ -347,3 +347,20 @@ def test_a_server_that_says_do_not_come_back_is_not_retried_until_asked(new_page
     expect(pill).to_have_text("Connected as user_abc123")
     expect(page.get_by_role("button", name="Reconnect")).to_be_hidden()
     assert seen["connections"] == 2
+
+
+def test_the_dashboard_under_a_mount_point_connects_below_it(new_page, serve):
+    """examples/fastapi_app.py mounts agentcast at /realtime: the page at /realtime/
+    loads its files and opens its WebSocket below the mount point."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--app-dir", "examples"]
+    server = serve(command=[*command, "--port", str(port)], port=port)
+    page = new_page()
+    sockets = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    page.goto(f"{server.base}/realtime/?token=abc123")
+    expect(page.locator("#connection")).to_have_text("Connected as user_abc123")
+    assert sockets == [f"ws://127.0.0.1:{port}/realtime/ws"]
+    server.publish("/realtime/api/agent-status", {"agentName": "mounted", "state": "idle"})
+    expect(page.locator('tr[data-agent="mounted"] .state')).to_have_text("idle")
+    assert page.problems == []
