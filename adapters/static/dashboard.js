@@ -255,7 +255,9 @@ function start(token) {
   client.on("state", header);
   client.on("disconnect", header);
   client.on("open", ({ since }) => {
-    $("resume").textContent = since ? `Reconnected; asked for what was missed after ${since}` : "";
+    // A server that keeps history follows up with `resume` (shown below); one that does
+    // not says nothing, and the page says only when it came back.
+    $("resume").textContent = since ? `Reconnected at ${clock()}` : "";
     header();
   });
   client.on("auth", (data) => {
