@@ -18,6 +18,8 @@ export const SUBPROTOCOL = "agentcast.v1";
 export const RECONNECT_CODES = Object.freeze([1001, 1005, 1006, 1011, 1012, 1013]);
 export const TOKEN_EXPIRED = 4001;
 export const PRESENCE_STATUSES = Object.freeze(["online", "away", "busy", "offline"]);
+/** Error codes of a refused `subscribe`; the error names the channel. */
+const REFUSED_SUBSCRIPTION = ["invalid_channel", "forbidden_channel", "too_many_subscriptions"];
 
 // The characters of an HTTP token (RFC 9110 5.6.2): what a subprotocol may hold.
 const TCHARS = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
@@ -330,6 +332,9 @@ export class AgentcastClient {
       case "resume":
         this.resumed = data ?? null;
         break;
+      case "error":
+        this._onError(data);
+        break;
     }
     this._emit("message", message);
     this._emit(message.type, data, message);
@@ -359,6 +364,16 @@ export class AgentcastClient {
         this.send({ type: "unsubscribe", data: { channel } });
       }
     }
+  }
+
+  /** A subscription the server refused is dropped, so it is not asked for again (in
+   * the URL of the next connection). */
+  _onError(data) {
+    if (!data || typeof data.channel !== "string" || !REFUSED_SUBSCRIPTION.includes(data.code)) {
+      return;
+    }
+    this._channels.delete(data.channel);
+    if (this._conn) this._conn.channels.delete(data.channel);
   }
 
   _lost(code, reason, fatal = false) {

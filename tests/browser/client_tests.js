@@ -328,6 +328,24 @@ export const tests = {
     eq(client.channels, ["conversation:c1", "conversation:c2"], "channels");
   },
 
+  async a_refused_subscription_is_not_asked_for_again() {
+    const { client, last, clock } = world({ channels: ["agent:planner", "secret:payroll"] });
+    client.connect();
+    last().open();
+    last().auth();
+    last().message({
+      type: "error",
+      data: { error: "Channel not allowed", code: "forbidden_channel", channel: "secret:payroll" },
+    });
+    last().message({ type: "subscribed", data: { channel: "agent:planner" } });
+    eq(client.channels, ["agent:planner"], "the refused channel is dropped");
+    last().message({ type: "error", data: { error: "Rate limit exceeded", code: "rate_limited" } });
+    eq(client.channels, ["agent:planner"], "other errors change nothing");
+    last().drop(1006);
+    await clock.advance(250);
+    eq(last().url.searchParams.get("channels"), "agent:planner", "not in the next URL");
+  },
+
   async presence_is_set_again_after_every_reconnect() {
     const { client, last, clock } = world();
     client.connect();

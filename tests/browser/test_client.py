@@ -33,6 +33,7 @@ TESTS = [
     "a_reconnect_resumes_after_the_last_id_seen",
     "a_resume_point_can_be_given",
     "channels_are_kept_across_reconnects",
+    "a_refused_subscription_is_not_asked_for_again",
     "presence_is_set_again_after_every_reconnect",
     "the_server_ping_is_answered_and_a_silent_server_is_left",
     "a_connection_that_never_opens_is_given_up",
