@@ -8,9 +8,10 @@ queues text for ``websocket.send``). What it owns:
 
 * the auth outcome, sent first as the ``auth`` message, and in-band refresh (section 2);
 * the heartbeat: JSON ``ping`` and a protocol Ping every interval, close 4000 after the
-  timeout (section 5); token expiry, close 4001; an unauthenticated connection is
-  closed 1008 after ``unauthenticated_timeout`` (a client that never authenticates
-  holds a socket for nothing);
+  timeout (section 5), judged on what the client sent (see :data:`LATE_WAKEUP`); token
+  expiry, close 4001; an unauthenticated connection is closed 1008 after
+  ``unauthenticated_timeout`` (a client that never authenticates holds a socket for
+  nothing);
 * the rate limit and the ``error`` answers of section 6, and ``max_message_size`` (1009)
   for messages framed by someone else (an ASGI server): the core's own transport refuses
   an oversized message from its frame header, before buffering it, so such a message
@@ -57,7 +58,22 @@ from .ratelimit import RateLimiter
 from .scope import PendingVerdict, Verdict, is_channel
 from .stats import Stats
 
-__all__ = ["Host", "Session", "Sink"]
+__all__ = ["LATE_WAKEUP", "RECHECK_DELAY", "Host", "Session", "Sink"]
+
+#: A client is silent only if nothing it sent has been read when we look. When the
+#: adapter wakes the session more than this many seconds after the silence deadline it
+#: asked for, the server was not looking in the meantime (a long GC pause, a VM stall, a
+#: debugger, SIGSTOP, an overloaded loop), and what the client sent during that time may
+#: still be waiting, unread, in the socket: event loops run due timers before or without
+#: polling the sockets first. The session then does not close, but looks again
+#: :data:`RECHECK_DELAY` later, after the adapter has read what was waiting.
+LATE_WAKEUP = 0.1
+#: How long after a late wake-up the session looks again (any delay puts at least one
+#: pass of the event loop, which reads the sockets, before that look).
+RECHECK_DELAY = 0.1
+#: Late wake-ups in a row that may defer the verdict: a loop that is always this late
+#: still closes silent clients, a little later.
+_MAX_LATE_LOOKS = 3
 
 
 class Host(Protocol):
@@ -132,7 +148,9 @@ class Session:
         "_expires_at",
         "_hub",
         "_last_seen",
+        "_late_looks",
         "_limiter",
+        "_look_again_at",
         "_next_ping",
         "_pending",
         "_rechecks",
@@ -166,6 +184,9 @@ class Session:
         self._close_silent = close_silent
         self._events: list[Event] = []
         self._last_seen = now
+        # After a late wake-up: the silence verdict waits until then (LATE_WAKEUP).
+        self._look_again_at: float | None = None
+        self._late_looks = 0
         self._next_ping = now + settings.heartbeat_interval
         self._expires_at: float | None = None
         # An unauthenticated connection is closed (1008) at this time.
@@ -313,9 +334,16 @@ class Session:
         settings = self._hub.settings
         silence = self._silence_deadline()
         if silence is not None and now >= silence:
-            self._hub.stats.heartbeat_timeouts += 1
-            self.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", now, wall)
-            return
+            if now - silence > LATE_WAKEUP and self._late_looks < _MAX_LATE_LOOKS:
+                # We were not looking: read what is waiting before judging (LATE_WAKEUP).
+                self._look_again_at = now + RECHECK_DELAY
+                self._late_looks += 1
+            else:
+                self._hub.stats.heartbeat_timeouts += 1
+                self.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout", now, wall)
+                return
+        elif silence is not None:
+            self._late_looks = 0
         if self._expires_at is not None and now >= self._expires_at:
             self.close(CloseCode.TOKEN_EXPIRED, "token expired", now, wall)
             return
@@ -474,9 +502,13 @@ class Session:
         self._send("error", error.to_data(), now, wall)
 
     def _silence_deadline(self) -> float | None:
+        """When the client will have been silent for ``heartbeat_timeout``, or the second
+        look after a late wake-up (whichever is later)."""
         if not self._close_silent:
             return None
-        return self._last_seen + self._hub.settings.heartbeat_timeout
+        deadline = self._last_seen + self._hub.settings.heartbeat_timeout
+        recheck = self._look_again_at
+        return deadline if recheck is None or recheck < deadline else recheck
 
     def _too_big(self, size: int, now: float, wall: float) -> bool:
         """A message over ``max_message_size`` closes the connection (PROTOCOL.md 6)."""

@@ -12,6 +12,7 @@ from agentcast.protocol import (
     Hub,
     Settings,
 )
+from agentcast.protocol.session import LATE_WAKEUP, RECHECK_DELAY
 
 
 def test_no_ping_before_the_interval_then_json_ping_and_protocol_ping(h, pair):
@@ -191,3 +192,69 @@ def test_ended_session_is_closed_and_sends_nothing_more(h):
     s.receive_text('{"type":"ping"}', 30.0, W + 30)
     assert sink.pings == 0
     assert sink.messages() == []
+
+
+# -- a late wake-up: the server was not looking --------------------------------------------
+# A client is silent only if nothing it sent has been read when the server looks. A
+# wake-up long after the silence deadline (a GC pause, a VM stall, SIGSTOP) does not
+# close: the server looks again a moment later, after reading what waited in the socket.
+
+
+def test_a_late_wake_up_looks_again_before_closing(h, pair):
+    pair.tick(30.0)
+    pair.flush()
+    pair.tick(64.0)  # the deadline was 60.0: the process was stopped for 4 s
+    pair.flush()
+    assert pair.close_events() == []
+    assert pair.server.next_deadline() == 64.0 + RECHECK_DELAY
+    # What the client sent during the pause is read now, before the second look.
+    pair.send(Pong(payload=b""))
+    pair.tick(64.0 + RECHECK_DELAY)
+    pair.flush()
+    assert pair.close_events() == []
+    assert not pair.server.closed
+    assert pair.server.next_deadline() == 90.0  # the heartbeat goes on as before
+
+
+def test_a_client_still_silent_at_the_second_look_is_closed(h, pair):
+    pair.tick(30.0)
+    pair.tick(64.0)
+    pair.flush()
+    assert pair.close_events() == []
+    pair.tick(64.0 + RECHECK_DELAY)
+    pair.flush()
+    assert [(c.code, c.reason) for c in pair.close_events()] == [(4000, "heartbeat timeout")]
+    assert pair.hub.stats.heartbeat_timeouts == 1
+
+
+def test_a_wake_up_within_the_tolerance_closes_at_once(h, pair):
+    pair.tick(30.0)
+    pair.tick(60.0 + LATE_WAKEUP / 2)
+    pair.flush()
+    assert [c.code for c in pair.close_events()] == [4000]
+
+
+def test_a_loop_that_is_always_late_still_closes_silent_clients(h, pair):
+    pair.tick(30.0)
+    now = 61.0
+    for _ in range(3):  # three late looks in a row are given the benefit of the doubt
+        pair.tick(now)
+        pair.flush()
+        assert pair.close_events() == []
+        now = pair.server.next_deadline() + 2 * LATE_WAKEUP
+    pair.tick(now)
+    pair.flush()
+    assert [c.code for c in pair.close_events()] == [4000]
+
+
+def test_the_benefit_of_the_doubt_is_renewed_once_the_client_is_heard(h, pair):
+    for pause_end in (64.0, 134.0):
+        pair.tick(pause_end)  # late, each time: looks again
+        pair.flush()
+        assert pair.close_events() == []
+        pair.now = pause_end
+        pair.send_json({"type": "pong"})  # what the client sent during the pause
+        pair.tick(pause_end + RECHECK_DELAY)
+        pair.flush()
+    pair.tick(160.0)  # a heartbeat on time in between
+    assert not pair.server.closed
