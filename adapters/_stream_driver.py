@@ -38,7 +38,7 @@ class StreamDriver(Driver):
     """Drives one :class:`~agentcast.protocol.ServerConnection` over one anyio byte stream
     until it is closed, with two tasks (a pump and a writer)."""
 
-    __slots__ = ("_receive_scope", "_scope", "_stream", "_wakeup")
+    __slots__ = ("_pumped", "_receive_scope", "_scope", "_stream", "_wakeup")
 
     def __init__(
         self, service: Service, stream: ByteStream, *, host: str | None, peer: str
@@ -46,6 +46,7 @@ class StreamDriver(Driver):
         self._stream = stream
         self._wakeup = anyio.Event()
         self._receive_scope: anyio.CancelScope | None = None
+        self._pumped = anyio.Event()  # the pump has stopped reading
         self._scope: anyio.CancelScope | None = None
         self._open(service, host=host, peer=peer, now=clock())
 
@@ -58,6 +59,11 @@ class StreamDriver(Driver):
             self._wakeup.set()
         scope = self._receive_scope
         if scope is not None:
+            if self.conn.closed:
+                # Closed from outside (the server shutting down, before a request came):
+                # the pump stops reading, so that the writer may linger on the stream.
+                scope.cancel()
+                return
             deadline = self.conn.next_deadline()
             if deadline is not None and deadline < scope.deadline:
                 scope.deadline = deadline
@@ -74,7 +80,10 @@ class StreamDriver(Driver):
             async with anyio.create_task_group() as tg:
                 self._scope = tg.cancel_scope
                 tg.start_soon(self._write_loop)
-                await self._pump()
+                try:
+                    await self._pump()
+                finally:
+                    self._pumped.set()
                 # The writer flushes what is left, lingers, and cancels us; if the client
                 # does not read, give up.
                 self.wake()
@@ -116,7 +125,7 @@ class StreamDriver(Driver):
                     self._process_events(now, wall)
                 except Exception:
                     self.failed(now, wall)
-            elif scope.cancelled_caught:
+            elif scope.cancelled_caught and not conn.closed:
                 self.deadline_reached(scope.deadline, now, wall)
             self.wake()
 
@@ -154,6 +163,7 @@ class StreamDriver(Driver):
                 pass
             except IO_ERRORS:
                 return
+            await self._pumped.wait()  # one reader at a time
             try:
                 while await stream.receive(READ_SIZE):
                     pass
