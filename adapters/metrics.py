@@ -29,6 +29,10 @@ Exported (``agentcast_`` prefix):
                                                    ``max_connections_per_ip``,
                                                    ``max_connections_per_user``,
                                                    ``connection_rate``
+``accept_errors_total{reason}``            counter failed accept() calls, by reason: ``emfile``,
+                                                   ``enfile`` (out of file descriptors),
+                                                   ``enobufs``, ``enomem``, or the errno name
+``accepting``                              gauge   0 while accept() is failing (a shortage), else 1
 ``broadcast_fanout_seconds``               histo.  time to queue one publish on every recipient
 =========================================  ======  ==============================================
 """
@@ -166,6 +170,17 @@ class _HubCollector(Collector):
             "WebSocket upgrades refused (401, 403, 503), by reason.",
             "reason",
             {**dict.fromkeys(REFUSAL_REASONS, 0), **hub.admission.refused},
+        )
+        yield _labelled(
+            p + "accept_errors",
+            "Failed accept() calls (out of file descriptors or memory), by reason.",
+            "reason",
+            hub.accepting.errors,
+        )
+        yield GaugeMetricFamily(
+            p + "accepting",
+            "0 while accept() is failing (a shortage of file descriptors), else 1.",
+            value=1 if hub.accepting.accepting else 0,
         )
 
 

@@ -34,7 +34,7 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -48,6 +48,11 @@ from anyio.abc import (
 )
 from anyio.streams.tls import TLSStream
 
+try:
+    import resource
+except ImportError:  # pragma: no cover - not on Windows
+    resource = None  # type: ignore[assignment]
+
 from agentcast.protocol import (
     AgentStatus,
     Authenticator,
@@ -57,6 +62,7 @@ from agentcast.protocol import (
     Published,
     Settings,
 )
+from agentcast.protocol.accepting import Shortage, accept_error_reason, describe
 from agentcast.protocol.auth import ChannelAuthorizer
 from agentcast.protocol.messages import AgentState, NotificationLevel
 from agentcast.protocol.scope import EVERYONE, PendingVerdict, Scope
@@ -65,7 +71,7 @@ from ._asyncio_driver import AsyncioDriver, Flusher
 from ._driver import IO_ERRORS, format_peer
 from ._stream_driver import StreamDriver
 from .metrics import Metrics
-from .service import DEFAULT_DRAIN_TIMEOUT, Service
+from .service import DEFAULT_DRAIN_TIMEOUT, Service, clock
 
 if TYPE_CHECKING:  # imported for real only with JWT configured (it needs PyJWT)
     from .jwt_keyfile import JwtKeyFile
@@ -76,9 +82,9 @@ log = logging.getLogger("agentcast.server")
 
 DEFAULT_HOST = "127.0.0.1"  # seed: ws://localhost:3000/ws; loopback until asked otherwise
 DEFAULT_PORT = 3000  # seed
-#: After accept() fails for lack of file descriptors or memory, wait before trying again
-#: (spinning would only burn the CPU the open connections need).
-_ACCEPT_BACKOFF = 0.1
+#: Connections accepted per wake-up of a listener before the loop serves others (the
+#: next wake-up comes at once while more are waiting).
+_ACCEPT_BATCH = 64
 #: listen() backlog (the kernel caps it at net.core.somaxconn): a connect storm must not
 #: find the queue full (a dropped SYN costs the client a second or more).
 _BACKLOG = 65535
@@ -318,33 +324,51 @@ class Server:
     # -- internals ----------------------------------------------------------------------
 
     async def _serve_protocols(self, task_status: TaskStatus[None]) -> None:
-        assert self._stopping is not None
         loop = asyncio.get_running_loop()
         flusher = Flusher(loop)
         service = self.service
         tls = self.ssl_context
         send_buffer = self.socket_send_buffer
-        listener = await loop.create_server(
-            lambda: AsyncioDriver(
+        handshake_timeout = self.settings.handshake_timeout if tls is not None else None
+
+        def driver() -> AsyncioDriver:
+            return AsyncioDriver(
                 service, flusher, loop, tls=tls is not None, send_buffer=send_buffer
-            ),
-            host=self.host,
-            port=self.port,
-            ssl=tls,
-            ssl_handshake_timeout=self.settings.handshake_timeout if tls is not None else None,
-            backlog=_BACKLOG,
-            reuse_address=True,
-        )
-        try:
-            self._record_addresses(sock.getsockname() for sock in listener.sockets)
-            task_status.started()
-            await self._stopping.wait()
-            listener.close()
-            await service.drain()
-        finally:
-            listener.close()
+            )
+
+        async def connect(sock: socket.socket) -> None:
+            try:
+                await loop.connect_accepted_socket(
+                    driver, sock, ssl=tls, ssl_handshake_timeout=handshake_timeout
+                )
+            except (TimeoutError, ssl.SSLError, OSError) as exc:  # TLS, or the client left
+                log.debug("could not set up an accepted connection: %r", exc)
+                sock.close()
+
+        await self._serve(task_status, connect, abort=True)
 
     async def _serve_streams(self, task_status: TaskStatus[None]) -> None:
+        async def handle(sock: socket.socket) -> None:
+            try:
+                stream = await SocketStream.from_socket(sock)
+            except OSError:  # the client left
+                sock.close()
+                return
+            await self._handle(stream)
+
+        await self._serve(task_status, handle, abort=False)
+
+    async def _serve(
+        self,
+        task_status: TaskStatus[None],
+        handle: Callable[[socket.socket], Coroutine[Any, Any, None]],
+        *,
+        abort: bool,
+    ) -> None:
+        """Listen and accept until :meth:`shutdown`, each accepted socket handed to
+        *handle* in a task of its own; then drain. What is left after the drain timeout
+        is dropped: with *abort* by the service (asyncio: abort the transports), else by
+        cancelling the connections' tasks (trio)."""
         assert self._stopping is not None
         multi = await anyio.create_tcp_listener(
             local_host=self.host, local_port=self.port, backlog=_BACKLOG
@@ -358,27 +382,73 @@ class Server:
             async with anyio.create_task_group() as connections:
                 async with anyio.create_task_group() as accepting:
                     for listener in listeners:
-                        accepting.start_soon(self._accept_loop, listener, connections)
+                        sock = listener.extra(SocketAttribute.raw_socket)
+                        accepting.start_soon(self._accept_loop, sock, connections, handle)
                     task_status.started()
                     await self._stopping.wait()
                     accepting.cancel_scope.cancel()
                 await multi.aclose()
-                # Dropping what is left after the drain timeout is cancelling its tasks.
-                await self.service.drain(abort=False)
+                await self.service.drain(abort=abort)
                 connections.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await multi.aclose()
 
-    async def _accept_loop(self, listener: SocketListener, tg: TaskGroup) -> None:
+    async def _accept_loop(
+        self,
+        sock: socket.socket,
+        tg: TaskGroup,
+        handle: Callable[[socket.socket], Coroutine[Any, Any, None]],
+    ) -> None:
+        """Accept connections on *sock* until cancelled. When accept() fails (out of file
+        descriptors or memory), pause and try again, with the back-off and the logging
+        :class:`~agentcast.protocol.accepting.AcceptGuard` decides: the waiting clients
+        stay in the kernel's queue meanwhile, and the open connections are served."""
+        guard = self.hub.accepting
         while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM...
-                log.warning("accept() failed, retrying: %s", exc)
-                await anyio.sleep(_ACCEPT_BACKOFF)
-                continue
-            tg.start_soon(self._handle, stream)
+            await anyio.wait_readable(sock)
+            for _ in range(_ACCEPT_BATCH):
+                try:
+                    client, _ = sock.accept()
+                except BlockingIOError:
+                    ended = guard.drained(clock())
+                    if ended is not None:
+                        self._log_shortage_end(ended)
+                    break
+                except OSError as exc:
+                    reason = accept_error_reason(exc)
+                    if reason is None:
+                        continue  # the client went away before we accepted it
+                    delay, started = guard.failed(reason, clock())
+                    if started is not None:
+                        self._log_shortage_start(started)
+                    # A connection closing frees a descriptor: try again then, or later.
+                    await self.service.wait_for_release(delay)
+                    break
+                guard.accepted(clock())
+                client.setblocking(False)
+                tg.start_soon(handle, client)
+
+    def _log_shortage_start(self, shortage: Shortage) -> None:
+        limit = ""
+        if shortage.reason == "emfile" and resource is not None:
+            limit = f", limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
+        folded = f"; {shortage.folded} more since the last report" if shortage.folded else ""
+        log.warning(
+            "accept() failed: %s%s; %d connections open; new ones wait in the kernel's "
+            "queue and are accepted as descriptors free up (retrying with back-off)%s",
+            describe(shortage.reason),
+            limit,
+            len(self.service.connections),
+            folded,
+        )
+
+    def _log_shortage_end(self, shortage: Shortage) -> None:
+        log.info(
+            "accepting connections again after %.1f s (%d failed accept() attempts)",
+            clock() - shortage.started,
+            shortage.failures,
+        )
 
     async def _handle(self, raw: SocketStream) -> None:
         host, peer = format_peer(raw.extra(SocketAttribute.remote_address, None))

@@ -171,6 +171,7 @@ class Service:
         #: The dashboard's files (``GET /``, ``/agentcast.js``...), read on first request.
         self.static = StaticFiles(self.settings)
         self._drained: anyio.Event | None = None
+        self._released: anyio.Event | None = None  # see wait_for_release()
         self._running = False
         self._hub_wakeup: anyio.Event | None = None
         self._hub_deadline = math.inf  # what the hub timer waits for
@@ -283,6 +284,17 @@ class Service:
         known = self._connections.pop(connection, self) is not self
         if known and self._drained is not None and not self._connections:
             self._drained.set()
+        if known and self._released is not None:
+            self._released.set()
+
+    async def wait_for_release(self, timeout: float) -> None:
+        """Wait until a live connection goes away (its socket, so a file descriptor, is
+        free), at most *timeout* seconds."""
+        released = self._released
+        if released is None or released.is_set():
+            released = self._released = anyio.Event()
+        with anyio.move_on_after(timeout):
+            await released.wait()
 
     def backlog(self) -> int:
         """Bytes queued for clients and not yet written, over all connections."""

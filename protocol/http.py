@@ -35,15 +35,22 @@ _json = HttpAnswer.json
 
 
 def healthz(hub: Hub) -> HttpAnswer:
-    """``200 {"status":"ok","clients":N,"authenticated":M}``."""
-    return _json(
-        200,
-        {
-            "status": "ok",
-            "clients": hub.clients_count(),
-            "authenticated": hub.authenticated_clients_count(),
-        },
-    )
+    """``200 {"status":"ok","clients":N,"authenticated":M}``; while the server cannot
+    accept connections (out of file descriptors: see
+    :mod:`agentcast.protocol.accepting`), ``"status":"degraded"`` with
+    ``"accepting":false`` and the reason (still ``200``: the server serves the clients
+    it has, and a liveness probe must not restart it for that)."""
+    body: dict[str, object] = {
+        "status": "ok",
+        "clients": hub.clients_count(),
+        "authenticated": hub.authenticated_clients_count(),
+    }
+    shortage = hub.accepting.shortage
+    if shortage is not None:
+        body["status"] = "degraded"
+        body["accepting"] = False
+        body["acceptError"] = shortage.reason
+    return _json(200, body)
 
 
 def is_loopback(client: str | None) -> bool:

@@ -28,6 +28,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from .accepting import AcceptGuard
 from .admission import Admission
 from .auth import ChannelAuthorizer, Identity
 from .config import Settings
@@ -101,6 +102,9 @@ class Hub:
         self.stats = Stats()
         #: Origin check, connection limits and rate, asked at every upgrade.
         self.admission = Admission(self.settings)
+        #: The adapter's accept() back-off and shortages of file descriptors (``/healthz``
+        #: and ``/metrics`` report them).
+        self.accepting = AcceptGuard()
         self._sessions: dict[Member, None] = {}
         self._authenticated: dict[Member, None] = {}
         self._users: dict[str, _User] = {}

@@ -51,6 +51,7 @@ HUB_PUBLIC: dict[str, bool] = {
     "settings": False,
     "stats": False,
     "admission": False,
+    "accepting": False,  # the accept() back-off and its counters: delivers nothing
     "authorizer": False,
 }
 
