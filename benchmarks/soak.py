@@ -389,6 +389,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def send_backlog(host: str, port: int) -> int:
+    """The server's ``agentcast_send_backlog_bytes``: output queued for slow readers
+    (memory that is the client's doing, not a leak)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"GET /metrics HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    match = re.search(rb"^agentcast_send_backlog_bytes (\S+)$", answer, re.MULTILINE)
+    return int(float(match.group(1))) if match else 0
+
+
 async def healthz(host: str, port: int) -> dict[str, object]:
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
@@ -449,6 +460,7 @@ async def soak(args: argparse.Namespace, url: str, pid: int) -> dict[str, object
             client.check(upto)
 
     samples: list[tuple[float, int]] = []
+    backlogs: list[int] = []
     start = time.monotonic()
     print(f"ramping up to {args.clients} clients ...", file=sys.stderr)
     await asyncio.gather(*(open_one() for _ in range(args.clients)))
@@ -466,6 +478,7 @@ async def soak(args: argparse.Namespace, url: str, pid: int) -> dict[str, object
         tick += 1
         await asyncio.sleep(1.0)
         samples.append((time.monotonic() - ramped, rss_kib(pid)))
+        backlogs.append(await send_backlog(host, port_n))
         # churn: replace some connections
         for client in rng.sample(list(live), min(len(live), int(args.churn))):
             clean = rng.random() < 0.8
@@ -483,7 +496,8 @@ async def soak(args: argparse.Namespace, url: str, pid: int) -> dict[str, object
             print(
                 f"{int(time.monotonic() - ramped)} s: {len(live)} clients, "
                 f"{totals.messages_published} published, {totals.checked} checked, "
-                f"{totals.lost} lost, RSS {samples[-1][1] / 1024:.1f} MiB",
+                f"{totals.lost} lost, RSS {samples[-1][1] / 1024:.1f} MiB, "
+                f"send backlog {backlogs[-1] / 1024:.0f} KiB",
                 file=sys.stderr,
             )
     stop.set()
@@ -513,6 +527,8 @@ async def soak(args: argparse.Namespace, url: str, pid: int) -> dict[str, object
         "cpu": cpu,
         "rss_end_loaded": rss_end_loaded,
         "rss_after": rss_kib(pid),
+        "backlog_max": max(backlogs, default=0),
+        "backlog_end": backlogs[-1] if backlogs else 0,
         "health": health,
     }
 
@@ -634,6 +650,10 @@ def report(
         ("/healthz after every client closed", json.dumps(health, separators=(",", ":"))),
         ("server RSS after warm-up / at the end, loaded (MiB)", f"{warm:.1f} / {last:.1f}"),
         ("server RSS trend after warm-up (MiB per minute)", f"{slope:+.2f}"),
+        (
+            "server send backlog, max / last sample (KiB)",
+            f"{int(result['backlog_max']) / 1024:,.0f} / {int(result['backlog_end']) / 1024:,.0f}",  # type: ignore[call-overload]
+        ),
         ("server RSS once every client left (MiB)", f"{int(result['rss_after']) / 1024:.1f}"),  # type: ignore[call-overload]
         (
             "server CPU while loaded (s, % of one core)",
