@@ -144,9 +144,19 @@ def _schemas(settings: Settings) -> dict[str, Any]:
         "Health": {
             "type": "object",
             "properties": {
-                "status": {"const": "ok"},
+                "status": {
+                    "enum": ["ok", "degraded"],
+                    "description": "degraded: accepting new connections fails (out of "
+                    "file descriptors); the connected clients are still served.",
+                },
                 "clients": {"type": "integer", "minimum": 0},
                 "authenticated": {"type": "integer", "minimum": 0},
+                "accepting": {"const": False, "description": "Only while degraded."},
+                "acceptError": {
+                    "type": "string",
+                    "description": "Only while degraded: why accept() fails "
+                    "(emfile, enfile, enobufs, enomem, or the error's name).",
+                },
             },
             "required": ["status", "clients", "authenticated"],
             "additionalProperties": False,

@@ -281,6 +281,18 @@ def test_every_other_documented_answer_of_a_running_server(server):
     assert json.loads(answers[4][2][2]) == DOCUMENT
 
 
+def test_a_degraded_healthz_is_documented():
+    # Out of file descriptors (protocol/accepting.py): the core's own answer.
+    hub = Hub(Settings())
+    hub.accepting.failed("emfile", 0.0)
+    request = HttpRequest(
+        method="GET", path="/healthz", query="", headers=(), body=b"", client="127.0.0.1"
+    )
+    reply = answer(request, hub, now=0.0, wall=0.0)
+    assert json.loads(reply.body)["status"] == "degraded"
+    check("/healthz", "GET", reply.status, reply.content_type, reply.body)
+
+
 def test_an_oversized_body_is_413(server):
     limit = Settings().max_body_size
     status, ctype, body = http(
