@@ -174,6 +174,7 @@ async def test_running_out_of_file_descriptors_is_survived(
         # Retried with back-off, not in a busy loop (asyncio's own accept loop retries up
         # to the listen backlog, 65,535 times, per wake-up).
         assert failed < 200
+        assert metric(body.decode(), "agentcast_accepting") == 0.0
         assert count(SHORTAGE_STARTS, server.lines) == 1
     # The silent sockets are gone: descriptors are free again.
 
