@@ -158,6 +158,7 @@ class AsyncioDriver(Driver, asyncio.Protocol):
         self._cancel_timer()
         self.socket_lost(self._loop.time(), time.time())
         self._service.unregister(self)
+        self.conn.on_output = None  # no cycle left: the driver is freed without the GC
 
     def pause_writing(self) -> None:
         self._paused = True
