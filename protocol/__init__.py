@@ -10,7 +10,9 @@ Layers, each usable without the one above it:
   publishing API;
 * :class:`Upgrade`: the decisions between an upgrade request and an open session
   (admission, token, verdict), for any adapter, whoever does the HTTP upgrade;
-* :class:`ServerConnection`: the first two composed, what the reference server runs.
+* :class:`ServerConnection`: the first two composed, what the reference server runs;
+  it also serves the session as Server-Sent Events (``GET /events``,
+  :mod:`agentcast.protocol.eventstream`, encoder in :mod:`agentcast.protocol.sse`).
 
 Time enters only as arguments: a monotonic ``now`` for deadlines and a wall-clock
 ``wall`` for the ``timestamp`` field.

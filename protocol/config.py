@@ -15,6 +15,8 @@ __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_CONFLATION_THRESHOLD",
     "DEFAULT_CONNECTION_RATE",
+    "DEFAULT_EVENTS_PATH",
+    "DEFAULT_EVENTS_RETRY",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_HEARTBEAT_INTERVAL",
     "DEFAULT_HEARTBEAT_TIMEOUT",
@@ -38,6 +40,10 @@ __all__ = [
 ]
 
 DEFAULT_PATH = "/ws"  # seed: ws://localhost:3000/ws?token=...
+DEFAULT_EVENTS_PATH = "/events"  # PROTOCOL.md 11: the same session as Server-Sent Events
+# The reconnect delay an EventSource is told (`retry:`): the few seconds browsers use by
+# themselves, said explicitly so every browser waits the same.
+DEFAULT_EVENTS_RETRY = 3.0
 DEFAULT_HEARTBEAT_INTERVAL = 30.0  # seed: "Server sends ping every 30 seconds"
 DEFAULT_HEARTBEAT_TIMEOUT = 60.0  # seed: "Clients that don't respond within 60 seconds"
 DEFAULT_PRESENCE_GRACE = 5.0  # PROTOCOL.md 4: a reload must not flap offline/online
@@ -85,6 +91,10 @@ class Settings:
     """Limits and timings shared by every connection of a hub. Durations are seconds."""
 
     path: str = DEFAULT_PATH
+    #: Where the event stream is served (PROTOCOL.md 11).
+    events_path: str = DEFAULT_EVENTS_PATH
+    #: The reconnect delay sent to event-stream clients (``retry:``), in seconds.
+    events_retry: float = DEFAULT_EVENTS_RETRY
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
     presence_grace: float = DEFAULT_PRESENCE_GRACE
@@ -131,6 +141,10 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
             raise ValueError("path must start with '/'")
+        if not self.events_path.startswith("/"):
+            raise ValueError("events_path must start with '/'")
+        if self.events_path == self.path:
+            raise ValueError("events_path and path must differ")
         for name in (
             "heartbeat_interval",
             "heartbeat_timeout",
@@ -138,6 +152,7 @@ class Settings:
             "rate_limit_window",
             "handshake_timeout",
             "close_timeout",
+            "events_retry",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")

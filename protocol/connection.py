@@ -43,10 +43,11 @@ from .events import (
     TextReceived,
     UpgradeRequested,
 )
+from .eventstream import EventStream, open_event_stream, stream_head, stream_headers
 from .hub import Hub
-from .routing import refusal, route
+from .routing import Route, refusal, route
 from .session import Session
-from .upgrade import SUBPROTOCOL, Upgrade, extract_token
+from .upgrade import SUBPROTOCOL, TOKEN_COOKIE, Upgrade, extract_token
 from .websocket import TransportState, WebSocketTransport
 
 __all__ = ["SUBPROTOCOL", "ServerConnection", "extract_token"]
@@ -61,6 +62,8 @@ class ServerConnection:
         "_events",
         "_hub",
         "_session",
+        "_stream",
+        "_stream_request",
         "_upgrade",
         "_wall",
         "_ws",
@@ -89,6 +92,10 @@ class ServerConnection:
         # The upgrade's decisions; it holds this connection's place in the hub's
         # connection counts until the connection is closed (released on every way it ends).
         self._upgrade: Upgrade | None = None
+        # A request for the event stream waiting for its token's verdict; then the
+        # stream (the session's sink).
+        self._stream_request: HttpRequest | None = None
+        self._stream: EventStream | None = None
 
     # -- state --------------------------------------------------------------------------
 
@@ -124,6 +131,15 @@ class ServerConnection:
         return events
 
     def next_deadline(self) -> float | None:
+        stream = self._stream
+        if (
+            stream is not None
+            and stream.closed_at is not None
+            and self._ws.state is TransportState.STREAMING
+        ):
+            # The session closed outside an input (a broadcast dropped a slow client):
+            # the stream ends at the next timer.
+            return stream.closed_at
         deadline = self._ws.next_deadline()
         session = self._session
         if session is not None:
@@ -160,7 +176,9 @@ class ServerConnection:
 
     def complete_auth(self, result: AuthResult | None, now: float, wall: float) -> None:
         """Answer :class:`AuthRequested` (``None``: no token was given)."""
-        if self._ws.state is TransportState.UPGRADING:
+        if self._stream_request is not None:
+            self._open_stream(self._stream_request, result, now, wall)
+        elif self._ws.state is TransportState.UPGRADING:
             upgrade = self._upgrade
             assert upgrade is not None  # UPGRADING comes with an admitted upgrade
             refusal = upgrade.decide(result)
@@ -199,12 +217,20 @@ class ServerConnection:
     # -- internals ----------------------------------------------------------------------
 
     def _dispatch(self, now: float, wall: float) -> None:
+        stream = self._stream
+        if (
+            stream is not None
+            and stream.close_code is not None
+            and self._ws.state is TransportState.STREAMING
+        ):
+            # The session closed: its close event is queued, and the body ends with it.
+            self._ws.close(stream.close_code, stream.close_reason, now)
         for event in self._ws.events_received():
             match event:
                 case UpgradeRequested():
                     self._on_upgrade(event, now, wall)
                 case HttpRequest():
-                    self._on_http(event)
+                    self._on_http(event, now, wall)
                 case ConnectionClosed(code=code):
                     # Only an open WebSocket closes, and it has its session from the 101.
                     assert self._session is not None
@@ -217,7 +243,7 @@ class ServerConnection:
                     raise AssertionError(event)
         session = self._session
         if session is not None:
-            if not session.closed and self._ws.state is not TransportState.OPEN:
+            if not session.closed and self._ws.state is TransportState.CLOSING:
                 # The transport started closing by itself (1009): the session ends now,
                 # so nothing is queued after the close frame.
                 session.close(self._ws.close_code, "", now, wall)
@@ -254,9 +280,51 @@ class ServerConnection:
         else:
             self._events.append(AuthRequested(token=upgrade.token))
 
-    def _on_http(self, event: HttpRequest) -> None:
-        refused = refusal(route(event.method, event.path, self._hub.settings), event.path)
+    def _on_http(self, event: HttpRequest, now: float, wall: float) -> None:
+        target = route(event.method, event.path, self._hub.settings)
+        if target is Route.EVENTS:
+            self._on_events(event, now, wall)
+            return
+        refused = refusal(target, event.path)
         if refused is not None:
             self._ws.respond(refused)
         else:
             self._events.append(event)
+
+    def _on_events(self, event: HttpRequest, now: float, wall: float) -> None:
+        """A request for the event stream: the upgrade's decisions, then (after the
+        token's verdict, :meth:`complete_auth`) the stream or a refusal."""
+        upgrade = Upgrade(
+            self._hub,
+            query=event.query,
+            headers=event.headers,
+            subprotocols=(),
+            client=self._client,
+            now=now,
+            cookie=TOKEN_COOKIE,
+        )
+        if upgrade.refusal is not None:
+            self._ws.respond(upgrade.refusal)
+            return
+        self._upgrade = upgrade
+        self._stream_request = event
+        if upgrade.token is None:
+            self.complete_auth(None, now, wall)
+        else:
+            self._events.append(AuthRequested(token=upgrade.token))
+
+    def _open_stream(
+        self, request: HttpRequest, result: AuthResult | None, now: float, wall: float
+    ) -> None:
+        upgrade = self._upgrade
+        assert upgrade is not None  # set with the stream request
+        self._stream_request = None
+        refused = upgrade.decide(result)
+        if refused is not None:
+            self._ws.respond(refused)
+            return
+        self._ws.stream(stream_head(stream_headers(request.headers)))
+        self._stream = EventStream(self._ws.outbox, self._hub.settings)
+        self._wall = wall
+        self._session = open_event_stream(upgrade, self._stream, result, now=now, wall=wall)
+        self._dispatch(now, wall)

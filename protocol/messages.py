@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, Final, Literal
 
 from .scope import EVERYONE, Scope, is_channel
+from .sse import encode_event
 from .timestamps import format_timestamp, is_iso_timestamp
 
 __all__ = [
@@ -447,15 +448,21 @@ class PreparedMessage:
     """A server message encoded once: its text, and the frame that carries it.
 
     Server frames are unmasked, so the same ``frame`` bytes object is queued on every
-    recipient of a broadcast; the ASGI adapter sends ``text`` instead. A broadcast carries
-    its :class:`~agentcast.protocol.scope.Scope` (PROTOCOL.md 4a) wherever it goes
-    (delivery, history, another process); it is not part of the text.
+    recipient of a broadcast; the ASGI adapter sends ``text`` instead, and an event
+    stream (PROTOCOL.md 11) the :attr:`event` bytes, encoded once too, at first use. A
+    broadcast carries its :class:`~agentcast.protocol.scope.Scope` (PROTOCOL.md 4a)
+    wherever it goes (delivery, history, another process); it is not part of the text.
     """
 
-    __slots__ = ("frame", "key", "kind", "scope", "text")
+    __slots__ = ("_event", "frame", "id", "key", "kind", "scope", "text")
 
     def __init__(
-        self, kind: str, text: str, key: str | None = None, scope: Scope = EVERYONE
+        self,
+        kind: str,
+        text: str,
+        key: str | None = None,
+        scope: Scope = EVERYONE,
+        message_id: str | None = None,
     ) -> None:
         self.kind = kind
         self.text = text
@@ -464,7 +471,10 @@ class PreparedMessage:
         #: Conflation key: a newer message with the same key may replace this one while
         #: it waits in a slow connection's backlog (``agent_status``: the agent's name).
         self.key = key
+        #: The message's ``id`` (broadcasts), or ``None``.
+        self.id = message_id
         self.frame = frame_text(text.encode())
+        self._event: bytes | None = None
 
     @classmethod
     def build(
@@ -477,7 +487,17 @@ class PreparedMessage:
         *,
         scope: Scope = EVERYONE,
     ) -> PreparedMessage:
-        return cls(kind, encode_server_message(kind, data, wall, message_id), key, scope)
+        text = encode_server_message(kind, data, wall, message_id)
+        return cls(kind, text, key, scope, message_id)
+
+    @property
+    def event(self) -> bytes:
+        """The message as one Server-Sent Event: ``event:`` its type, ``id:`` its id (if
+        it has one), ``data:`` the JSON text."""
+        event = self._event
+        if event is None:
+            event = self._event = encode_event(self.text, event=self.kind, id=self.id)
+        return event
 
     def __len__(self) -> int:
         return len(self.frame)

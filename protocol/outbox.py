@@ -27,9 +27,17 @@ __all__ = ["Outbox"]
 class Outbox:
     """Pending output of one connection: control bytes and prepared messages, in order."""
 
-    __slots__ = ("_conflatable", "_inflight", "_items", "_latest", "_pending", "on_output")
+    __slots__ = (
+        "_conflatable",
+        "_inflight",
+        "_items",
+        "_latest",
+        "_pending",
+        "events",
+        "on_output",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, *, events: bool = False) -> None:
         self._items: list[bytes | PreparedMessage | None] = []
         self._pending = 0
         self._inflight = 0
@@ -38,6 +46,9 @@ class Outbox:
         self._conflatable = 0  # bytes of the pending messages indexed in _latest
         #: Called when output becomes pending in an empty outbox (wakes the writer).
         self.on_output: Callable[[], None] | None = None
+        #: The wire form of the messages: WebSocket frames, or (``True``) Server-Sent
+        #: Events (:attr:`PreparedMessage.event`). Sizes and :meth:`take_bytes` use it.
+        self.events = events
 
     @property
     def backlog(self) -> int:
@@ -49,6 +60,10 @@ class Outbox:
         """The part of :attr:`backlog` that conflation cannot shrink."""
         return self._pending + self._inflight - self._conflatable
 
+    def size_of(self, message: PreparedMessage) -> int:
+        """The bytes *message* takes on this outbox's wire."""
+        return len(message.event if self.events else message.frame)
+
     def __bool__(self) -> bool:
         return self._pending > 0
 
@@ -58,7 +73,7 @@ class Outbox:
         if not self._pending and self.on_output is not None:
             self.on_output()
         if isinstance(item, PreparedMessage):
-            size = len(item.frame)
+            size = self.size_of(item)
             key = item.key
             if key is not None:
                 old = self._latest.get(key)
@@ -66,7 +81,7 @@ class Outbox:
                     # Only the newest pending message per key stays replaceable.
                     prev = items[old]
                     assert isinstance(prev, PreparedMessage)
-                    self._conflatable -= len(prev.frame)
+                    self._conflatable -= self.size_of(prev)
                 self._latest[key] = len(items)
                 self._conflatable += size
         else:
@@ -88,8 +103,9 @@ class Outbox:
         old = self._items[index]
         assert isinstance(old, PreparedMessage)
         self._items[index] = None
-        self._pending -= len(old.frame)
-        self._conflatable -= len(old.frame)
+        size = self.size_of(old)
+        self._pending -= size
+        self._conflatable -= size
         del self._latest[key]
         self.push(message)
         return True
@@ -100,7 +116,13 @@ class Outbox:
         if not items:
             self._inflight = 0
             return b""
-        if len(items) == 1:
+        if self.events:
+            data = b"".join(
+                item.event if isinstance(item, PreparedMessage) else item
+                for item in items
+                if item is not None
+            )
+        elif len(items) == 1:
             only = items[0]
             data = only.frame if isinstance(only, PreparedMessage) else (only or b"")
         else:

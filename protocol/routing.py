@@ -5,8 +5,9 @@ mounted) and settings in, a :class:`Route` out. The core's HTTP phase and the AS
 adapter both call it, so a path means the same on either; :func:`refusal` gives the
 answer for the two routes that are answers by themselves (``404``, ``405``).
 
-Adding an endpoint (Server-Sent Events at ``GET /events``) is a
-member of :class:`Route` and a line of :data:`_FIXED`.
+Adding an endpoint is a member of :class:`Route` and a line of :data:`_FIXED`; the two
+endpoints whose path is configured (the WebSocket, ``settings.path``, and the event
+stream, ``settings.events_path``) are matched first.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class Route(Enum):
 
     #: The WebSocket endpoint (``settings.path``): an upgrade, or ``426``/``400``.
     WEBSOCKET = "websocket"
+    #: ``GET`` the event stream (``settings.events_path``): the same session as
+    #: Server-Sent Events (PROTOCOL.md 11), see :mod:`agentcast.protocol.sse`.
+    EVENTS = "events"
     #: ``GET /healthz``.
     HEALTHZ = "healthz"
     #: ``GET /metrics``: the adapter's (it owns the metrics registry).
@@ -75,6 +79,8 @@ def route(method: str, path: str, settings: Settings) -> Route:
     """
     if path == settings.path:
         return Route.WEBSOCKET
+    if path == settings.events_path:
+        return Route.EVENTS if method == "GET" else Route.METHOD_NOT_ALLOWED
     fixed = _FIXED.get(path)
     if fixed is None:
         return Route.NOT_FOUND
@@ -98,7 +104,7 @@ def refusal(target: Route, path: str) -> HttpAnswer | None:
     if target is Route.NOT_FOUND:
         return _NOT_FOUND
     if target is Route.METHOD_NOT_ALLOWED:
-        allowed = allowed_method(path)
-        assert allowed is not None  # only a fixed path has a method that is not allowed
+        # A fixed path's method, or the event stream's (its path is configured).
+        allowed = allowed_method(path) or "GET"
         return HttpAnswer.json(405, {"error": "method not allowed"}, (("allow", allowed),))
     return None

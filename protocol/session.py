@@ -3,8 +3,9 @@
 A :class:`Session` is fed already-decoded messages (``receive_text``) and liveness
 (``touch``), and writes its answers to a :class:`Sink`. It knows nothing of frames or
 sockets, so the same rules serve the reference server (where the sink is the
-:class:`~agentcast.protocol.WebSocketConnection`) and an ASGI server (where the sink
-queues text for ``websocket.send``). What it owns:
+:class:`~agentcast.protocol.WebSocketTransport`), an ASGI server (where the sink queues
+text for ``websocket.send``) and an event stream (PROTOCOL.md 11, where the sink writes
+each message as a Server-Sent Event). What it owns:
 
 * the auth outcome, sent first as the ``auth`` message, and in-band refresh (section 2);
 * the heartbeat: JSON ``ping`` and a protocol Ping every interval, close 4000 after the
@@ -114,7 +115,10 @@ class Host(Protocol):
 
 
 class Sink(Protocol):
-    """Where a session's output goes. The transport implements it."""
+    """Where a session's output goes: all a session needs of whatever carries it. The
+    core's :class:`~agentcast.protocol.WebSocketTransport`, the ASGI adapter's WebSocket
+    and the event stream (:class:`~agentcast.protocol.eventstream.EventStream`) implement
+    it; the rules stay the session's."""
 
     @property
     def outbox(self) -> Outbox:
@@ -122,11 +126,13 @@ class Sink(Protocol):
         ...
 
     def send_ping(self, payload: bytes = b"") -> None:
-        """Queue a protocol-level Ping (a no-op where the transport has none)."""
+        """Queue the carrier's own keepalive with the heartbeat: a protocol-level Ping,
+        a comment line on an event stream, or nothing (an ASGI server pings itself)."""
         ...
 
     def close(self, code: int, reason: str, now: float) -> None:
-        """Start closing the connection with *code*."""
+        """Start closing the connection with *code* (a close frame; a final ``close``
+        event on an event stream)."""
         ...
 
 
@@ -473,7 +479,7 @@ class Session:
             # A newer agent_status replaced the pending one for the same agent.
             self.messages_out += 1
             return True
-        size = len(message.frame)
+        size = outbox.size_of(message)
         limit = settings.max_send_buffer
         # 1013 when what conflation cannot shrink passes the limit; a hard stop at twice
         # the limit bounds memory even with very many distinct agents.

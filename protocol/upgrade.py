@@ -2,12 +2,16 @@
 
 Whoever does the HTTP upgrade (the core's own :class:`~agentcast.protocol.ServerConnection`
 over h11 and wsproto, or an ASGI server for the ASGI adapter) asks an :class:`Upgrade`
-what to answer, in this order (PROTOCOL.md sections 1 and 2):
+what to answer, in this order (PROTOCOL.md sections 1 and 2). A request for the event
+stream (PROTOCOL.md 11) takes the same way, with the token also from a cookie
+(:data:`TOKEN_COOKIE`), and a ``200`` head instead of the ``101``
+(:mod:`agentcast.protocol.sse`):
 
 1. admission at the request: origin (``403``), connection limits and rate (``503``),
    see :mod:`agentcast.protocol.admission`;
 2. the token: from the query, ``Authorization: Bearer`` or a ``bearer.<token>``
-   subprotocol (:func:`extract_token`); the adapter runs the authenticator on it;
+   subprotocol (:func:`extract_token`); the adapter runs the authenticator on it; the
+   resume point (:attr:`Upgrade.since`) from ``Last-Event-ID`` or ``since``;
 3. the verdict: with ``require_auth`` a missing or refused token is ``401``; an identity
    is counted against ``max_connections_per_user`` (``503``);
 4. accept (with :attr:`Upgrade.subprotocol`), then :meth:`Upgrade.open` the
@@ -47,22 +51,31 @@ from .session import Session, Sink
 if TYPE_CHECKING:
     from .hub import Hub
 
-__all__ = ["SUBPROTOCOL", "Upgrade", "extract_token"]
+__all__ = ["SUBPROTOCOL", "TOKEN_COOKIE", "Upgrade", "extract_since", "extract_token"]
 
 #: The subprotocol a browser offers to pass its token as ``bearer.<token>`` (PROTOCOL.md 2).
 SUBPROTOCOL = "agentcast.v1"
 _BEARER_PROTOCOL = "bearer."
+#: The cookie an event stream's token may come in (PROTOCOL.md 11): an ``EventSource``
+#: can set neither a header nor a subprotocol, and a cookie keeps the token out of URLs.
+TOKEN_COOKIE = "agentcast_token"
 
 
 def extract_token(
-    query: str, headers: Iterable[tuple[str, str]], subprotocols: Iterable[str]
+    query: str,
+    headers: Iterable[tuple[str, str]],
+    subprotocols: Iterable[str],
+    *,
+    cookie: str | None = None,
 ) -> tuple[str | None, str | None]:
     """Find the client's token and the subprotocol to select (PROTOCOL.md 2).
 
-    In order: the ``token`` query parameter, ``Authorization: Bearer``, then a
-    ``bearer.<token>`` subprotocol offered beside ``agentcast.v1``. An empty value counts
-    as no token. Returns ``(token, subprotocol)``.
+    In order: the ``token`` query parameter, ``Authorization: Bearer``, the cookie named
+    *cookie* (when given: an event stream's), then a ``bearer.<token>`` subprotocol
+    offered beside ``agentcast.v1``. An empty value counts as no token. Returns
+    ``(token, subprotocol)``.
     """
+    headers = tuple(headers)
     offered = tuple(subprotocols)
     selected = SUBPROTOCOL if SUBPROTOCOL in offered else None
     for key, value in parse_qsl(query, keep_blank_values=True):
@@ -73,6 +86,10 @@ def extract_token(
             scheme, _, credentials = value.strip().partition(" ")
             if scheme.lower() == "bearer" and credentials.strip():
                 return credentials.strip(), selected
+    if cookie is not None:
+        found = _cookie(headers, cookie)
+        if found:
+            return found, selected
     if selected is not None:
         for proto in offered:
             if proto.startswith(_BEARER_PROTOCOL) and len(proto) > len(_BEARER_PROTOCOL):
@@ -80,10 +97,47 @@ def extract_token(
     return None, selected
 
 
+def extract_since(query: str, headers: Iterable[tuple[str, str]]) -> str | None:
+    """The resume point the client asked for (PROTOCOL.md 7 and 11): the
+    ``Last-Event-ID`` header, which a reconnecting ``EventSource`` sends with the id of
+    the last event it saw, else the ``since`` query parameter (the header wins: the URL an
+    ``EventSource`` reconnects to still holds the ``since`` it first connected with). Any
+    value, even malformed, is the history's to judge."""
+    for key, value in headers:
+        if key.lower() == "last-event-id" and value.strip():
+            return value.strip()
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == "since":
+            return value
+    return None
+
+
+def _cookie(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    """The value of cookie *name* in the request's ``Cookie`` headers (RFC 6265 5.4:
+    ``name=value`` pairs separated by ``;``), or ``None``."""
+    for key, value in headers:
+        if key.lower() != "cookie":
+            continue
+        for pair in value.split(";"):
+            found, sep, content = pair.strip().partition("=")
+            if sep and found.strip() == name:
+                return content.strip().strip('"')
+    return None
+
+
 class Upgrade:
     """One upgrade request's way to an open session (or to a refusal). See the module doc."""
 
-    __slots__ = ("_decided", "_hub", "_ticket", "channels", "refusal", "subprotocol", "token")
+    __slots__ = (
+        "_decided",
+        "_hub",
+        "_ticket",
+        "channels",
+        "refusal",
+        "since",
+        "subprotocol",
+        "token",
+    )
 
     def __init__(
         self,
@@ -94,7 +148,10 @@ class Upgrade:
         subprotocols: Iterable[str],
         client: str | None,
         now: float,
+        cookie: str | None = None,
     ) -> None:
+        """*cookie*: the name of a cookie that may hold the token (an event stream's,
+        :data:`TOKEN_COOKIE`); ``None`` for a WebSocket."""
         headers = tuple(headers)
         self._hub = hub
         self._ticket: Ticket | None = None
@@ -105,6 +162,8 @@ class Upgrade:
         self.subprotocol: str | None = None
         #: ``channels=a,b`` in the URL: subscribed right after ``auth`` (PROTOCOL.md 4a).
         self.channels: list[str] = []
+        #: The resume point the client asked for (:func:`extract_since`), or ``None``.
+        self.since: str | None = None
         decision = hub.admission.admit(headers, client, now)
         #: Set when the upgrade is refused (at the request, or by :meth:`decide`).
         self.refusal: HttpAnswer | None = None
@@ -112,8 +171,9 @@ class Upgrade:
             self.refusal = decision
             return
         self._ticket = decision
-        self.token, self.subprotocol = extract_token(query, headers, subprotocols)
+        self.token, self.subprotocol = extract_token(query, headers, subprotocols, cookie=cookie)
         self.channels = channels_in_query(query)
+        self.since = extract_since(query, headers)
 
     def decide(self, result: AuthResult | None) -> HttpAnswer | None:
         """The token's verdict (``None``: there was no token): a refusal, or ``None`` to

@@ -64,6 +64,9 @@ class TransportState(Enum):
     OPEN = auto()
     #: We sent our close frame and wait for the peer's (at most ``close_timeout``).
     CLOSING = auto()
+    #: The request was answered with a body that runs until the connection ends (an
+    #: event stream, PROTOCOL.md 11): output goes on, input is discarded.
+    STREAMING = auto()
     #: Nothing more is read or produced.
     CLOSED = auto()
 
@@ -77,6 +80,8 @@ class Step(Enum):
     ANSWER = auto()
     #: :meth:`WebSocketTransport.accept`: the ``101``.
     ACCEPT = auto()
+    #: :meth:`WebSocketTransport.stream`: the head of a response whose body follows.
+    STREAM = auto()
     #: Our close frame was queued.
     CLOSE = auto()
     #: The connection is over: the closing handshake completed or timed out, the peer
@@ -88,11 +93,14 @@ _S = TransportState
 #: Every transition. A pair missing here is not a move the transport makes.
 #:
 #: HTTP ──UPGRADE──▶ UPGRADING ──ACCEPT──▶ OPEN ──CLOSE──▶ CLOSING ──END──▶ CLOSED
-#:  └──ANSWER/END──▶ CLOSED ◀──ANSWER/END──┘      └────────END────────────────▶ CLOSED
+#:  │└──ANSWER/END──▶ CLOSED ◀──ANSWER/END──┘      └────────END────────────────▶ CLOSED
+#:  └───STREAM──▶ STREAMING ──END──▶ CLOSED
 TRANSITIONS: dict[tuple[TransportState, Step], TransportState] = {
     (_S.HTTP, Step.UPGRADE): _S.UPGRADING,
     (_S.HTTP, Step.ANSWER): _S.CLOSED,
     (_S.HTTP, Step.END): _S.CLOSED,
+    (_S.HTTP, Step.STREAM): _S.STREAMING,
+    (_S.STREAMING, Step.END): _S.CLOSED,
     (_S.UPGRADING, Step.ACCEPT): _S.OPEN,
     (_S.UPGRADING, Step.ANSWER): _S.CLOSED,
     (_S.UPGRADING, Step.END): _S.CLOSED,
@@ -249,7 +257,10 @@ class WebSocketTransport:
 
     def receive_eof(self, now: float) -> None:
         """The peer closed its side of the TCP connection (or it broke)."""
-        if self._state is TransportState.CLOSING:
+        if self._state is TransportState.STREAMING:
+            # The client of a stream leaves by closing the connection: it is going away.
+            self._end_stream(CloseCode.GOING_AWAY, "")
+        elif self._state is TransportState.CLOSING:
             assert self._frames is not None
             self._finish(self._frames.close_code, self._frames.close_reason)
         elif self._state is TransportState.OPEN:
@@ -276,6 +287,8 @@ class WebSocketTransport:
         self._outbox.sent()
         if self._state is TransportState.OPEN or self._state is TransportState.CLOSING:
             self._finish(CloseCode.ABNORMAL, "")
+        elif self._state is TransportState.STREAMING:
+            self._end_stream(CloseCode.ABNORMAL, "")
         else:
             self._step(Step.END)
 
@@ -320,6 +333,14 @@ class WebSocketTransport:
             raise LocalProtocolError(f"respond() without a pending request ({state.name})")
         self._answer(answer)
 
+    def stream(self, head: bytes) -> None:
+        """Answer the pending request with *head*, a response whose body follows: what
+        is queued from now on is that body (an event stream), until :meth:`close`."""
+        if not (self._state is TransportState.HTTP and self._request_pending):
+            raise LocalProtocolError(f"stream() without a pending request ({self._state.name})")
+        self._outbox.push(head)
+        self._step(Step.STREAM)
+
     def send_text(self, text: str) -> None:
         """Queue one text message (an application of the transport alone, such as the
         RFC 6455 echo; agentcast's own messages go through the outbox, encoded once)."""
@@ -339,7 +360,8 @@ class WebSocketTransport:
             self._outbox.push(self._frames.send_ping(payload))
 
     def close(self, code: int, reason: str, now: float) -> None:
-        """Start the closing handshake with *code*; before the upgrade, just close."""
+        """Start the closing handshake with *code*; end a stream's body (its last bytes
+        queued by its owner); before the upgrade, just close."""
         state = self._state
         if state is TransportState.OPEN:
             assert self._frames is not None
@@ -351,6 +373,13 @@ class WebSocketTransport:
                 # The output callback also says "the deadline moved": an adapter waiting
                 # for a write to complete (a client that reads nothing, 1013) must still
                 # time the closing handshake out.
+                self._outbox.on_output()
+        elif state is TransportState.STREAMING:
+            # The body ends here (its last bytes are queued): once they are written, the
+            # connection closes. Wake the adapter even if output was already pending: it
+            # must learn that the connection is done.
+            self._end_stream(code, reason)
+            if self._outbox.on_output is not None:
                 self._outbox.on_output()
         elif state is TransportState.HTTP or state is TransportState.UPGRADING:
             self._step(Step.END)
@@ -367,7 +396,7 @@ class WebSocketTransport:
             self._deadline = now + self._close_timeout
         elif new is not TransportState.UPGRADING:  # UPGRADING keeps the handshake's
             self._deadline = None
-        if new is TransportState.CLOSED:
+        if new is TransportState.CLOSED or new is TransportState.STREAMING:
             self._http = None
             self._request_pending = False
 
@@ -378,6 +407,10 @@ class WebSocketTransport:
     def _finish(self, code: int, reason: str) -> None:
         assert self._frames is not None
         self._frames.reset()
+        self._step(Step.END)
+        self._events.append(ConnectionClosed(code=code, reason=reason))
+
+    def _end_stream(self, code: int, reason: str) -> None:
         self._step(Step.END)
         self._events.append(ConnectionClosed(code=code, reason=reason))
 
