@@ -44,7 +44,16 @@ from agentcast.protocol.outbox import Outbox
 from .logs import log_close, log_open
 from .service import Service, clock
 
-__all__ = ["AsgiDriver", "Message", "Receive", "Scope", "Send", "peer_of", "send_answer"]
+__all__ = [
+    "AsgiDriver",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "decode_headers",
+    "peer_of",
+    "send_answer",
+]
 
 log = logging.getLogger("agentcast.connection")
 
@@ -65,7 +74,7 @@ def peer_of(scope: Scope) -> tuple[str | None, str]:
     return None, "-"
 
 
-def _decode_headers(scope: Scope) -> tuple[tuple[str, str], ...]:
+def decode_headers(scope: Scope) -> tuple[tuple[str, str], ...]:
     return tuple(
         (bytes(name).decode("latin-1").lower(), bytes(value).decode("latin-1"))
         for name, value in scope.get("headers") or ()
@@ -182,7 +191,7 @@ class AsgiDriver:
         upgrade = Upgrade(
             service.hub,
             query=query,
-            headers=_decode_headers(self._scope),
+            headers=decode_headers(self._scope),
             subprotocols=self._scope.get("subprotocols") or (),
             client=host,
             now=clock(),

@@ -1,8 +1,10 @@
 """The ASGI adapter: agentcast under uvicorn, hypercorn, Starlette and FastAPI.
 
 An ASGI 3 application serving the same surface as the reference server: the WebSocket
-endpoint at ``settings.path`` (other paths: ``404``), ``GET /healthz``, ``GET /metrics``,
-the publish API (``POST /api/...``) and the dashboard (``GET /``, ``/agentcast.js``), from the same
+endpoint at ``settings.path`` (other paths: ``404``), the same session as Server-Sent
+Events at ``GET settings.events_path`` (:mod:`._asgi_events`), ``GET /healthz``,
+``GET /metrics``, the publish API (``POST /api/...``) and the dashboard (``GET /``,
+``/agentcast.js``), from the same
 :class:`~agentcast.adapters.service.Service` the reference server holds, so server code
 publishes the same way::
 
@@ -46,7 +48,16 @@ open WebSocket, handed to another one when that one closes, and with no WebSocke
 each request first turns offline the users whose grace period ended meanwhile. At
 lifespan shutdown every WebSocket still open is closed with ``1001`` (uvicorn closes its
 own first, with ``1012``). Each WebSocket is served by an
-:class:`~._asgi_driver.AsgiDriver`.
+:class:`~._asgi_driver.AsgiDriver`, each event stream by an
+:class:`~._asgi_events.AsgiEventStream`.
+
+**Event streams and the ASGI server's shutdown.** An ASGI server has no way to tell an
+application that it is stopping before its lifespan shutdown, and uvicorn and hypercorn
+wait for open HTTP responses before that (uvicorn up to ``--timeout-graceful-shutdown``,
+then cancels them). An event stream is such a response: to end every stream with its
+``close`` event (``1001``) before the server stops, call :meth:`AgentcastASGI.shutdown`
+first (from the host application's signal handling), or set the graceful-shutdown timeout
+so that the streams are cut, and their clients reconnect after ``retry``.
 """
 
 from __future__ import annotations
@@ -76,6 +87,7 @@ from agentcast.protocol.routing import refusal
 
 from . import redaction
 from ._asgi_driver import AsgiDriver, Receive, Scope, Send, peer_of, send_answer
+from ._asgi_events import AsgiEventStream
 from .config import config_from_environment
 from .options import ConfigError
 from .server import Server
@@ -162,7 +174,12 @@ class AgentcastASGI:
                 await _refuse_websocket(scope, receive, send, self.service.settings.path)
         elif kind == "http":
             self.service.catch_up()
-            await self._http(scope, receive, send)
+            path = route_path(scope)
+            method = str(scope.get("method") or "GET")
+            if route(method, path, self.service.settings) is Route.EVENTS:
+                await AsgiEventStream(self.service, scope, receive, send).run()
+            else:
+                await self._http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan_events(receive, send)
 

@@ -238,6 +238,13 @@ SETTINGS_FLAGS: tuple[Option, ...] = tuple(
     Option(flag, help, getattr(Settings(), flag[2:].replace("-", "_")), kind_type, metavar)
     for flag, kind_type, metavar, help in (
         ("--path", str, "PATH", "WebSocket endpoint path"),
+        ("--events-path", str, "PATH", "Server-Sent Events endpoint path (the same session)"),
+        (
+            "--events-retry",
+            float,
+            "SECONDS",
+            "reconnect delay told to Server-Sent Events clients (retry:)",
+        ),
         ("--heartbeat-interval", float, "SECONDS", "seconds between server pings"),
         (
             "--heartbeat-timeout",

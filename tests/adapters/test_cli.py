@@ -21,6 +21,8 @@ DOCUMENTED_FLAGS = [
     "--host",
     "--port",
     "--path",
+    "--events-path",
+    "--events-retry",
     "--backend",
     "--uvloop",
     "--auth",
@@ -290,3 +292,12 @@ async def test_readme_command_serves_healthz(spawn_server, http_request, anyio_b
     process.process.send_signal(signal.SIGTERM)
     with anyio.fail_after(10):
         assert await process.process.wait() == 0
+
+
+def test_the_event_stream_is_configured_like_the_websocket_endpoint():
+    c = config(["--events-path", "/stream", "--events-retry", "1.5"])
+    assert (c.settings.events_path, c.settings.events_retry) == ("/stream", 1.5)
+    assert config([], {"AGENTCAST_EVENTS_PATH": "/sse"}).settings.events_path == "/sse"
+    assert config([]).settings.events_path == "/events"
+    with pytest.raises(ConfigError, match="events_path and path must differ"):
+        config(["--path", "/live", "--events-path", "/live"])
