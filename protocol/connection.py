@@ -319,6 +319,8 @@ class ServerConnection:
         upgrade = self._upgrade
         assert upgrade is not None  # set with the stream request
         self._stream_request = None
+        if self._ws.closed:
+            return  # the client left, or the request timed out, before the verdict
         refused = upgrade.decide(result)
         if refused is not None:
             self._ws.respond(refused)

@@ -69,7 +69,7 @@ def test_a_stream_of_events_comments_and_retries_reads_back_in_order(h, items):
         if item[0] == "event":
             _, data, event, id = item
             stream += encode_event(data, event=event, id=id)
-            expected.append((event or "message", _lines(data), id))
+            expected.append((event or "message", _lines(data), id, retry))
         elif item[0] == "comment":
             stream += encode_comment(item[1])
             comments += _lines(item[1]).split("\n")
@@ -77,12 +77,8 @@ def test_a_stream_of_events_comments_and_retries_reads_back_in_order(h, items):
             stream += encode_retry(item[1])
             retry = item[1]
     events, seen = h.parse_sse(stream.decode())
-    # Ids hold until another is given; compare each event's own fields.
-    assert [(e.event, e.data) for e in events] == [(k, d) for k, d, _ in expected]
-    assert [e.id for e in events] == [i for _, _, i in expected]
+    assert events == expected
     assert seen == comments
-    if events and items[-1][0] == "retry":
-        assert retry is not None
 
 
 def test_encoder_framing_examples():
@@ -450,7 +446,7 @@ def test_a_slow_reader_is_dropped_while_others_continue(h):
     ]
 
 
-def test_an_unauthenticated_close_before_the_session_is_kept_for_the_stream(h):
+def test_a_send_buffer_too_small_for_the_first_message_ends_the_stream_cleanly(h):
     """A send buffer too small for the first message drops the client while the
     session opens; the stream still ends cleanly."""
     hub = Hub(Settings(max_send_buffer=16))
@@ -476,3 +472,29 @@ def test_the_writer_is_woken_when_the_stream_ends_with_output_pending(h, hub):
 def test_other_cookies_alone_are_no_token():
     headers = [("Cookie", "a=1; b"), ("Cookie", "c=2")]
     assert extract_token("", headers, (), cookie=TOKEN_COOKIE) == (None, None)
+
+
+def test_a_client_gone_before_the_verdict_gets_nothing(h, hub):
+    conn = ServerConnection(hub, now=0.0, client="127.0.0.1")
+    conn.receive_data(h.http_request("/events?token=abc123"), 0.0, h.WALL0)
+    assert [type(e).__name__ for e in conn.events_received()] == ["AuthRequested"]
+    assert hub.admission.connections == 1
+    conn.receive_eof(0.5, h.WALL0)
+    assert conn.closed
+    assert hub.admission.connections == 0
+    conn.complete_auth(Identity(user_id="u"), 1.0, h.WALL0 + 1)  # the verdict, too late
+    assert conn.data_to_send() == b""
+    assert hub.clients_count() == 0
+    assert hub.stats.opened_total == 0
+
+
+def test_the_request_times_out_while_the_verdict_is_awaited(h, hub):
+    conn = ServerConnection(hub, now=0.0, client="127.0.0.1")
+    conn.receive_data(h.http_request("/events?token=abc123"), 0.0, h.WALL0)
+    conn.events_received()
+    assert conn.next_deadline() == hub.settings.handshake_timeout
+    conn.handle_timer(hub.settings.handshake_timeout, h.WALL0)
+    assert h.parse_response(conn.data_to_send())[0] == 408
+    conn.complete_auth(Identity(user_id="u"), 11.0, h.WALL0)
+    assert hub.clients_count() == 0
+    assert hub.admission.connections == 0
