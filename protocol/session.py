@@ -479,7 +479,8 @@ class Session:
             # A newer agent_status replaced the pending one for the same agent.
             self.messages_out += 1
             return True
-        size = outbox.size_of(message)
+        # outbox.size_of(message), inline: this runs once per recipient of a broadcast.
+        size = len(message.event) if outbox.events else len(message.frame)
         limit = settings.max_send_buffer
         # 1013 when what conflation cannot shrink passes the limit; a hard stop at twice
         # the limit bounds memory even with very many distinct agents.
