@@ -403,7 +403,7 @@ class Service:
         if self.settings.allowed_origins is None:
             log.warning(
                 "no allowed origins configured: a page from ANY Origin may open a WebSocket "
-                "(development); list your sites' origins in production"
+                "or an event stream (development); list your sites' origins in production"
             )
 
     # -- internals ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Who may open a WebSocket: origin, connection limits and connection rate.
+"""Who may open a WebSocket (or an event stream): origin, connection limits and rate.
 
 The :class:`~agentcast.protocol.Hub` holds one :class:`Admission`; every
 :class:`~agentcast.protocol.ServerConnection` asks it at the upgrade, before the ``101``:
