@@ -260,6 +260,31 @@ async def test_sigterm_closes_clients_with_1001_and_exits_0(spawn_server, client
 
 
 @pytest.mark.anyio
+async def test_curl_watches_the_event_stream_until_sigterm_ends_it(spawn_server):
+    """The README's quick start: `curl -N .../events?token=abc123` prints the session,
+    and a shutdown ends the stream with the close event (curl exits 0: a clean end)."""
+    process = await spawn_server()
+    url = f"{process.http_base}/events?token=abc123"
+    curl = await anyio.open_process(["curl", "-N", "-sS", url], stdout=subprocess.PIPE)
+    assert curl.stdout is not None
+    output = b""
+    with anyio.fail_after(10):
+        while b"event: user_presence" not in output:
+            output += await curl.stdout.receive()
+        assert b'data: {"type":"auth","data":{"success":true,"userId":"user_abc123"}' in output
+        process.process.send_signal(signal.SIGTERM)
+        async for chunk in curl.stdout:
+            output += chunk
+        assert await curl.wait() == 0
+    assert output.endswith(
+        b'event: close\ndata: {"type":"close","data":{"code":1001,'
+        b'"reason":"server shutting down"}}\n\n'
+    )
+    with anyio.fail_after(10):
+        assert await process.process.wait() == 0
+
+
+@pytest.mark.anyio
 async def test_sigint_with_no_clients_exits_0_at_once(spawn_server):
     process = await spawn_server("--log-format", "json")
     process.process.send_signal(signal.SIGINT)
