@@ -1,6 +1,6 @@
-# Invariant: any request bytes get one PROTOCOL.md 1 answer (101 or a documented status); no raise.
+# Invariant: any request bytes get one PROTOCOL.md 1 answer (101, 200 stream, a status); no raise.
 # (After a non-101 answer the connection closes; output is bounded; the same result whatever the
-# split.)
+# split. An event stream holds complete events, auth first.)
 """Fuzz the HTTP request / upgrade phase of :class:`ServerConnection`.
 
 The input is the raw byte stream a TCP client sends. It is replayed (whole, byte by byte,
@@ -101,6 +101,13 @@ def _check_answer(output: bytes) -> None:
     assert sep, "an incomplete response head"
     if status == 101:
         check_server_output(rest)
+    elif b"content-type: text/event-stream" in response.lower():
+        # The event stream (PROTOCOL.md 11): the reconnect delay, the auth event first,
+        # complete events only, until the client hung up.
+        assert rest.startswith(b"retry: "), rest[:200]
+        assert b"\n\nevent: auth\n" in rest, rest[:200]
+        assert rest.endswith(b"\n\n"), rest[-200:]
+        assert b"connection: close" in response.lower()
     else:
         length = next(
             int(line.split(b":", 1)[1])
