@@ -474,3 +474,14 @@ def test_subprotocol_echoed_in_101(h, hub):
     assert p.accept is not None
     assert p.accept.subprotocol == "agentcast.v1"
     assert isinstance(p.received[1], TextMessage)
+
+
+def test_bytes_after_a_complete_request_are_not_parsed(h, hub):
+    """One request per connection: a second one sent before the first is answered is
+    never read (the answer closes the connection)."""
+    conn = raw(hub, h.http_request("/healthz"))
+    [event] = conn.events_received()
+    assert isinstance(event, HttpRequest)
+    conn.receive_data(h.http_request("/metrics"), 0.0, 0.0)
+    assert conn.events_received() == []
+    assert conn.data_to_send() == b""

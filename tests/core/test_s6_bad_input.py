@@ -508,3 +508,14 @@ def test_oversized_binary_closes_1009_without_an_error_message(h):
     assert hub.stats.errors == Counter()
     [offline] = watcher.messages()
     assert offline["timestamp"] == format_timestamp(W + 4)
+
+
+def test_a_partial_message_is_held_up_to_its_received_bytes(h, pair):
+    """What the transport holds of a message still arriving is what came of it so far
+    (bounded by max_message_size)."""
+    frame = h.masked_frame(0x1, b"x" * 1000)
+    pair.feed(frame[:500])
+    held = pair.server.transport.message_buffered
+    assert 0 < held <= 500
+    pair.feed(frame[500:])
+    assert pair.server.transport.message_buffered == 0
