@@ -17,6 +17,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
+from .answers import PLAIN_TEXT
 from .config import Settings
 from .messages import AGENT_STATES, MAX_FIELD_LENGTH, NOTIFICATION_LEVELS
 from .scope import MAX_USER_ID_LENGTH, MAX_USER_IDS
@@ -164,6 +165,10 @@ def _schemas(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _plain(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PLAIN_TEXT: {"schema": {"type": "string"}}}}
+
+
 def _publish(item: str, summary: str, settings: Settings) -> dict[str, Any]:
     error = _ref("Error")
     return {
@@ -222,9 +227,9 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
             "title": "agentcast HTTP API",
             "version": "1",
             "description": (
-                "Health, metrics and the publish API of an agentcast server. The WebSocket "
-                f"endpoint ({settings.path}) and its messages are described in "
-                "docs/protocol.md."
+                "Health, metrics, the event stream and the publish API of an agentcast "
+                f"server. The WebSocket endpoint ({settings.path}), and the messages it and "
+                "the event stream carry, are described in docs/protocol.md."
             ),
         },
         "paths": {
@@ -246,6 +251,37 @@ def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
                             "content": {"text/plain": {"schema": {"type": "string"}}},
                         },
                         "405": not_get,
+                    },
+                }
+            },
+            settings.events_path: {
+                "get": {
+                    "summary": "The session as Server-Sent Events, downstream only.",
+                    "parameters": [
+                        {
+                            "name": "token",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "The client's token (or Authorization: Bearer, "
+                            "or the agentcast_token cookie).",
+                        },
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "schema": {"type": "string"},
+                            "description": "The resume point (as since on a WebSocket).",
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The event stream: auth, presence_state, then "
+                            "every message of the session, one event each.",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        "401": _plain("No good token, with require_auth."),
+                        "403": _plain("The Origin is not on the allow-list."),
+                        "405": not_get,
+                        "503": _plain("A connection limit."),
                     },
                 }
             },

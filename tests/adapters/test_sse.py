@@ -16,6 +16,7 @@ import pytest
 from httpx_sse import EventSource, ServerSentEvent
 
 from agentcast.protocol import Settings
+from agentcast.protocol.openapi import openapi_document
 
 pytestmark = [pytest.mark.anyio, pytest.mark.servers("reference", "uvicorn", "hypercorn")]
 
@@ -269,3 +270,19 @@ async def test_a_slow_reader_is_dropped_while_others_get_everything(start_server
             assert server.clients_count() == 1
     finally:
         slow.close()
+
+
+async def test_the_answers_are_the_ones_the_openapi_document_lists(start_server, http_request):
+    settings = Settings(require_auth=True, allowed_origins=("https://app.example",))
+    server = await start_server(settings)
+    responses = openapi_document(settings)["paths"]["/events"]["get"]["responses"]
+    url = events_url(server)
+    post = await http_request(url, "POST", b"{}")
+    no_token = await http_request(url)
+    bad_origin = await http_request(url + "?token=abc123", Origin="https://evil.example")
+    assert [post[0], no_token[0], bad_origin[0]] == [405, 401, 403]
+    assert {name.lower(): value for name, value in post[1].items()}["allow"] == "GET"
+    for status, _, _ in (post, no_token, bad_origin):
+        assert str(status) in responses
+    async with open_stream(url + "?token=abc123") as stream:
+        assert stream.response.headers["content-type"] in responses["200"]["content"]
