@@ -104,11 +104,13 @@ class EventStream:
     a client that reads nothing learns that the stream is over.
     """
 
-    __slots__ = ("_outbox", "close_code", "close_reason", "closed_at")
+    __slots__ = ("close_code", "close_reason", "closed_at", "outbox")
 
     def __init__(self, outbox: Outbox, settings: Settings) -> None:
         outbox.events = True
-        self._outbox = outbox
+        #: The pending output: the response body still to write. (An attribute, not a
+        #: property: the session reads it once per message delivered.)
+        self.outbox = outbox
         #: The code the session closed with, once it has (then the stream ends).
         self.close_code: int | None = None
         self.close_reason = ""
@@ -116,15 +118,10 @@ class EventStream:
         self.closed_at: float | None = None
         outbox.push(encode_retry(round(settings.events_retry * 1000)))
 
-    @property
-    def outbox(self) -> Outbox:
-        """The pending output: the response body still to write."""
-        return self._outbox
-
     def send_ping(self, payload: bytes = b"") -> None:
         """The heartbeat: a comment line, which keeps proxies from closing the stream."""
         if self.close_code is None:
-            self._outbox.push(PING_COMMENT)
+            self.outbox.push(PING_COMMENT)
 
     def close(self, code: int, reason: str, now: float) -> None:
         """Queue the ``close`` event; the stream ends once it is written."""
@@ -133,7 +130,7 @@ class EventStream:
         self.close_code = code
         self.close_reason = reason
         self.closed_at = now
-        outbox = self._outbox
+        outbox = self.outbox
         outbox.push(close_event(code, reason))
         if outbox.on_output is not None:
             outbox.on_output()
