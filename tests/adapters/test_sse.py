@@ -148,6 +148,24 @@ async def test_a_notification_for_one_user_is_seen_by_that_user_only(start_serve
         assert (await b.until("notification"))["data"]["message"] == "for everyone"
 
 
+async def test_channels_in_the_url_scope_the_stream(start_server):
+    server = await start_server(Settings())
+    async with (
+        open_stream(events_url(server, "token=a&channels=conversation:c1")) as member,
+        open_stream(events_url(server, "token=b")) as outsider,
+    ):
+        assert (await member.until("subscribed"))["data"] == {"channel": "conversation:c1"}
+        await outsider.until("presence_state")
+        server.broadcast_chat_message("c1", "m1", "hi", "bot", channel="conversation:c1")
+        server.send_notification("info", "for everyone")
+        assert (await member.until("chat_message"))["data"]["content"] == "hi"
+        assert (await member.until("notification"))["data"]["message"] == "for everyone"
+        seen = []
+        while (message := await outsider.message())["type"] != "notification":
+            seen.append(message["type"])
+        assert "chat_message" not in seen
+
+
 async def test_shutdown_sends_the_close_event_and_ends_the_stream(start_server, shut_down):
     server = await start_server(Settings())
     async with open_stream(events_url(server, "token=abc123")) as stream:

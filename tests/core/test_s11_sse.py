@@ -498,3 +498,18 @@ def test_the_request_times_out_while_the_verdict_is_awaited(h, hub):
     conn.complete_auth(Identity(user_id="u"), 11.0, h.WALL0)
     assert hub.clients_count() == 0
     assert hub.admission.connections == 0
+
+
+def test_channels_in_the_url_scope_the_stream_as_a_websocket(h, hub):
+    """``channels=`` on the stream subscribes as on a WebSocket (each answered
+    ``subscribed`` right after ``auth``), and a channel's messages reach only its
+    subscribers."""
+    listener = h.Stream(hub, "/events?token=abc123&channels=room:1")
+    other = h.Stream(hub, "/events?token=other")
+    subscribed = [m for m in listener.messages() if m["type"] == "subscribed"]
+    assert [m["data"] for m in subscribed] == [{"channel": "room:1"}]
+    seen_by_other = len(other.sse())
+    published = hub.send_notification("info", "in room 1", channel="room:1", now=1.0, wall=h.WALL0)
+    last = listener.sse()[-1]
+    assert (last.event, last.id) == ("notification", published.id)
+    assert len(other.sse()) == seen_by_other
