@@ -97,7 +97,7 @@ def extract_token(
     return None, selected
 
 
-def extract_since(query: str, headers: Iterable[tuple[str, str]]) -> str | None:
+def extract_since(query: str, headers: Iterable[tuple[str, str]] = ()) -> str | None:
     """The resume point the client asked for (PROTOCOL.md 7 and 11): the
     ``Last-Event-ID`` header, which a reconnecting ``EventSource`` sends with the id of
     the last event it saw, else the ``since`` query parameter (the header wins: the URL an

@@ -212,6 +212,7 @@ def test_last_event_id_is_since_and_wins_over_the_query():
     assert extract_since("since=001&x=1", [("accept", "text/event-stream")]) == "001"
     assert extract_since("since=", []) == ""
     assert extract_since("", []) is None
+    assert extract_since("since=002") == "002"  # a WebSocket's URL alone
 
 
 def test_the_resume_point_reaches_the_session_opening_path(h, hub):
