@@ -1,0 +1,407 @@
+"""The Redis backplane against a real Redis, several processes' links in one event loop.
+
+Each ``RedisBackplane`` here is what one server process holds; a :class:`Recorder` stands
+in for that process's hub and records what the backplane hands it. Runs on asyncio and
+trio (coredis is anyio-based).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import coredis
+import pytest
+
+from agentcast.adapters.backplane import BackplaneUnavailable, RedisBackplane
+from agentcast.protocol import AgentStatus, Notification
+from agentcast.protocol.cluster import (
+    ClusterId,
+    ClusterMessage,
+    MessageEntry,
+    PresenceChange,
+    message_entry,
+)
+from agentcast.protocol.messages import PresenceStatus
+
+from .conftest import TIMEOUT, RedisServer, free_port
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class Recorder:
+    """Stands in for a process's hub: records deliveries, holds local presence."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str, dict[str, Any]]] = []  # (id, type, data)
+        self.entries: list[MessageEntry] = []
+        self.local: list[tuple[str, str, dict[str, Any]]] = []
+        self.presence: list[tuple[str, str, PresenceStatus]] = []
+        self.statuses: dict[str, PresenceStatus] = {}
+        self.counts = (0, 0)
+
+    def cluster_message(self, message: ClusterMessage) -> int:
+        entry = message.entry
+        self.entries.append(entry)
+        self.messages.append((str(message.id), entry.type, json.loads(entry.data)))
+        return 1
+
+    def cluster_presence(self, change: PresenceChange) -> None:
+        self.presence.append((str(change.id), change.user_id, change.status))
+
+    def deliver_locally(self, entry: MessageEntry, message_id: str) -> int:
+        self.local.append((message_id, entry.type, json.loads(entry.data)))
+        return 1
+
+    def local_counts(self) -> tuple[int, int]:
+        return self.counts
+
+    def local_presence(self) -> dict[str, PresenceStatus]:
+        return dict(self.statuses)
+
+    def texts(self) -> list[str]:
+        return [data.get("message", data.get("agentName", "")) for _, _, data in self.messages]
+
+
+async def eventually(check: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Re-check *check* until it holds (fail after *timeout*)."""
+    with anyio.fail_after(timeout):
+        while not check():
+            await anyio.sleep(0.005)
+
+
+def note(text: str, user: str | None = None, origin: str = "?") -> MessageEntry:
+    return message_entry(
+        Notification(level="info", message=text, user_id=user), origin=origin, wall=1.0e9
+    )
+
+
+class Node:
+    """One process's backplane, its recorder, and a way to kill it without a word."""
+
+    def __init__(self, backplane: RedisBackplane, recorder: Recorder) -> None:
+        self.backplane = backplane
+        self.recorder = recorder
+        self.scope = anyio.CancelScope()
+
+    def publish(self, text: str, user: str | None = None) -> Any:
+        return self.backplane.publish(note(text, user, self.backplane.process_id))
+
+    def set_presence(self, user: str, status: PresenceStatus) -> None:
+        if status == "offline":
+            self.recorder.statuses.pop(user, None)
+        else:
+            self.recorder.statuses[user] = status
+        self.backplane.presence_changed(user, status)
+
+    def kill(self) -> None:
+        self.scope.cancel()
+
+
+@asynccontextmanager
+async def cluster() -> AsyncIterator[Callable[..., Any]]:
+    async with anyio.create_task_group() as tg:
+
+        async def start(url: str, stream: str, **options: Any) -> Node:
+            options.setdefault("lease", 3.0)
+            options.setdefault("grace", 0.3)
+            recorder = Recorder()
+            node = Node(RedisBackplane(url, recorder, stream=stream, **options), recorder)
+            await tg.start(_run, node)
+            return node
+
+        yield start
+        tg.cancel_scope.cancel()
+
+
+async def _run(node: Node, *, task_status: Any) -> None:
+    with node.scope:
+        await node.backplane.run(task_status=task_status)
+
+
+async def test_a_broadcast_reaches_every_process_once_in_order_with_equal_ids(
+    redis_server: RedisServer, stream: str
+) -> None:
+    async with cluster() as start:
+        nodes = [await start(redis_server.url, stream) for _ in range(3)]
+        for i in range(30):
+            nodes[i % 3].publish(f"m{i}")
+        for node in nodes:
+            await eventually(lambda node=node: len(node.recorder.messages) >= 30)
+        expected = [f"m{i}" for i in range(30)]
+        # Publish order per publisher; here the three publish in turn from one task, and
+        # each one's entries are written in its order: check each publisher's subsequence.
+        first = nodes[0].recorder.messages
+        for node in nodes:
+            assert node.recorder.messages == first  # same messages, same order, same ids
+            assert len(node.recorder.texts()) == 30
+        for k in range(3):
+            mine = [t for t in nodes[0].recorder.texts() if int(t[1:]) % 3 == k]
+            assert mine == [t for t in expected if int(t[1:]) % 3 == k]
+        ids = [message_id for message_id, _, _ in first]
+        assert ids == sorted(ids)
+        assert len(set(ids)) == 30
+        assert len({len(i) for i in ids}) == 1  # fixed width
+        assert all(ClusterId.parse(i) is not None for i in ids)
+
+
+async def test_publish_waits_for_the_cluster_id(redis_server: RedisServer, stream: str) -> None:
+    async with cluster() as start:
+        a = await start(redis_server.url, stream)
+        b = await start(redis_server.url, stream)
+        pending = a.publish("hello")
+        message_id, delivered = await pending.wait()
+        assert delivered == 1
+        await eventually(lambda: len(b.recorder.messages) == 1)
+        assert b.recorder.messages[0][0] == message_id == a.recorder.messages[0][0]
+
+
+async def test_a_batch_is_one_round_trip(redis_server: RedisServer, stream: str) -> None:
+    async with cluster() as start:
+        a = await start(redis_server.url, stream)
+        before = _commands(redis_server, "evalsha")
+        pendings = [a.publish(f"b{i}") for i in range(200)]
+        for p in pendings:
+            await p.wait()
+        calls = _commands(redis_server, "evalsha") - before
+        # 200 scripts ran; how many round trips is what the pipeline saves: Redis counts
+        # calls, so check the writes were batched by the number of pipeline flushes.
+        assert calls >= 200
+        assert a.recorder.texts() == [f"b{i}" for i in range(200)]
+
+
+def _commands(redis: RedisServer, name: str) -> int:
+    for line in redis.cli("info", "commandstats").splitlines():
+        if line.startswith(f"cmdstat_{name}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+async def test_presence_is_the_strongest_over_processes_with_two_tabs(
+    redis_server: RedisServer, stream: str
+) -> None:
+    async with cluster() as start:
+        a = await start(redis_server.url, stream)
+        b = await start(redis_server.url, stream)
+        b_id = b.backplane.process_id
+        a.set_presence("user_x", "online")
+        await eventually(lambda: len(b.recorder.presence) == 1)
+        b.set_presence("user_x", "busy")  # second tab, on the other process
+        await eventually(lambda: len(a.recorder.presence) == 2)
+        a.set_presence("user_x", "offline")  # first tab gone: still busy on b
+        await eventually(lambda: b.backplane.state.holders("user_x") == {b_id: "busy"})
+        b.set_presence("user_x", "away")
+        await eventually(lambda: len(a.recorder.presence) == 3)
+        b.set_presence("user_x", "offline")
+        await eventually(lambda: len(a.recorder.presence) == 4)
+        assert [(u, s) for _, u, s in a.recorder.presence] == [
+            ("user_x", "online"),
+            ("user_x", "busy"),
+            ("user_x", "away"),
+            ("user_x", "offline"),
+        ]
+        assert a.recorder.presence == b.recorder.presence  # same changes, same ids
+        assert a.backplane.state.presence() == {}
+
+
+async def test_a_process_that_joins_late_knows_who_is_online(
+    redis_server: RedisServer, stream: str
+) -> None:
+    async with cluster() as start:
+        a = await start(redis_server.url, stream)
+        a.set_presence("user_a", "away")
+        await eventually(lambda: len(a.recorder.presence) == 1)
+        b = await start(redis_server.url, stream)
+        assert b.backplane.state.presence() == {"user_a": "away"}
+        assert b.recorder.presence[0][1:] == ("user_a", "away")  # from the snapshot
+
+
+async def test_a_killed_process_is_forgotten_within_the_lease(
+    redis_server: RedisServer, stream: str
+) -> None:
+    async with cluster() as start:
+        a = await start(redis_server.url, stream, lease=1.5)
+        b = await start(redis_server.url, stream, lease=1.5)
+        a.recorder.counts = (2, 1)
+        a.set_presence("user_gone", "online")
+        await eventually(lambda: b.backplane.state.presence() == {"user_gone": "online"})
+        await eventually(lambda: b.backplane.state.counts() == (2, 1))
+        assert len(b.backplane.state.processes()) == 2
+        a.kill()  # no leave entry: as kill -9
+        with anyio.fail_after(1.5 + 1.0):
+            await eventually(lambda: b.backplane.state.presence() == {})
+        assert b.recorder.presence[-1][1:] == ("user_gone", "offline")
+        assert b.backplane.state.processes() == [b.backplane.process_id]
+        assert b.backplane.state.counts() == (0, 0)
+        # What Redis kept about the dead process is removed too.
+        await eventually(
+            lambda: a.backplane.process_id not in redis_server.cli("hkeys", f"{stream}:procs")
+        )
+
+
+async def test_a_process_that_leaves_keeps_its_users_for_the_grace(
+    redis_server: RedisServer, stream: str
+) -> None:
+    async with cluster() as start:
+        a = await start(redis_server.url, stream, lease=30.0, grace=0.5)
+        b = await start(redis_server.url, stream, lease=30.0, grace=0.5)
+        a.set_presence("user_r", "online")
+        await eventually(lambda: b.backplane.state.presence() == {"user_r": "online"})
+        await a.backplane.leave()
+        a.kill()
+        # The user reloads onto b within the grace: never offline.
+        b.set_presence("user_r", "online")
+        await eventually(lambda: a.backplane.process_id not in b.backplane.state.processes())
+        assert b.backplane.state.presence() == {"user_r": "online"}
+        assert [s for _, u, s in b.recorder.presence] == ["online"]
+
+
+async def test_redis_unreachable_at_start_names_the_url() -> None:
+    url = f"redis://127.0.0.1:{free_port()}"
+    backplane = RedisBackplane(url, Recorder(), connect_timeout=0.5)
+    with pytest.raises(BackplaneUnavailable, match=f"cannot reach Redis at {url}"):
+        await backplane.run()
+
+
+async def test_optional_redis_serves_locally_then_joins(
+    own_redis: Callable[..., RedisServer], stream: str
+) -> None:
+    port = free_port()
+    async with cluster() as start:
+        a = await start(f"redis://127.0.0.1:{port}", stream, optional=True)
+        assert not a.backplane.connected
+        a.publish("alone")
+        assert [d["message"] for _, _, d in a.recorder.local] == ["alone"]
+        redis = own_redis(port)
+        await eventually(lambda: a.backplane.connected)
+        b = await start(redis.url, stream)
+        a.publish("together")
+        await eventually(lambda: b.recorder.texts() == ["together"])
+        await eventually(lambda: a.recorder.texts() == ["together"])
+        # "alone" went to the stream once Redis was there (for the history), and a, which
+        # delivered it itself while alone, did not deliver it twice.
+        async with coredis.Redis.from_url(redis.url) as client:
+            entries = await client.xrange(stream, "-", "+")
+        sent = [e.field_values[b"d"] for e in entries if e.field_values.get(b"k") == b"m"]
+        assert [json.loads(d)["message"] for d in sent] == ["alone", "together"]
+
+
+async def test_redis_restart_loses_nothing_within_the_buffer(
+    own_redis: Callable[..., RedisServer], stream: str
+) -> None:
+    redis = own_redis()
+    async with cluster() as start:
+        a = await start(redis.url, stream)
+        b = await start(redis.url, stream)
+        a.publish("before")
+        await eventually(lambda: b.recorder.texts() == ["before"])
+        redis.cli("shutdown", "nosave")
+        redis.process.wait(TIMEOUT)  # type: ignore[union-attr]
+        await eventually(lambda: not a.backplane.connected)
+        for i in range(20):
+            a.publish(f"during{i}")
+        assert [d["message"] for _, _, d in a.recorder.local] == [f"during{i}" for i in range(20)]
+        own_redis(redis.port)
+        expected = ["before", *(f"during{i}" for i in range(20))]
+        await eventually(lambda: b.recorder.texts() == expected)
+        a.publish("after")
+        await eventually(lambda: b.recorder.texts()[-1:] == ["after"])
+        await eventually(lambda: a.recorder.texts()[-1:] == ["after"])
+        assert b.recorder.texts() == [*expected, "after"]
+        assert a.recorder.texts() == ["before", "after"]  # the rest it delivered itself
+        ids = [i for i, _, _ in a.recorder.messages] + [i for i, _, _ in a.recorder.local]
+        assert sorted(ids) == sorted(set(ids))
+        assert a.backplane.stats.reconnects >= 1
+
+
+async def test_the_buffer_drops_the_oldest_and_counts(
+    own_redis: Callable[..., RedisServer], stream: str
+) -> None:
+    redis = own_redis()
+    async with cluster() as start:
+        a = await start(redis.url, stream, buffer=5)
+        b = await start(redis.url, stream)
+        redis.cli("shutdown", "nosave")
+        redis.process.wait(TIMEOUT)  # type: ignore[union-attr]
+        await eventually(lambda: not a.backplane.connected)
+        for i in range(8):
+            a.publish(f"x{i}")
+        assert a.backplane.stats.dropped == 3
+        assert a.backplane.buffered == 5
+        own_redis(redis.port)
+        await eventually(lambda: b.recorder.texts() == [f"x{i}" for i in range(3, 8)])
+
+
+async def test_a_cut_connection_resumes_from_the_last_id(
+    redis_server: RedisServer, stream: str
+) -> None:
+    async with cluster() as start:
+        a = await start(redis_server.url, stream)
+        b = await start(redis_server.url, stream)
+        for i in range(5):
+            a.publish(f"c{i}")
+        await eventually(lambda: len(b.recorder.messages) == 5)
+        redis_server.cli("client", "kill", "type", "normal", "skipme", "yes")
+        for i in range(5, 10):
+            a.publish(f"c{i}")
+        await eventually(lambda: len(b.recorder.messages) >= 10)
+        assert b.recorder.texts() == [f"c{i}" for i in range(10)]
+
+
+async def test_bad_entries_are_skipped_counted_and_logged_once(
+    redis_server: RedisServer, stream: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with cluster() as start:
+        a = await start(redis_server.url, stream)
+        async with coredis.Redis.from_url(redis_server.url) as client:
+            await client.xadd(stream, {"hello": "world"})
+            await client.xadd(stream, {"v": "1", "k": "m", "o": "x", "r": "1", "t": "nope"})
+            await client.xadd(stream, {"v": "9"})
+            await client.xadd(stream, {"v": "9"})
+            payload = {"level": "info", "message": "<b>"}
+            await client.xadd(
+                stream,
+                {
+                    "v": "1",
+                    "k": "m",
+                    "o": "other",
+                    "r": "1",
+                    "t": "notification",
+                    "d": json.dumps(payload),
+                    "ts": "2025-01-01T00:00:00.000Z",
+                },
+            )
+        await eventually(lambda: a.recorder.texts() == ["<b>"])
+        bad = a.backplane.stats.bad
+        assert bad["bad_version"] == 3
+        assert bad["bad_field"] == 1
+        lines = [r for r in caplog.records if "bad entries" in r.getMessage()]
+        assert len(lines) == 2  # once per kind
+        assert all(r.levelno == logging.WARNING for r in lines)
+
+
+async def test_notification_scope_travels(redis_server: RedisServer, stream: str) -> None:
+    async with cluster() as start:
+        a = await start(redis_server.url, stream)
+        b = await start(redis_server.url, stream)
+        status = message_entry(
+            AgentStatus(agent_name="planner", state="working"),
+            origin=a.backplane.process_id,
+            wall=1e9,
+        )
+        a.backplane.publish(status)
+        a.publish("only you", user="user_b")
+        await eventually(lambda: len(b.recorder.messages) == 2)
+        assert b.recorder.messages[0][2] == {"agentName": "planner", "state": "working"}
+        assert b.recorder.entries[0].key == "planner"  # conflation key, recomputed
+        assert b.recorder.entries[0].user_ids is None
+        assert b.recorder.entries[1].user_ids == ("user_b",)

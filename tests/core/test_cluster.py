@@ -1,0 +1,354 @@
+"""The cluster rules (PROTOCOL.md section 10), with entries and log positions given by hand.
+
+No Redis here: a log position is what Redis would assign (``<ms>-<seq>``), and time is
+the milliseconds of those positions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agentcast.protocol import AgentStatus, ChatMessage, Notification
+from agentcast.protocol.cluster import (
+    BadEntry,
+    BeatEntry,
+    ClusterId,
+    ClusterMessage,
+    ClusterState,
+    Expired,
+    LeaveEntry,
+    MessageEntry,
+    PresenceChange,
+    PresenceEntry,
+    ProcessRecord,
+    Rejoin,
+    SnapshotEntry,
+    decode_entry,
+    encode_entry,
+    message_entry,
+    prepare,
+)
+from agentcast.protocol.messages import encode_server_message
+
+WALL = 1_766_754_000.0  # 2025-12-26T13:00:00Z
+
+
+def state(me: str = "a", expire: float = 10.0, grace: float = 5.0) -> ClusterState:
+    return ClusterState(me, expire_after=expire, grace=grace)
+
+
+def changes(outcomes: list[object]) -> list[tuple[str, str, str]]:
+    return [(str(o.id), o.user_id, o.status) for o in outcomes if isinstance(o, PresenceChange)]
+
+
+# -- ids ----------------------------------------------------------------------------------
+
+
+def test_ids_are_fixed_width_and_sort_as_strings() -> None:
+    assert str(ClusterId.from_position("1766754000000-0")) == "1766754000000-000000-000000"
+    assert str(ClusterId.from_position(b"5-7")) == "0000000000005-000007-000000"
+    positions = ["9-0", "10-0", "10-1", "10-10", "100-2"]
+    ids = [str(ClusterId.from_position(p)) for p in positions]
+    assert ids == sorted(ids)
+    assert ClusterId.parse(ids[2]) == ClusterId(10, 1, 0)
+
+
+@given(st.lists(st.tuples(st.integers(0, 10**13 - 1), st.integers(0, 10**6 - 1)), min_size=2))
+def test_ids_order_as_strings_as_positions_order(positions: list[tuple[int, int]]) -> None:
+    ids = [ClusterId(ms, seq) for ms, seq in positions]
+    assert sorted(ids) == sorted(ids, key=str)
+
+
+@pytest.mark.parametrize(
+    "position", ["", "12", "a-1", "1-b", "1-2-3", "99999999999999-0", "1-1234567"]
+)
+def test_positions_that_do_not_fit_are_bad(position: str) -> None:
+    with pytest.raises(BadEntry):
+        ClusterId.from_position(position)
+
+
+@pytest.mark.parametrize("text", ["", "0000000000001", "0000000000001-000001", "x" * 27])
+def test_parse_refuses_what_is_not_an_id(text: str) -> None:
+    assert ClusterId.parse(text) is None
+
+
+# -- entries ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        MessageEntry(
+            "p1",
+            3,
+            "notification",
+            '{"level":"info","message":"hi"}',
+            "2025-12-26T13:00:00.000Z",
+            ("user_a",),
+            "conversation:1",
+        ),
+        MessageEntry(
+            "p1",
+            4,
+            "agent_status",
+            '{"agentName":"x","state":"idle"}',
+            "2025-12-26T13:00:00.000Z",
+            local=True,
+            key="x",
+        ),
+        PresenceEntry("p1", 5, "user_é", "busy"),
+        SnapshotEntry("p1", 6, {"user_a": "online", "user_b": "away"}, 3, 2),
+        BeatEntry("p1", 7, 10, 9),
+        LeaveEntry("p1", 8),
+    ],
+)
+def test_entries_round_trip(entry: object) -> None:
+    fields = encode_entry(entry)  # type: ignore[arg-type]
+    assert fields[b"v"] == b"1"
+    assert all(isinstance(k, bytes) and isinstance(v, bytes) for k, v in fields.items())
+    assert decode_entry(fields) == entry
+
+
+@pytest.mark.parametrize(
+    ("fields", "kind"),
+    [
+        ({b"hello": b"world"}, "bad_version"),
+        ({b"v": b"2", b"k": b"m"}, "bad_version"),
+        ({b"v": b"1", b"k": b"q", b"o": b"p", b"r": b"1"}, "bad_kind"),
+        ({b"v": b"1", b"k": b"b", b"r": b"1"}, "missing_field"),
+        ({b"v": b"1", b"k": b"b", b"o": b"p", b"r": b"-1", b"n": b"1 1"}, "bad_field"),
+        ({b"v": b"1", b"k": b"b", b"o": b"p", b"r": b"1", b"n": b"1"}, "bad_field"),
+        ({b"v": b"1", b"k": b"p", b"o": b"p", b"r": b"1", b"u": b"x", b"s": b"gone"}, "bad_field"),
+        ({b"v": b"1", b"k": b"p", b"o": b"\xff", b"r": b"1"}, "bad_field"),
+        ({b"v": b"1", b"k": b"m", b"o": b"p", b"r": b"1", b"t": b"error"}, "bad_field"),
+        (
+            {
+                b"v": b"1",
+                b"k": b"m",
+                b"o": b"p",
+                b"r": b"1",
+                b"t": b"notification",
+                b"d": b"[1]",
+                b"ts": b"2025-12-26T13:00:00.000Z",
+            },
+            "invalid_message",
+        ),
+        (
+            {
+                b"v": b"1",
+                b"k": b"m",
+                b"o": b"p",
+                b"r": b"1",
+                b"t": b"notification",
+                b"d": b'{"level":"loud","message":"x"}',
+                b"ts": b"2025-12-26T13:00:00.000Z",
+            },
+            "invalid_message",
+        ),
+        (
+            {
+                b"v": b"1",
+                b"k": b"m",
+                b"o": b"p",
+                b"r": b"1",
+                b"t": b"notification",
+                b"d": b'{"level":"info","message":"x"}',
+                b"ts": b'now","x":"',
+            },
+            "bad_field",
+        ),
+        (
+            {
+                b"v": b"1",
+                b"k": b"m",
+                b"o": b"p",
+                b"r": b"1",
+                b"t": b"notification",
+                b"d": b"{",
+                b"ts": b"2025-12-26T13:00:00.000Z",
+            },
+            "bad_field",
+        ),
+        ({b"v": b"1", b"k": b"s", b"o": b"p", b"r": b"1", b"s": b"[]", b"n": b"0 0"}, "bad_field"),
+    ],
+)
+def test_bad_entries_name_their_problem(fields: dict[bytes, bytes], kind: str) -> None:
+    with pytest.raises(BadEntry) as caught:
+        decode_entry(fields)
+    assert caught.value.kind == kind
+
+
+def test_a_message_is_encoded_as_the_single_process_server_encodes_it() -> None:
+    for item in (
+        AgentStatus(agent_name="planner", state="working", current_task="ü", progress=40),
+        ChatMessage(conversation_id="c", message_id="m", content="<hi>", sender="s"),
+        Notification(level="info", message="x", user_id="user_a"),
+    ):
+        entry = replace(message_entry(item, origin="p", wall=WALL), ref=1)
+        entry = decode_entry(encode_entry(entry))
+        message = prepare(entry, "0000000000001-000000-000000")
+        data = item.to_data(WALL) if isinstance(item, ChatMessage) else item.to_data()
+        expected = encode_server_message(entry.type, data, WALL, "0000000000001-000000-000000")
+        assert message.text == expected
+        assert json.loads(message.text)["id"] == "0000000000001-000000-000000"
+    assert entry.user_ids == ("user_a",)
+
+
+def test_foreign_data_is_re_encoded_not_passed_through() -> None:
+    fields = encode_entry(
+        MessageEntry(
+            "p",
+            1,
+            "notification",
+            '{ "level" : "info", "message":"\\u0041"}',
+            "2025-12-26T13:00:00.000Z",
+        )
+    )
+    entry = decode_entry(fields)
+    assert entry.data == '{"level":"info","message":"A"}'  # type: ignore[union-attr]
+
+
+# -- presence across processes ------------------------------------------------------------
+
+
+def test_the_strongest_status_over_processes_wins_and_changes_only_are_emitted() -> None:
+    s = state()
+    out = s.apply("1000-0", PresenceEntry("a", 1, "u", "online"))
+    assert changes(out) == [("0000000001000-000000-000000", "u", "online")]
+    assert changes(s.apply("1001-0", PresenceEntry("b", 1, "u", "away"))) == []
+    assert changes(s.apply("1002-0", PresenceEntry("b", 2, "u", "busy")))[0][1:] == ("u", "busy")
+    assert changes(s.apply("1003-0", PresenceEntry("b", 3, "u", "offline")))[0][2] == "online"
+    assert s.holders("u") == {"a": "online"}
+    assert changes(s.apply("1004-0", PresenceEntry("a", 2, "u", "offline")))[0][2] == "offline"
+    assert s.presence() == {}
+
+
+def test_two_replicas_given_the_same_log_agree_on_everything() -> None:
+    log = [
+        ("1000-0", PresenceEntry("a", 1, "u", "online")),
+        (
+            "1000-1",
+            MessageEntry(
+                "b", 1, "notification", '{"level":"info","message":"x"}', "2025-12-26T13:00:00.000Z"
+            ),
+        ),
+        ("1500-0", BeatEntry("b", 2, 4, 3)),
+        ("10000-0", BeatEntry("a", 2, 1, 1)),
+        ("19000-0", BeatEntry("a", 3, 1, 1)),  # b silent for too long: forgotten
+    ]
+    a, b = state("a"), state("b")
+    outs_a = [o for pos, e in log for o in a.apply(pos, e)]
+    outs_b = [o for pos, e in log for o in b.apply(pos, e)]
+    assert [o for o in outs_a if not isinstance(o, Rejoin)] == [
+        o for o in outs_b if not isinstance(o, Rejoin)
+    ]
+    assert Rejoin() in outs_b  # b learns it was forgotten and must announce itself again
+    assert Rejoin() not in outs_a
+    assert a.processes() == ["a"]
+
+
+def test_a_silent_process_is_forgotten_in_log_time_with_its_users() -> None:
+    s = state("a", expire=2.0)
+    s.apply("1000-0", SnapshotEntry("b", 1, {"u1": "online", "u2": "busy"}, 5, 2))
+    s.apply("1000-1", PresenceEntry("a", 1, "u2", "away"))
+    assert s.counts() == (5, 2)
+    assert s.apply("3000-0", BeatEntry("a", 2, 0, 0)) == []  # exactly the lease: not yet
+    out = s.apply("3001-0", BeatEntry("a", 3, 1, 1))
+    assert changes(out) == [
+        ("0000000003001-000000-000000", "u1", "offline"),
+        ("0000000003001-000000-000001", "u2", "away"),
+    ]
+    assert Expired("b", "1000-0") in out
+    assert s.counts() == (1, 1)
+    assert s.processes() == ["a"]
+
+
+def test_a_process_that_leaves_is_forgotten_after_the_grace_unless_its_users_return() -> None:
+    s = state("a", expire=60.0, grace=5.0)
+    s.apply("1000-0", PresenceEntry("b", 1, "reloader", "online"))
+    s.apply("1000-1", PresenceEntry("b", 2, "leaver", "online"))
+    s.apply("1001-0", LeaveEntry("b", 3))
+    assert s.counts() == (0, 0)
+    s.apply("2000-0", PresenceEntry("a", 1, "reloader", "online"))  # reconnected on a
+    out = s.apply("6002-0", BeatEntry("a", 2, 1, 1))
+    assert changes(out) == [("0000000006002-000000-000000", "leaver", "offline")]
+    assert s.presence() == {"reloader": "online"}
+
+
+def test_a_snapshot_replaces_what_was_known_of_its_origin() -> None:
+    s = state()
+    s.apply("1-0", PresenceEntry("b", 1, "u1", "online"))
+    s.apply("1-1", PresenceEntry("b", 2, "u2", "online"))
+    out = s.apply("2-0", SnapshotEntry("b", 3, {"u2": "busy", "u3": "away"}, 2, 2))
+    assert changes(out) == [
+        ("0000000000002-000000-000000", "u1", "offline"),
+        ("0000000000002-000000-000001", "u2", "busy"),
+        ("0000000000002-000000-000002", "u3", "away"),
+    ]
+
+
+def test_an_entry_written_twice_is_applied_once() -> None:
+    s = state()
+    entry = MessageEntry(
+        "b", 7, "notification", '{"level":"info","message":"x"}', "2025-12-26T13:00:00.000Z"
+    )
+    assert len(s.apply("1-0", entry)) == 1
+    assert s.apply("1-1", entry) == []
+    assert s.duplicates == 1
+
+
+def test_local_ids_while_cut_off_sort_between_cluster_ids() -> None:
+    s = state("a")
+    first = s.apply("100-0", PresenceEntry("b", 1, "u", "online"))[0]
+    local = [s.local_id(), s.local_id()]
+    mine = MessageEntry(
+        "a",
+        1,
+        "notification",
+        '{"level":"info","message":"x"}',
+        "2025-12-26T13:00:00.000Z",
+        local=True,
+    )
+    again = s.apply("200-0", mine)
+    assert again == [ClusterMessage(ClusterId(200, 0), mine, delivered_locally=True)]
+    later = s.apply("200-1", PresenceEntry("b", 2, "u", "busy"))[0]
+    ids = [str(first.id), *map(str, local), str(later.id)]  # type: ignore[union-attr]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 4
+
+
+def test_ids_never_go_back_when_the_log_does() -> None:
+    s = state()
+    s.apply("5000-0", PresenceEntry("b", 1, "u", "online"))
+    out = s.apply("4000-0", PresenceEntry("b", 2, "u", "busy"))  # a Redis with a late clock
+    assert str(out[0].id) > "0000000005000-000000-000000"  # type: ignore[union-attr]
+
+
+def test_load_starts_from_shared_storage_and_reports_the_difference() -> None:
+    s = state("c", expire=10.0)
+    s.apply("1000-0", PresenceEntry("a", 1, "gone", "online"))
+    out = s.load(
+        "5000-0",
+        {
+            "a": ProcessRecord("4000-0", 9, 3, 2),
+            "b": ProcessRecord("4500-0", 2, 1, 1, leaving=True),
+        },
+        {"a": {"u1": "online"}, "b": {"u1": "busy", "u2": "away"}},
+    )
+    assert {(u, st_) for _, u, st_ in changes(out)} == {
+        ("gone", "offline"),
+        ("u1", "busy"),
+        ("u2", "away"),
+    }
+    assert s.counts() == (3, 2)  # a leaving process no longer counts
+    # The leaving one is forgotten after the grace from its last position.
+    out = s.apply("9501-0", BeatEntry("c", 1, 0, 0))
+    assert Expired("b", "4500-0") in out
+    assert s.presence() == {"u1": "online"}
+    # Sequence numbers from the snapshot: an older entry of a is a duplicate.
+    assert s.apply("9502-0", PresenceEntry("a", 9, "u9", "online")) == []
