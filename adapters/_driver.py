@@ -43,7 +43,6 @@ from agentcast.protocol import (
     UpgradeRequested,
     route,
 )
-from agentcast.protocol.http import answer
 
 from .logs import log_close, log_open
 from .service import Service, clock
@@ -223,12 +222,17 @@ class Driver:
         if target is Route.METRICS:
             metrics = service.metrics
             reply = HttpAnswer(200, (("content-type", metrics.content_type),), metrics.render())
+            self._respond(request, reply)
         elif target is Route.STATIC:
             reply = service.static.answer(
                 request.method, request.path, request.header("if-none-match")
             )
+            self._respond(request, reply)
         else:
-            reply = answer(request, service.hub, now=now, wall=wall)
+            # At once; in a cluster a publish is answered once Redis gave the ids.
+            service.answer(request, now, wall, lambda reply: self._respond(request, reply))
+
+    def _respond(self, request: HttpRequest, reply: HttpAnswer) -> None:
         self.conn.respond(reply)
         # The path only: a query string may hold a token.
         log.debug("http %s %s -> %d peer=%s", request.method, request.path, reply.status, self.peer)

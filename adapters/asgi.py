@@ -82,7 +82,6 @@ from agentcast.protocol import (
 )
 from agentcast.protocol.answers import body_too_large, not_an_upgrade, wrong_path
 from agentcast.protocol.auth import ChannelAuthorizer
-from agentcast.protocol.http import answer
 from agentcast.protocol.routing import refusal
 
 from . import redaction
@@ -330,7 +329,7 @@ class AgentcastASGI:
             body=body,
             client=peer_of(scope)[0],
         )
-        reply = answer(request, service.hub, now=clock(), wall=time.time())
+        reply = await service.answer_async(request, clock(), time.time())
         # The path only: a query string may hold a token.
         log.debug("http %s %s -> %d", method, path, reply.status)
         await send_answer(send, reply)

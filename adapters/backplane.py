@@ -65,13 +65,13 @@ from agentcast.protocol.cluster import (
 )
 from agentcast.protocol.messages import PresenceStatus
 
+from .cluster import DEFAULT_BUFFER, DEFAULT_LEASE, DEFAULT_STREAM, BackplaneUnavailable
+
 if TYPE_CHECKING:
     from coredis.response.types import StreamEntry
 
 __all__ = [
-    "DEFAULT_BUFFER",
-    "DEFAULT_LEASE",
-    "DEFAULT_STREAM",
+    "DEFAULT_MAXLEN",
     "BackplaneStats",
     "BackplaneUnavailable",
     "ClusterHandler",
@@ -80,9 +80,6 @@ __all__ = [
 
 log = logging.getLogger("agentcast.backplane")
 
-DEFAULT_STREAM: Final = "agentcast"
-DEFAULT_LEASE: Final = 15.0
-DEFAULT_BUFFER: Final = 10_000
 #: ``MAXLEN ~`` of the stream: how far back a process cut off for a while can catch up.
 DEFAULT_MAXLEN: Final = 10_000
 #: Entries per pipeline (one round trip) and per ``XREAD``.
@@ -154,10 +151,6 @@ _OP: Final[dict[type, bytes]] = {
 }
 
 
-class BackplaneUnavailable(Exception):
-    """Redis could not be reached (at start, without ``optional``)."""
-
-
 class ClusterHandler(Protocol):
     """What the backplane needs from the process it serves (the service holding the hub)."""
 
@@ -165,7 +158,7 @@ class ClusterHandler(Protocol):
         """Deliver *message* to the local recipients; how many got it."""
         ...
 
-    def cluster_presence(self, change: PresenceChange) -> None:
+    def cluster_presence_change(self, change: PresenceChange) -> None:
         """A user's cluster-wide status changed: tell the local connections."""
         ...
 
@@ -620,7 +613,7 @@ class RedisBackplane:
                 if isinstance(outcome, ClusterMessage):
                     self._message(outcome)
                 elif isinstance(outcome, PresenceChange):
-                    self._handler.cluster_presence(outcome)
+                    self._handler.cluster_presence_change(outcome)
                 elif isinstance(outcome, Expired):
                     if outcome.process != self.process_id:
                         log.info("process %s left the cluster", outcome.process)

@@ -32,6 +32,7 @@ from typing import Any
 
 import anyio
 
+from .cluster import BackplaneUnavailable
 from .config import ConfigError, ServeConfig, build_config, build_ssl_context
 from .logs import configure_logging
 from .options import (
@@ -385,6 +386,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agentcast serve: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_format)
+    if config.workers > 1:
+        from .workers import run_workers  # noqa: PLC0415
+
+        log.info("starting %d workers on %s:%d", config.workers, config.host, config.port)
+        # Each worker is this command with one worker (the last flag wins).
+        given = list(sys.argv[1:] if argv is None else argv)
+        return run_workers(config.workers, [*given, "--workers", "1"])
     log.info(
         "starting agentcast on %s:%d (backend=%s%s, auth=%s%s, tls=%s)",
         config.host,
@@ -403,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         cause = _leaf(exc)
+        if isinstance(cause, BackplaneUnavailable):
+            log.error("%s", cause)
+            return 1
         if not isinstance(cause, OSError):
             raise
         log.error("cannot serve on %s:%d: %s", config.host, config.port, cause)

@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from agentcast.protocol import Authenticator, DevAuthenticator, Settings, StaticAuthenticator
 
+from .cluster import ClusterOptions
 from .logs import LogFormat
 from .options import SERVE_OPTIONS, SETTINGS_FLAGS, ConfigError, comma_list, read_environment
 from .server import Server
 from .service import Service
+from .workers import worker_index
 
 if TYPE_CHECKING:  # PyJWT is optional: the JWT modules are imported for --auth jwt only
     from .jwt_keyfile import JwtKeyFile
@@ -62,6 +64,10 @@ class ServeConfig:
     auth_description: str = ""
     #: The ``--auth`` mode, for the start-up log.
     auth: str = "dev"
+    #: How to join a cluster (``--redis-url``...), or ``None``: one process.
+    cluster: ClusterOptions | None = None
+    #: ``--workers``: server processes sharing the port.
+    workers: int = 1
 
     def service(self) -> Service:
         """A new service with this configuration (for the ASGI application)."""
@@ -70,6 +76,7 @@ class ServeConfig:
             authenticator=self.authenticator,
             jwt_key_file=self.jwt_key_file,
             drain_timeout=self.drain_timeout,
+            cluster=self.cluster,
         )
 
     def server(self) -> Server:
@@ -80,6 +87,8 @@ class ServeConfig:
             port=self.port,
             ssl_context=self.ssl_context,
             socket_send_buffer=self.socket_send_buffer,
+            # A worker of `--workers N` shares the port with its siblings.
+            reuse_port=worker_index() is not None,
         )
 
 
@@ -141,6 +150,29 @@ def build_config(values: Mapping[str, Any] | object) -> ServeConfig:
         raise ConfigError("--drain-timeout must not be negative")
     if args["socket_send_buffer"] < 0:
         raise ConfigError("--socket-send-buffer must not be negative")
+    cluster = None
+    if args["redis_url"]:
+        try:
+            cluster = ClusterOptions(
+                args["redis_url"],
+                stream=args["redis_stream"],
+                lease=args["presence_lease"],
+                buffer=args["redis_buffer"],
+                optional=args["redis_optional"],
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    elif args["redis_optional"]:
+        raise ConfigError("--redis-optional is for --redis-url")
+    workers = args["workers"]
+    if workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    if workers > 1 and cluster is None:
+        raise ConfigError(
+            f"--workers {workers} needs --redis-url: the workers are one server through Redis"
+        )
+    if workers > 1 and args["port"] == 0:
+        raise ConfigError("--workers needs a fixed --port (the workers share it)")
     return ServeConfig(
         settings=settings,
         authenticator=authenticator,
@@ -156,6 +188,8 @@ def build_config(values: Mapping[str, Any] | object) -> ServeConfig:
         jwt_key_file=key_file,
         auth_description=description,
         auth=args["auth"],
+        cluster=cluster,
+        workers=workers,
     )
 
 

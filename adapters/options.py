@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from agentcast.protocol import Settings
 
+from .cluster import DEFAULT_BUFFER, DEFAULT_LEASE, DEFAULT_STREAM
 from .logs import LOG_FORMATS, LOG_LEVELS
 from .server import DEFAULT_HOST, DEFAULT_PORT
 from .service import DEFAULT_DRAIN_TIMEOUT
@@ -441,6 +442,47 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         DEFAULT_DRAIN_TIMEOUT,
         float,
         "SECONDS",
+    ),
+    Option(
+        "--redis-url",
+        "join a cluster through this Redis (redis://[:password@]host:port[/db]): "
+        "broadcasts, presence and counts are cluster-wide",
+        metavar="URL",
+    ),
+    Option(
+        "--redis-stream",
+        "name of the Redis stream (and prefix of the keys) the cluster shares",
+        DEFAULT_STREAM,
+        metavar="NAME",
+    ),
+    Option(
+        "--presence-lease",
+        "a process that stops writing to Redis (killed, cut off) is forgotten, its users "
+        "offline, within this many seconds",
+        DEFAULT_LEASE,
+        float,
+        "SECONDS",
+    ),
+    Option(
+        "--redis-buffer",
+        "messages kept for the cluster while Redis is unreachable (the oldest dropped beyond it)",
+        DEFAULT_BUFFER,
+        int,
+        "MESSAGES",
+    ),
+    Option(
+        "--redis-optional",
+        "start even when Redis is unreachable: serve this process's clients alone and "
+        "join the cluster when Redis is reachable",
+        kind="switch",
+    ),
+    Option(
+        "--workers",
+        "run this many server processes sharing the port (SO_REUSEPORT); more than one "
+        "needs --redis-url",
+        1,
+        int,
+        "N",
     ),
     Option("--log-level", "log level", "info", choice(LOG_LEVELS), choices=LOG_LEVELS),
     Option(

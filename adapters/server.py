@@ -134,6 +134,7 @@ class Server:
         jwt_key_file: JwtKeyFile | None = None,
         service: Service | None = None,
         authorizer: ChannelAuthorizer | None = None,
+        reuse_port: bool = False,
     ) -> None:
         if service is None:
             service = Service(
@@ -161,6 +162,9 @@ class Server:
         #: may buffer up to ``net.ipv4.tcp_wmem``'s maximum, 4 MiB, per slow client before
         #: the ``max_send_buffer`` policy sees any backlog).
         self.socket_send_buffer = socket_send_buffer
+        #: Bind with SO_REUSEPORT, so that several processes share the port (the kernel
+        #: spreads the connections): what ``agentcast serve --workers N`` does.
+        self.reuse_port = reuse_port
         #: ``(host, port)`` of every listening socket, once :meth:`serve` has started.
         self.addresses: list[tuple[str, int]] = []
         self._stopping: anyio.Event | None = None
@@ -371,7 +375,10 @@ class Server:
         cancelling the connections' tasks (trio)."""
         assert self._stopping is not None
         multi = await anyio.create_tcp_listener(
-            local_host=self.host, local_port=self.port, backlog=_BACKLOG
+            local_host=self.host,
+            local_port=self.port,
+            backlog=_BACKLOG,
+            reuse_port=self.reuse_port,
         )
         try:
             # create_tcp_listener() makes socket listeners (one per address family).

@@ -44,7 +44,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from agentcast.protocol import (
     AgentStatus,
@@ -52,19 +52,25 @@ from agentcast.protocol import (
     ChatMessage,
     CloseCode,
     DevAuthenticator,
+    HttpAnswer,
+    HttpRequest,
     Hub,
     Notification,
     Published,
     Settings,
 )
 from agentcast.protocol.auth import ChannelAuthorizer
+from agentcast.protocol.cluster import ClusterHub
+from agentcast.protocol.http import publish_request, published
 from agentcast.protocol.messages import AgentState, NotificationLevel
 from agentcast.protocol.scope import EVERYONE, PendingVerdict, Scope
 
 from .dashboard import StaticFiles
 from .metrics import Metrics
 
-if TYPE_CHECKING:  # imported for real only with JWT configured (it needs PyJWT)
+if TYPE_CHECKING:  # imported for real only when configured (PyJWT, coredis)
+    from .backplane import Pending
+    from .cluster import ClusterLink, ClusterOptions
     from .jwt_keyfile import JwtKeyFile
 
 __all__ = ["DEFAULT_DRAIN_TIMEOUT", "Served", "Service", "clock"]
@@ -150,9 +156,26 @@ class Service:
         jwt_key_file: JwtKeyFile | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         authorizer: ChannelAuthorizer | None = None,
+        cluster: ClusterOptions | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings()
-        self.hub: Hub = _MeteredHub(self.settings, self._published, authorizer)
+        #: The link to the other processes (``None``: this process is the whole server).
+        self.cluster: ClusterLink | None = None
+        if cluster is None:
+            self.hub: Hub = _MeteredHub(self.settings, self._published, authorizer)
+        else:
+            # Imported here: without a cluster nothing of it (nor coredis) is loaded.
+            from .cluster import ClusterLink  # noqa: PLC0415
+
+            self.cluster = ClusterLink(
+                cluster,
+                clock=clock,
+                on_fanout=self._observe_fanout,
+                grace=self.settings.presence_grace,
+            )
+            self.hub = self.cluster.hub = ClusterHub(
+                self.settings, self.cluster, authorizer=authorizer
+            )
         if jwt_key_file is not None:
             if authenticator is not None and authenticator is not jwt_key_file.authenticator:
                 raise ValueError("jwt_key_file brings its own authenticator: pass one of them")
@@ -170,6 +193,9 @@ class Service:
         self.metrics = Metrics(self.hub, tcp=self._connections.__len__, backlog=self.backlog)
         #: The dashboard's files (``GET /``, ``/agentcast.js``...), read on first request.
         self.static = StaticFiles(self.settings)
+        if self.cluster is not None:
+            self.metrics.registry.register(self.cluster.collector())
+        self._tasks: TaskGroup | None = None
         self._drained: anyio.Event | None = None
         self._released: anyio.Event | None = None  # see wait_for_release()
         self._running = False
@@ -261,12 +287,85 @@ class Service:
         loop's thread, e.g. at the end of the task that looked the answer up."""
         verdict.complete(allowed, now=clock(), wall=time.time())
 
+    async def publish_and_wait(self, item: AgentStatus | ChatMessage | Notification) -> Published:
+        """Publish and return once the message has its id and reached this process's
+        connections. In a cluster the synchronous methods return before Redis has given
+        the id (their result is ``Published("", 0)``): await this one when you need it.
+        Alone, it is :meth:`publish`."""
+        if self.cluster is None:
+            return self.publish(item)
+        message_id, delivered = await self.cluster.send(item, time.time()).wait()
+        return Published(message_id, delivered)
+
     def clients_count(self) -> int:
-        """Open WebSocket connections, authenticated or not."""
+        """Open WebSocket connections of this process, authenticated or not."""
         return self.hub.clients_count()
 
     def authenticated_clients_count(self) -> int:
+        """Authenticated WebSocket connections of this process."""
         return self.hub.authenticated_clients_count()
+
+    def cluster_clients_count(self) -> int:
+        """Open WebSocket connections over the cluster (this process's alone)."""
+        if self.cluster is None:
+            return self.clients_count()
+        return self.cluster.counts()[0]
+
+    def cluster_authenticated_clients_count(self) -> int:
+        """Authenticated WebSocket connections over the cluster (this process's alone)."""
+        if self.cluster is None:
+            return self.authenticated_clients_count()
+        return self.cluster.counts()[1]
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    def answer(
+        self,
+        request: HttpRequest,
+        now: float,
+        wall: float,
+        respond: Callable[[HttpAnswer], None],
+    ) -> None:
+        """Answer ``/healthz`` or the publish API through *respond*: at once, or, in a
+        cluster, once Redis has given the published messages their ids (a batch is one
+        round trip)."""
+        parsed = publish_request(request, self.hub)
+        if isinstance(parsed, HttpAnswer):
+            respond(parsed)
+        elif self.cluster is None:
+            respond(
+                published(
+                    [
+                        self.hub.publish(item, now=now, wall=wall, scope=scope)
+                        for item, scope in parsed.items
+                    ],
+                    batch=parsed.batch,
+                )
+            )
+        else:
+            pending = [self.cluster.send(item, wall, scope) for item, scope in parsed.items]
+            if all(p.done for p in pending) or self._tasks is None:
+                respond(_published_answer(pending, parsed.batch))
+            else:
+                self._tasks.start_soon(_respond_later, pending, parsed.batch, respond)
+
+    async def answer_async(self, request: HttpRequest, now: float, wall: float) -> HttpAnswer:
+        """:meth:`answer`, awaited."""
+        parsed = publish_request(request, self.hub)
+        if isinstance(parsed, HttpAnswer):
+            return parsed
+        if self.cluster is None:
+            return published(
+                [
+                    self.hub.publish(item, now=now, wall=wall, scope=scope)
+                    for item, scope in parsed.items
+                ],
+                batch=parsed.batch,
+            )
+        pending = [self.cluster.send(item, wall, scope) for item, scope in parsed.items]
+        for p in pending:
+            await p.wait()
+        return _published_answer(pending, parsed.batch)
 
     # -- live connections ---------------------------------------------------------------
 
@@ -360,10 +459,16 @@ class Service:
                 tg.start_soon(self._hub_timer)
                 if self.jwt_key_file is not None:
                     tg.start_soon(self.jwt_key_file.watch)
+                if self.cluster is not None:
+                    # Redis unreachable at start raises BackplaneUnavailable (unless the
+                    # options say it is optional).
+                    await tg.start(self._run_cluster, self.cluster)
+                self._tasks = tg
                 task_status.started()
         finally:
             self._running = False
             self._hub_wakeup = None
+            self._tasks = None
 
     def wake_hub_timer(self) -> None:
         """A user may have entered its presence grace period (a session closed): wake the
@@ -408,6 +513,19 @@ class Service:
 
     # -- internals ----------------------------------------------------------------------
 
+    def _observe_fanout(self, seconds: float) -> None:
+        self.metrics.fanout.observe(seconds)
+
+    @staticmethod
+    async def _run_cluster(cluster: ClusterLink, *, task_status: TaskStatus[None]) -> None:
+        try:
+            await cluster.backplane.run(task_status=task_status)
+        finally:
+            # Stopping (the server has drained): tell the others, so that our users go
+            # offline after the grace unless they reconnected elsewhere.
+            with anyio.CancelScope(shield=True):
+                await cluster.backplane.leave()
+
     def _published(self, seconds: float, dropped: bool) -> None:
         self.metrics.fanout.observe(seconds)
         if dropped:  # dropping a slow client may start a user's presence grace period
@@ -429,3 +547,15 @@ class Service:
                 hub.handle_timer(now, time.time())
             except Exception:  # pragma: no cover - the hub does not raise
                 log.exception("error in the hub timer")
+
+
+def _published_answer(pending: list[Pending], batch: bool) -> HttpAnswer:
+    return published([Published(p.id, p.delivered) for p in pending], batch=batch)
+
+
+async def _respond_later(
+    pending: list[Pending], batch: bool, respond: Callable[[HttpAnswer], None]
+) -> None:
+    for p in pending:
+        await p.wait()
+    respond(_published_answer(pending, batch))

@@ -43,8 +43,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple, TypeAlias
+from typing import Final, NamedTuple, Protocol, TypeAlias
 
+from .config import Settings
+from .hub import Hub, Member, Published, _User
 from .messages import (
     AgentStatus,
     ChatMessage,
@@ -58,7 +60,9 @@ __all__ = [
     "ENTRY_VERSION",
     "BadEntry",
     "BeatEntry",
+    "ClusterHub",
     "ClusterId",
+    "ClusterLink",
     "ClusterMessage",
     "ClusterState",
     "Entry",
@@ -485,11 +489,11 @@ class ClusterState:
         """The processes holding a lease (this one included once it appeared)."""
         return sorted(self._deadline)
 
-    def counts(self) -> tuple[int, int]:
-        """Open and authenticated connections over the cluster, as last reported."""
-        clients = sum(c for c, _ in self._counts.values())
-        authenticated = sum(a for _, a in self._counts.values())
-        return clients, authenticated
+    def counts(self, *, excluding: str | None = None) -> tuple[int, int]:
+        """Open and authenticated connections over the cluster, as last reported (without
+        the process *excluding*, whose live figures the caller has)."""
+        reported = [n for p, n in self._counts.items() if p != excluding]
+        return sum(c for c, _ in reported), sum(a for _, a in reported)
 
     # -- starting -----------------------------------------------------------------------
 
@@ -629,3 +633,94 @@ class _Ids:
         new = self._base if last is None or self._base > last else last.following()
         self._state.last = new
         return new
+
+
+# -- the hub of one process in a cluster --------------------------------------------------
+
+
+class ClusterLink(Protocol):
+    """What a :class:`ClusterHub` needs from the adapter that carries the log."""
+
+    def publish(
+        self, item: AgentStatus | ChatMessage | Notification, *, now: float, wall: float
+    ) -> Published:
+        """Send a broadcast to the cluster (it comes back through the log)."""
+        ...
+
+    def local_status_changed(self, user_id: str, status: PresenceStatus) -> None:
+        """This process's own status for *user_id* changed (``offline``: it holds none)."""
+        ...
+
+    def cluster_presence(self) -> dict[str, PresenceStatus]:
+        """Every user online somewhere in the cluster (``presence_state``)."""
+        ...
+
+    def health(self) -> dict[str, object]:
+        """The cluster part of ``/healthz``: ``status`` and a ``cluster`` object."""
+        ...
+
+
+class ClusterHub(Hub):
+    """A hub whose broadcasts and presence go through a cluster-wide log.
+
+    Publishing hands the payload to the :class:`ClusterLink`, and the local aggregate of
+    a user's presence (strongest over this process's connections, ``offline`` after the
+    grace) goes to the link instead of to the clients. What comes back through the log,
+    in log order, is delivered with :meth:`deliver_message` and
+    :meth:`deliver_presence`, under the ids the log gave. ``presence_state`` is the
+    cluster's.
+    """
+
+    def __init__(self, settings: Settings | None, link: ClusterLink) -> None:
+        super().__init__(settings)
+        self.link = link
+
+    def publish(
+        self, item: AgentStatus | ChatMessage | Notification, *, now: float, wall: float
+    ) -> Published:
+        return self.link.publish(item, now=now, wall=wall)
+
+    def presence(self) -> dict[str, PresenceStatus]:
+        return self.link.cluster_presence()
+
+    def local_presence(self) -> dict[str, PresenceStatus]:
+        """This process's own status of every user it holds (grace periods included)."""
+        return {uid: u.status for uid, u in self._users.items() if u.status != "offline"}
+
+    def health(self) -> dict[str, object]:
+        body = super().health()
+        cluster = self.link.health()
+        degraded = "degraded" in (body["status"], cluster.get("status"))
+        return {**body, **cluster, "status": "degraded" if degraded else "ok"}
+
+    def deliver_message(
+        self, message: PreparedMessage, user_ids: tuple[str, ...] | None, now: float, wall: float
+    ) -> int:
+        """Deliver a broadcast from the log to the local connections its scope names."""
+        if user_ids is None:
+            recipients: list[Member] = list(self._authenticated)
+        else:
+            recipients = []
+            for user_id in dict.fromkeys(user_ids):
+                user = self._users.get(user_id)
+                if user is not None:
+                    recipients.extend(user.sessions)
+        return self._fan_out(message, recipients, now, wall)
+
+    def deliver_presence(self, change: PresenceChange, now: float, wall: float) -> int:
+        """Send ``user_presence`` for a cluster-wide change to every local connection."""
+        message = PreparedMessage.build(
+            "user_presence",
+            {"userId": change.user_id, "status": change.status},
+            wall,
+            str(change.id),
+        )
+        return self._fan_out(message, self._authenticated, now, wall)
+
+    def _set_status(
+        self, user_id: str, user: _User, status: PresenceStatus, now: float, wall: float
+    ) -> None:
+        if status == user.status:
+            return
+        user.status = status
+        self.link.local_status_changed(user_id, status)

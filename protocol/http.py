@@ -13,16 +13,26 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from .answers import JSON, HttpAnswer
 from .events import HttpRequest
-from .hub import Hub
+from .hub import Hub, Published
 from .messages import AgentStatus, ChatMessage, Notification
 from .openapi import openapi_json
 from .routing import Route, refusal, route
-from .scope import split_scope
+from .scope import Scope, split_scope
 
-__all__ = ["PUBLISH_PATHS", "answer", "healthz", "is_loopback"]
+__all__ = [
+    "PUBLISH_PATHS",
+    "PublishRequest",
+    "answer",
+    "healthz",
+    "is_loopback",
+    "publish_request",
+    "published",
+]
 
 #: The publish API's paths and the payload each takes.
 PUBLISH_PATHS: dict[str, type[AgentStatus | ChatMessage | Notification]] = {
@@ -35,22 +45,12 @@ _json = HttpAnswer.json
 
 
 def healthz(hub: Hub) -> HttpAnswer:
-    """``200 {"status":"ok","clients":N,"authenticated":M}``; while the server cannot
-    accept connections (out of file descriptors: see
-    :mod:`agentcast.protocol.accepting`), ``"status":"degraded"`` with
-    ``"accepting":false`` and the reason (still ``200``: the server serves the clients
-    it has, and a liveness probe must not restart it for that)."""
-    body: dict[str, object] = {
-        "status": "ok",
-        "clients": hub.clients_count(),
-        "authenticated": hub.authenticated_clients_count(),
-    }
-    shortage = hub.accepting.shortage
-    if shortage is not None:
-        body["status"] = "degraded"
-        body["accepting"] = False
-        body["acceptError"] = shortage.reason
-    return _json(200, body)
+    """``200`` with :meth:`Hub.health <agentcast.protocol.Hub.health>`: ``{"status":
+    "ok", "clients": N, "authenticated": M}``, ``"degraded"`` while the server cannot
+    accept connections (and, in a cluster, while it cannot reach the others), with the
+    cluster's figures in a cluster. Still ``200`` when degraded: the server serves the
+    clients it has, and a liveness probe must not restart it for that."""
+    return _json(200, hub.health())
 
 
 def is_loopback(client: str | None) -> bool:
@@ -75,10 +75,31 @@ def _authorized(request: HttpRequest, api_key: str | None) -> HttpAnswer | None:
     return _json(401, {"error": "missing or invalid API key"}, (("www-authenticate", "Bearer"),))
 
 
+@dataclass(frozen=True, slots=True)
+class PublishRequest:
+    """A valid publish API request: the validated items with their scopes, in order, and
+    whether the body was a batch (an array)."""
+
+    items: list[tuple[AgentStatus | ChatMessage | Notification, Scope]]
+    batch: bool
+
+
 def answer(request: HttpRequest, hub: Hub, *, now: float, wall: float) -> HttpAnswer:
     """The response to ``GET /healthz``, ``GET /openapi.json`` or a publish API request
     (``404``/``405`` for
     a request routed elsewhere: the adapter answers ``/metrics`` and upgrades itself)."""
+    parsed = publish_request(request, hub)
+    if isinstance(parsed, HttpAnswer):
+        return parsed
+    return published(
+        [hub.publish(item, now=now, wall=wall, scope=scope) for item, scope in parsed.items],
+        batch=parsed.batch,
+    )
+
+
+def publish_request(request: HttpRequest, hub: Hub) -> HttpAnswer | PublishRequest:
+    """What a request asks to publish, or the answer when it asks for nothing to be
+    published (``/healthz``, a refusal, an invalid body: nothing of it is published)."""
     target = route(request.method, request.path, hub.settings)
     if target is Route.HEALTHZ:
         return healthz(hub)
@@ -100,7 +121,7 @@ def answer(request: HttpRequest, hub: Hub, *, now: float, wall: float) -> HttpAn
         return _json(400, {"error": "empty batch"})
     if len(items) > hub.settings.max_batch:
         return _json(400, {"error": f"a batch holds at most {hub.settings.max_batch} items"})
-    validated = []
+    validated: list[tuple[AgentStatus | ChatMessage | Notification, Scope]] = []
     for index, item in enumerate(items):
         try:
             data, scope = split_scope(item)  # userIds, channel (PROTOCOL.md 4a)
@@ -108,8 +129,12 @@ def answer(request: HttpRequest, hub: Hub, *, now: float, wall: float) -> HttpAn
         except ValueError as exc:
             where = f"item {index}: " if batch else ""
             return _json(400, {"error": f"{where}{exc}"})
-    published = [hub.publish(item, now=now, wall=wall, scope=scope) for item, scope in validated]
-    delivered = sum(p.delivered for p in published)
+    return PublishRequest(validated, batch)
+
+
+def published(results: Sequence[Published], *, batch: bool) -> HttpAnswer:
+    """``202`` with the id(s) and the local recipients of what was published."""
+    delivered = sum(p.delivered for p in results)
     if batch:
-        return _json(202, {"ids": [p.id for p in published], "delivered": delivered})
-    return _json(202, {"id": published[0].id, "delivered": delivered})
+        return _json(202, {"ids": [p.id for p in results], "delivered": delivered})
+    return _json(202, {"id": results[0].id, "delivered": delivered})

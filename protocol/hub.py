@@ -124,6 +124,23 @@ class Hub:
     def authenticated_clients_count(self) -> int:
         return len(self._authenticated)
 
+    def health(self) -> dict[str, object]:
+        """The body of ``/healthz``: ``{"status":"ok","clients":N,"authenticated":M}``;
+        while the server cannot accept connections (out of file descriptors: see
+        :mod:`agentcast.protocol.accepting`), ``"status":"degraded"`` with
+        ``"accepting":false`` and the reason."""
+        body: dict[str, object] = {
+            "status": "ok",
+            "clients": self.clients_count(),
+            "authenticated": self.authenticated_clients_count(),
+        }
+        shortage = self.accepting.shortage
+        if shortage is not None:
+            body["status"] = "degraded"
+            body["accepting"] = False
+            body["acceptError"] = shortage.reason
+        return body
+
     def broadcast_agent_status(
         self,
         agent_name: str,

@@ -55,7 +55,7 @@ class Recorder:
         self.messages.append((str(message.id), entry.type, json.loads(entry.data)))
         return 1
 
-    def cluster_presence(self, change: PresenceChange) -> None:
+    def cluster_presence_change(self, change: PresenceChange) -> None:
         self.presence.append((str(change.id), change.user_id, change.status))
 
     def deliver_locally(self, entry: MessageEntry, message_id: str) -> int:

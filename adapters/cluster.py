@@ -1,0 +1,187 @@
+"""A service in a cluster: the glue between the hub and the Redis backplane.
+
+:class:`ClusterOptions` says how to reach the cluster (``--redis-url`` and friends).
+:class:`ClusterLink` is what a :class:`~agentcast.adapters.service.Service` holds when it
+has options: it is the :class:`~agentcast.protocol.cluster.ClusterHub`'s way out (a
+publish becomes a stream entry, a user's local presence becomes a presence entry) and the
+backplane's way in (what comes back from the stream is delivered to the local
+connections, encoded once per process). It also gives ``/healthz`` its cluster figures and
+``/metrics`` the backplane's. Nothing here imports ``coredis``: the backplane module is
+imported only when a service with options is created.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from agentcast.protocol import AgentStatus, ChatMessage, Notification, Published
+from agentcast.protocol.cluster import (
+    ClusterHub,
+    ClusterMessage,
+    MessageEntry,
+    PresenceChange,
+    message_entry,
+    prepare,
+)
+from agentcast.protocol.messages import PresenceStatus
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
+    from .backplane import Pending, RedisBackplane
+
+__all__ = [
+    "DEFAULT_BUFFER",
+    "DEFAULT_LEASE",
+    "DEFAULT_STREAM",
+    "BackplaneUnavailable",
+    "ClusterLink",
+    "ClusterOptions",
+]
+
+log = logging.getLogger("agentcast.cluster")
+
+DEFAULT_STREAM = "agentcast"
+DEFAULT_LEASE = 15.0
+DEFAULT_BUFFER = 10_000
+
+
+class BackplaneUnavailable(Exception):
+    """Redis could not be reached at start (and it is not optional). One line, naming the
+    URL without its password."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterOptions:
+    """How a process joins its cluster."""
+
+    redis_url: str
+    stream: str = DEFAULT_STREAM
+    #: A process that stops writing is forgotten (its users offline) within this.
+    lease: float = DEFAULT_LEASE
+    #: Entries kept while Redis is unreachable; beyond it the oldest are dropped.
+    buffer: int = DEFAULT_BUFFER
+    #: Start even when Redis is unreachable (local only until it is reachable).
+    optional: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("the Redis URL must start with redis://, rediss:// or unix://")
+        if not self.stream or any(c.isspace() for c in self.stream):
+            raise ValueError("the Redis stream name must be non-empty, without spaces")
+        if not self.lease >= 0.3:
+            raise ValueError("the presence lease must be at least 0.3 seconds")
+        if self.buffer < 1:
+            raise ValueError("the Redis buffer must hold at least one message")
+
+
+class ClusterLink:
+    """The hub's link to the cluster and the backplane's handler. See the module doc."""
+
+    def __init__(
+        self,
+        options: ClusterOptions,
+        *,
+        clock: Callable[[], float],
+        on_fanout: Callable[[float], None],
+        grace: float,
+    ) -> None:
+        from .backplane import RedisBackplane  # noqa: PLC0415 (coredis: only when configured)
+
+        self.options = options
+        self._clock = clock
+        self._on_fanout = on_fanout
+        self.hub: ClusterHub | None = None
+        self.backplane: RedisBackplane = RedisBackplane(
+            options.redis_url,
+            self,
+            stream=options.stream,
+            lease=options.lease,
+            grace=grace,
+            buffer=options.buffer,
+            optional=options.optional,
+        )
+
+    @property
+    def process_id(self) -> str:
+        return self.backplane.process_id
+
+    # -- the hub's way out (agentcast.protocol.cluster.ClusterLink) ----------------------
+
+    def publish(
+        self, item: AgentStatus | ChatMessage | Notification, *, now: float, wall: float
+    ) -> Published:
+        self.send(item, wall)
+        return Published("", 0)
+
+    def send(self, item: AgentStatus | ChatMessage | Notification, wall: float) -> Pending:
+        """Queue *item* for the stream; the result resolves to its cluster id."""
+        return self.backplane.publish(message_entry(item, origin=self.process_id, wall=wall))
+
+    def local_status_changed(self, user_id: str, status: PresenceStatus) -> None:
+        self.backplane.presence_changed(user_id, status)
+
+    def cluster_presence(self) -> dict[str, PresenceStatus]:
+        return self.backplane.state.presence()
+
+    def health(self) -> dict[str, object]:
+        clients, authenticated, processes = self.counts()
+        return {
+            "status": "ok" if self.backplane.connected else "degraded",
+            "cluster": {
+                "clients": clients,
+                "authenticated": authenticated,
+                "processes": processes,
+            },
+        }
+
+    def counts(self) -> tuple[int, int, int]:
+        """Open and authenticated connections over the cluster (this process's live, the
+        others' as they last reported), and the processes."""
+        hub = self._hub()
+        others = self.backplane.state.counts(excluding=self.process_id)
+        processes = set(self.backplane.state.processes()) | {self.process_id}
+        return (
+            others[0] + hub.clients_count(),
+            others[1] + hub.authenticated_clients_count(),
+            len(processes),
+        )
+
+    # -- the backplane's way in (agentcast.adapters.backplane.ClusterHandler) ------------
+
+    def cluster_message(self, message: ClusterMessage) -> int:
+        return self.deliver_locally(message.entry, str(message.id))
+
+    def cluster_presence_change(self, change: PresenceChange) -> None:
+        self._hub().deliver_presence(change, self._clock(), time.time())
+
+    def deliver_locally(self, entry: MessageEntry, message_id: str) -> int:
+        start = time.perf_counter()
+        delivered = self._hub().deliver_message(
+            prepare(entry, message_id), entry.user_ids, self._clock(), time.time()
+        )
+        self._on_fanout(time.perf_counter() - start)
+        return delivered
+
+    def local_counts(self) -> tuple[int, int]:
+        hub = self._hub()
+        return hub.clients_count(), hub.authenticated_clients_count()
+
+    def local_presence(self) -> dict[str, PresenceStatus]:
+        return self._hub().local_presence()
+
+    def _hub(self) -> ClusterHub:
+        assert self.hub is not None, "the link is attached to a hub at once"
+        return self.hub
+
+    # -- metrics ------------------------------------------------------------------------
+
+    def collector(self) -> Collector:
+        """The backplane's and the cluster's metrics, for the service's registry."""
+        from ._cluster_metrics import BackplaneCollector  # noqa: PLC0415
+
+        return BackplaneCollector(self)
