@@ -366,15 +366,22 @@ class RedisBackplane:
             await anyio.sleep(delay)
 
     async def leave(self, timeout: float = 1.0) -> None:
-        """Shutting down: tell the cluster (our users go offline after the grace unless
-        they reconnect elsewhere) and write what is buffered, waiting up to *timeout*."""
-        if self._closing:
-            return
+        """Shutting down (after :meth:`run` ended): tell the cluster, so that our users go
+        offline after the grace unless they reconnect elsewhere, and write what is still
+        buffered, on a connection of its own, for up to *timeout* seconds."""
+        if self._closing or not self.connected:
+            return  # (cut off: what is buffered is lost; the lease forgets us)
         self._closing = True
         self._push(_Item(LeaveEntry(self.process_id, -1)))
         with anyio.move_on_after(timeout):
-            while self._queue and self.connected:
-                await anyio.sleep(0.01)
+            try:
+                async with self._client() as client:
+                    write = await client.script_load(_WRITE)
+                    forget = await client.script_load(_FORGET)
+                    while self._queue:
+                        await self._write_batch(client, write, forget)
+            except Exception as exc:
+                log.warning("could not tell the cluster this process leaves: %s", _why(exc))
 
     # -- internals ----------------------------------------------------------------------
 
@@ -509,23 +516,27 @@ class RedisBackplane:
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
                 continue
-            batch = [self._queue[i] for i in range(min(_BATCH, len(self._queue)))]
-            with anyio.fail_after(self._write_timeout):
-                async with client.pipeline(transaction=False) as pipe:
-                    for item in batch:
-                        if item.forget is not None:
-                            gone = item.forget.process
-                            pipe.evalsha(
-                                forget,
-                                keys=[self._procs_key, self._presence_prefix + gone],
-                                args=[gone, item.forget.position],
-                            )
-                        else:
-                            self._stage(pipe, write, item)
-            written = {id(item) for item in batch}
-            while self._queue and id(self._queue[0]) in written:
-                self._queue.popleft()
-            self.stats.published += sum(1 for item in batch if item.entry is not None)
+            await self._write_batch(client, write, forget)
+
+    async def _write_batch(self, client: coredis.Redis[bytes], write: Any, forget: Any) -> None:
+        """Write the oldest entries, up to a batch, in one pipeline (one round trip)."""
+        batch = [self._queue[i] for i in range(min(_BATCH, len(self._queue)))]
+        with anyio.fail_after(self._write_timeout):
+            async with client.pipeline(transaction=False) as pipe:
+                for item in batch:
+                    if item.forget is not None:
+                        gone = item.forget.process
+                        pipe.evalsha(
+                            forget,
+                            keys=[self._procs_key, self._presence_prefix + gone],
+                            args=[gone, item.forget.position],
+                        )
+                    else:
+                        self._stage(pipe, write, item)
+        written = {id(item) for item in batch}
+        while self._queue and id(self._queue[0]) in written:
+            self._queue.popleft()
+        self.stats.published += sum(1 for item in batch if item.entry is not None)
 
     def _stage(self, pipe: Any, sha: Any, item: _Item) -> None:
         entry = item.entry

@@ -256,8 +256,8 @@ async def test_a_process_that_leaves_keeps_its_users_for_the_grace(
         b = await start(redis_server.url, stream, lease=30.0, grace=0.5)
         a.set_presence("user_r", "online")
         await eventually(lambda: b.backplane.state.presence() == {"user_r": "online"})
-        await a.backplane.leave()
         a.kill()
+        await a.backplane.leave()
         # The user reloads onto b within the grace: never offline.
         b.set_presence("user_r", "online")
         await eventually(lambda: a.backplane.process_id not in b.backplane.state.processes())
