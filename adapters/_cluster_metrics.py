@@ -3,24 +3,25 @@ cluster's connection figures."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:
-    from .cluster import ClusterLink
 
 __all__ = ["BackplaneCollector"]
 
 
 class BackplaneCollector(Collector):
-    def __init__(self, link: ClusterLink) -> None:
-        self._link = link
+    """Reads the backplane's stats (a ``RedisBackplane``) and the cluster's counts
+    (``(clients, authenticated, processes)``) when Prometheus scrapes."""
+
+    def __init__(self, backplane: Any, counts: Callable[[], tuple[int, int, int]]) -> None:
+        self._backplane = backplane
+        self._counts = counts
 
     def collect(self) -> Iterable[Metric]:
-        backplane = self._link.backplane
+        backplane = self._backplane
         stats = backplane.stats
         p = "agentcast_backplane_"
         yield GaugeMetricFamily(
@@ -54,7 +55,7 @@ class BackplaneCollector(Collector):
         for kind, count in sorted(stats.bad.items()):
             bad.add_metric([kind], count)
         yield bad
-        clients, authenticated, processes = self._link.counts()
+        clients, authenticated, processes = self._counts()
         c = "agentcast_cluster_"
         yield GaugeMetricFamily(c + "connections_open", "Open connections, cluster-wide.", clients)
         yield GaugeMetricFamily(

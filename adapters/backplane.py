@@ -65,7 +65,7 @@ from agentcast.protocol.cluster import (
 )
 from agentcast.protocol.messages import PresenceStatus
 
-from .cluster import DEFAULT_BUFFER, DEFAULT_LEASE, DEFAULT_STREAM, BackplaneUnavailable
+from .cluster_options import DEFAULT_BUFFER, DEFAULT_LEASE, DEFAULT_STREAM, BackplaneUnavailable
 
 if TYPE_CHECKING:
     from coredis.response.types import StreamEntry

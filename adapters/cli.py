@@ -32,7 +32,7 @@ from typing import Any
 
 import anyio
 
-from .cluster import BackplaneUnavailable
+from .cluster_options import BackplaneUnavailable
 from .config import ConfigError, ServeConfig, build_config, build_ssl_context
 from .logs import configure_logging
 from .options import (

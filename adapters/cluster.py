@@ -1,6 +1,7 @@
 """A service in a cluster: the glue between the hub and the Redis backplane.
 
-:class:`ClusterOptions` says how to reach the cluster (``--redis-url`` and friends).
+:class:`~.cluster_options.ClusterOptions` says how to reach the cluster (``--redis-url``
+and friends).
 :class:`ClusterLink` is what a :class:`~agentcast.adapters.service.Service` holds when it
 has options: it is the :class:`~agentcast.protocol.cluster.ClusterHub`'s way out (a
 publish becomes a stream entry, a user's local presence becomes a presence entry) and the
@@ -15,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from agentcast.protocol import AgentStatus, ChatMessage, Notification, Published
@@ -29,54 +29,16 @@ from agentcast.protocol.cluster import (
 )
 from agentcast.protocol.messages import PresenceStatus
 
+from .cluster_options import ClusterOptions
+
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
 
     from .backplane import Pending, RedisBackplane
 
-__all__ = [
-    "DEFAULT_BUFFER",
-    "DEFAULT_LEASE",
-    "DEFAULT_STREAM",
-    "BackplaneUnavailable",
-    "ClusterLink",
-    "ClusterOptions",
-]
+__all__ = ["ClusterLink", "ClusterOptions"]
 
 log = logging.getLogger("agentcast.cluster")
-
-DEFAULT_STREAM = "agentcast"
-DEFAULT_LEASE = 15.0
-DEFAULT_BUFFER = 10_000
-
-
-class BackplaneUnavailable(Exception):
-    """Redis could not be reached at start (and it is not optional). One line, naming the
-    URL without its password."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterOptions:
-    """How a process joins its cluster."""
-
-    redis_url: str
-    stream: str = DEFAULT_STREAM
-    #: A process that stops writing is forgotten (its users offline) within this.
-    lease: float = DEFAULT_LEASE
-    #: Entries kept while Redis is unreachable; beyond it the oldest are dropped.
-    buffer: int = DEFAULT_BUFFER
-    #: Start even when Redis is unreachable (local only until it is reachable).
-    optional: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("the Redis URL must start with redis://, rediss:// or unix://")
-        if not self.stream or any(c.isspace() for c in self.stream):
-            raise ValueError("the Redis stream name must be non-empty, without spaces")
-        if not self.lease >= 0.3:
-            raise ValueError("the presence lease must be at least 0.3 seconds")
-        if self.buffer < 1:
-            raise ValueError("the Redis buffer must hold at least one message")
 
 
 class ClusterLink:
@@ -184,4 +146,4 @@ class ClusterLink:
         """The backplane's and the cluster's metrics, for the service's registry."""
         from ._cluster_metrics import BackplaneCollector  # noqa: PLC0415
 
-        return BackplaneCollector(self)
+        return BackplaneCollector(self.backplane, self.counts)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentcast.protocol import Authenticator, DevAuthenticator, Settings, StaticAuthenticator
 
-from .cluster import ClusterOptions
+from .cluster_options import ClusterOptions
 from .logs import LogFormat
 from .options import SERVE_OPTIONS, SETTINGS_FLAGS, ConfigError, comma_list, read_environment
 from .server import Server

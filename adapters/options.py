@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from agentcast.protocol import Settings
 
-from .cluster import DEFAULT_BUFFER, DEFAULT_LEASE, DEFAULT_STREAM
+from .cluster_options import DEFAULT_BUFFER, DEFAULT_LEASE, DEFAULT_STREAM
 from .logs import LOG_FORMATS, LOG_LEVELS
 from .server import DEFAULT_HOST, DEFAULT_PORT
 from .service import DEFAULT_DRAIN_TIMEOUT

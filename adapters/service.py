@@ -60,7 +60,6 @@ from agentcast.protocol import (
     Settings,
 )
 from agentcast.protocol.auth import ChannelAuthorizer
-from agentcast.protocol.cluster import ClusterHub
 from agentcast.protocol.http import publish_request, published
 from agentcast.protocol.messages import AgentState, NotificationLevel
 from agentcast.protocol.scope import EVERYONE, PendingVerdict, Scope
@@ -70,7 +69,8 @@ from .metrics import Metrics
 
 if TYPE_CHECKING:  # imported for real only when configured (PyJWT, coredis)
     from .backplane import Pending
-    from .cluster import ClusterLink, ClusterOptions
+    from .cluster import ClusterLink
+    from .cluster_options import ClusterOptions
     from .jwt_keyfile import JwtKeyFile
 
 __all__ = ["DEFAULT_DRAIN_TIMEOUT", "Served", "Service", "clock"]
@@ -165,6 +165,8 @@ class Service:
             self.hub: Hub = _MeteredHub(self.settings, self._published, authorizer)
         else:
             # Imported here: without a cluster nothing of it (nor coredis) is loaded.
+            from agentcast.protocol.cluster import ClusterHub  # noqa: PLC0415
+
             from .cluster import ClusterLink  # noqa: PLC0415
 
             self.cluster = ClusterLink(

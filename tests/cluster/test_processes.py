@@ -450,9 +450,12 @@ def test_without_redis_nothing_of_the_cluster_is_imported() -> None:
         "from agentcast.adapters.asgi import from_environment\n"
         "config_from_environment({}).server()\n"
         "from_environment({})\n"
-        "names = ('coredis', 'agentcast.adapters.backplane', 'agentcast.adapters._cluster_m')\n"
-        "loaded = [m for m in sys.modules if m.startswith(names)]\n"
+        "names = ('agentcast.adapters.backplane', 'agentcast.adapters.cluster',\n"
+        "         'agentcast.adapters._cluster_metrics', 'agentcast.protocol.cluster')\n"
+        "loaded = [m for m in sys.modules if m.startswith('coredis') or m in names]\n"
         "assert not loaded, loaded\n"
+        "from_environment({'AGENTCAST_REDIS_URL': 'redis://127.0.0.1:1'})\n"
+        "assert 'coredis' in sys.modules  # the check above can see it\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTCAST_")}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, timeout=TIMEOUT)
