@@ -148,13 +148,15 @@ static void base64(const uint8_t *in, size_t n, char *out) {
 
 /* ------------------------------------------------------------------ /proc readings --- */
 
-static int server_pid = 0;
+/* The server's processes (--server-pid, comma-separated: a server of several workers is
+ * measured as the sum of its processes). */
+static int server_pids[64];
+static int n_server_pids = 0;
 
-/* utime+stime of the whole process (all threads), in clock ticks; -1 if unreadable. */
-static long long proc_cpu_ticks(void) {
-    if (!server_pid) return -1;
+/* utime+stime of one process (all threads), in clock ticks; -1 if unreadable. */
+static long long pid_cpu_ticks(int pid) {
     char path[64], buf[4096];
-    snprintf(path, sizeof path, "/proc/%d/stat", server_pid);
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
     FILE *f = fopen(path, "r");
     if (!f) return -1;
     size_t n = fread(buf, 1, sizeof buf - 1, f);
@@ -172,11 +174,22 @@ static long long proc_cpu_ticks(void) {
     return (long long)(ut + st);
 }
 
+/* The sum over the server's processes; -1 if any is unreadable. */
+static long long proc_cpu_ticks(void) {
+    if (!n_server_pids) return -1;
+    long long total = 0;
+    for (int i = 0; i < n_server_pids; i++) {
+        long long t = pid_cpu_ticks(server_pids[i]);
+        if (t < 0) return -1;
+        total += t;
+    }
+    return total;
+}
+
 /* A "VmRSS:"-style line of /proc/PID/status, in kB; -1 if unreadable. */
-static long proc_status_kb(const char *key) {
-    if (!server_pid) return -1;
+static long pid_status_kb(int pid, const char *key) {
     char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", server_pid);
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
     FILE *f = fopen(path, "r");
     if (!f) return -1;
     long v = -1;
@@ -189,6 +202,18 @@ static long proc_status_kb(const char *key) {
     }
     fclose(f);
     return v;
+}
+
+/* The sum over the server's processes (for VmHWM: the sum of each one's peak). */
+static long proc_status_kb(const char *key) {
+    if (!n_server_pids) return -1;
+    long total = 0;
+    for (int i = 0; i < n_server_pids; i++) {
+        long v = pid_status_kb(server_pids[i], key);
+        if (v < 0) return -1;
+        total += v;
+    }
+    return total;
 }
 
 static double self_cpu_s(void) {
@@ -984,7 +1009,10 @@ int main(int argc, char **argv) {
         case 'n': cfg.clients = atoi(optarg); break;
         case 'c': cfg.concurrency = atoi(optarg); break;
         case 's': scen = optarg; break;
-        case 'i': server_pid = atoi(optarg); break;
+        case 'i':
+            for (char *tok = strtok(optarg, ","); tok && n_server_pids < 64; tok = strtok(NULL, ","))
+                server_pids[n_server_pids++] = atoi(tok);
+            break;
         case 'b': cfg.bursts = atoi(optarg); break;
         case 'm': cfg.burst_size = atoi(optarg); break;
         case 'B': cfg.msg_bytes = atoi(optarg); break;
