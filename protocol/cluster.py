@@ -140,11 +140,6 @@ class ClusterId(NamedTuple):
                 return None
         return cls(int(parts[0]), int(parts[1]), int(parts[2]))
 
-    @property
-    def position(self) -> str:
-        """The log position this id belongs to, as the log writes it."""
-        return f"{self.ms}-{self.seq}"
-
     def __str__(self) -> str:
         return f"{self.ms:0{_MS_DIGITS}d}-{self.seq:0{_SEQ_DIGITS}d}-{self.n:0{_N_DIGITS}d}"
 

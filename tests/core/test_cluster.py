@@ -13,10 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentcast.protocol import AgentStatus, ChatMessage, Notification
+from agentcast.protocol import AgentStatus, ChatMessage, Notification, Published, Settings
 from agentcast.protocol.cluster import (
     BadEntry,
     BeatEntry,
+    ClusterHub,
     ClusterId,
     ClusterMessage,
     ClusterState,
@@ -352,3 +353,149 @@ def test_load_starts_from_shared_storage_and_reports_the_difference() -> None:
     assert s.presence() == {"u1": "online"}
     # Sequence numbers from the snapshot: an older entry of a is a duplicate.
     assert s.apply("9502-0", PresenceEntry("a", 9, "u9", "online")) == []
+
+
+def test_ids_that_are_almost_ours_are_refused_and_the_last_index_is_the_last() -> None:
+    assert ClusterId.parse("0000000000001-00001-000000") is None  # a part too short
+    assert ClusterId.parse("0000000000001-00000x-000000") is None
+    with pytest.raises(BadEntry) as caught:
+        ClusterId(1, 1, 999_999).following()
+    assert caught.value.kind == "too_many_messages"
+
+
+def test_user_ids_must_be_a_list_of_strings() -> None:
+    fields = encode_entry(
+        MessageEntry(
+            "p",
+            1,
+            "notification",
+            '{"level":"info","message":"x"}',
+            "2025-12-26T13:00:00.000Z",
+            ("u",),
+        )
+    )
+    for bad in (b'"u"', b"[]", b"[1]"):
+        with pytest.raises(BadEntry, match="userIds"):
+            decode_entry({**fields, b"u": bad})
+
+
+def test_an_offline_row_for_a_user_a_process_does_not_hold_changes_nothing() -> None:
+    s = state()
+    assert s.apply("1-0", PresenceEntry("b", 1, "nobody", "offline")) == []
+    s.apply("1-1", PresenceEntry("b", 2, "u", "online"))
+    assert s.apply("1-2", PresenceEntry("c", 1, "u", "offline")) == []
+    assert s.holders("u") == {"b": "online"}
+
+
+def test_load_skips_offline_rows_and_reports_only_what_changed() -> None:
+    s = state("c")
+    s.apply("1000-0", PresenceEntry("a", 1, "same", "online"))
+    out = s.load(
+        "2000-0",
+        {"a": ProcessRecord("1500-0", 3, 1, 1)},
+        {"a": {"same": "online", "ghost": "offline"}},
+    )
+    assert out == []
+    assert s.presence() == {"same": "online"}
+    assert s.load("0-0", {}, {}) == [PresenceChange(ClusterId(2000, 0, 1), "same", "offline")]
+
+
+class Member:
+    """A hub member that records what it is sent."""
+
+    def __init__(self, user_id: str | None, presence: str = "online") -> None:
+        self.user_id = user_id
+        self.presence = presence
+        self.got: list[dict[str, object]] = []
+
+    def deliver(self, message: object, now: float, wall: float) -> bool:
+        self.got.append(json.loads(message.text))  # type: ignore[attr-defined]
+        return True
+
+
+class Link:
+    """The adapter side of a ClusterHub, recording what the hub hands out."""
+
+    def __init__(self) -> None:
+        self.published: list[object] = []
+        self.statuses: list[tuple[str, str]] = []
+        self.cluster: dict[str, str] = {"remote_user": "busy"}
+
+    def publish(self, item: object, *, now: float, wall: float) -> Published:
+        self.published.append(item)
+        return Published("", 0)
+
+    def local_status_changed(self, user_id: str, status: str) -> None:
+        self.statuses.append((user_id, status))
+
+    def cluster_presence(self) -> dict[str, str]:
+        return dict(self.cluster)
+
+    def health(self) -> dict[str, object]:
+        return {"status": "degraded", "cluster": {"clients": 9}}
+
+
+def test_a_cluster_hub_sends_out_and_delivers_what_comes_back() -> None:
+    link = Link()
+    hub = ClusterHub(Settings(presence_grace=1.0), link)  # type: ignore[arg-type]
+    alice, alice2, bob, anon = Member("alice"), Member("alice"), Member("bob"), Member(None)
+    for member in (alice, alice2, bob, anon):
+        hub.open_session(member, 0.0, WALL)  # type: ignore[arg-type]
+    # presence_state is the cluster's; the local aggregate goes to the link, not out.
+    assert alice.got == [
+        {
+            "type": "presence_state",
+            "data": {"users": [{"userId": "remote_user", "status": "busy"}]},
+            "timestamp": "2025-12-26T13:00:00.000Z",
+        }
+    ]
+    assert link.statuses == [("alice", "online"), ("bob", "online")]
+    assert hub.local_presence() == {"alice": "online", "bob": "online"}
+    # Publishing goes to the link.
+    note = Notification(level="info", message="x")
+    assert hub.send_notification("info", "x", now=1.0, wall=WALL) == Published("", 0)
+    assert link.published == [note]
+    # What the log brings back reaches the scope, under the log's id.
+    entry = decode_entry(
+        encode_entry(
+            replace(
+                message_entry(
+                    Notification(level="info", message="hi", user_id="alice"), origin="p", wall=WALL
+                ),
+                ref=1,
+            )
+        )
+    )
+    delivered = hub.deliver_message(
+        prepare(entry, "0000000000001-000000-000000"), ("alice", "alice", "nobody"), 1.0, WALL
+    )
+    assert delivered == 2
+    assert alice2.got[-1]["id"] == "0000000000001-000000-000000"
+    assert bob.got[-1]["type"] == "presence_state"
+    assert hub.deliver_message(prepare(entry, "0000000000001-000001-000000"), None, 1.0, WALL) == 3
+    change = PresenceChange(ClusterId(2, 0, 0), "remote_user", "away")
+    assert hub.deliver_presence(change, 1.0, WALL) == 3
+    assert bob.got[-1]["data"] == {"userId": "remote_user", "status": "away"}
+    assert bob.got[-1]["id"] == "0000000000002-000000-000000"
+    # The last tab of a user closes: offline goes to the link after the grace only.
+    hub.close_session(bob, 2.0, WALL)  # type: ignore[arg-type]
+    assert link.statuses[-1] == ("bob", "online")
+    hub.handle_timer(3.0, WALL)
+    assert link.statuses[-1] == ("bob", "offline")
+    alice.presence = "online"
+    hub.presence_changed(alice, 3.0, WALL)  # type: ignore[arg-type]
+    assert link.statuses[-1] == ("bob", "offline")  # unchanged aggregate: nothing sent
+    assert hub.health() == {
+        "status": "degraded",
+        "clients": 3,
+        "authenticated": 2,
+        "cluster": {"clients": 9},
+    }
+
+
+def test_an_entry_that_cannot_be_read_still_moves_log_time() -> None:
+    s = state("a", expire=1.0)
+    s.apply("1000-0", PresenceEntry("b", 1, "u", "online"))
+    out = s.skip("3000-0")
+    assert changes(out) == [("0000000003000-000000-000000", "u", "offline")]
+    assert s.position == "3000-0"
