@@ -27,12 +27,12 @@ What a transport does with it:
 * when a session closes, :meth:`~Service.wake_hub_timer` lets the hub timer act earlier
   if the user has entered its grace period.
 
-**The backplane's place.** Running several processes behind one load balancer needs a
-backplane that publishes to the other processes and delivers what they publish. It plugs
-in here, and only here: :meth:`Service.publish` (every in-process and HTTP publish goes
-through :attr:`Service.hub`'s ``publish``) is where a local publish would also go out to
-the backplane, and a message arriving from the backplane is delivered to the local
-connections through the same hub, exactly as a local publish is. No adapter changes.
+**In a cluster** (``cluster=ClusterOptions(redis_url)``), the hub is a
+:class:`~agentcast.protocol.cluster.ClusterHub` and :attr:`Service.cluster` the link to the
+Redis backplane (:mod:`agentcast.adapters.cluster`): every publish goes out to the stream,
+what the stream brings back is delivered to the local connections, :meth:`run` also runs
+the backplane, and the publish API answers once Redis has given the ids. No adapter
+changes. Without options nothing of it is imported.
 """
 
 from __future__ import annotations

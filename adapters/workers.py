@@ -5,8 +5,9 @@ port with ``SO_REUSEPORT``, so the kernel spreads new connections over the worke
 workers act as one server through the Redis backplane (a Redis URL is required). The
 supervisor (this module, in the parent process) starts them, passes SIGINT and SIGTERM on
 (every worker then drains its clients with ``1001``), and exits 0 once all of them have
-stopped cleanly. A worker that dies later is started again; one that fails at start
-(Redis unreachable, port taken) stops the whole group with its exit status.
+stopped cleanly. A worker that dies (killed by a signal, or exiting later on) is started
+again; one that exits with an error at start (Redis unreachable, port taken) stops the
+whole group with its exit status.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ log = logging.getLogger("agentcast.workers")
 
 #: Set in each worker's environment to ``<index>/<count>`` (index from 1).
 WORKER_ENV = "AGENTCAST_WORKER"
-#: A worker that exits within this many seconds of its start failed to start.
+#: A worker that exits with an error within this many seconds of its start failed to start.
 _START_WINDOW = 5.0
 _POLL = 0.1
 
@@ -75,7 +76,7 @@ def run_workers(count: int, argv: Sequence[str]) -> int:
                     if code not in (0, -signal.SIGTERM, -signal.SIGINT):
                         status = status or 1
                     continue
-                if time.monotonic() - started < _START_WINDOW:
+                if code > 0 and time.monotonic() - started < _START_WINDOW:
                     log.error("worker %d failed to start (exit status %s): stopping", i + 1, code)
                     status = code if code > 0 else 1
                     forward(signal.SIGTERM, None)

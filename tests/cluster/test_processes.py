@@ -297,6 +297,9 @@ async def test_presence_across_processes(redis_server: RedisServer, stream: str)
             await watcher.next("user_presence", timeout=LEASE + 2.0)
         assert time.monotonic() - killed <= LEASE + 1.0
         assert watcher.presence("user_bob") == ["online"]  # the living keep theirs
+        await p2.publish({"level": "info", "message": "still serving"})
+        await watcher.until("still serving")
+        await bob.until("still serving")
         for client in (watcher, bob, newcomer):
             await client.close()
         with suppress(ConnectionClosed):
@@ -497,3 +500,44 @@ def test_the_asgi_app_reads_the_same_variables(redis_server: RedisServer, stream
     assert cluster is not None
     assert (cluster.backplane.stream, cluster.backplane.lease) == (stream, 3.0)
     assert cluster.backplane.buffer == 50
+
+
+async def test_a_worker_that_dies_is_started_again(redis_server: RedisServer, stream: str) -> None:
+    port = free_port()
+    parent = subprocess.Popen(
+        [*server_command(port, redis_server, stream), "--workers", "2"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
+
+    def workers() -> list[int]:
+        out = subprocess.run(
+            ["pgrep", "-P", str(parent.pid)], capture_output=True, text=True, check=False
+        )
+        return [int(pid) for pid in out.stdout.split()]
+
+    try:
+        await wait_listening(parent, port)
+        await eventually(lambda: _true(len(workers()) == 2))
+        first = workers()
+        os.kill(first[0], signal.SIGKILL)
+        await eventually(lambda: _true(len(set(workers()) - set(first)) == 1))
+        await eventually(lambda: _true(len(workers()) == 2))
+        client = await Client.open(port, "again")  # the port is served throughout
+        await client.close()
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(TIMEOUT) == 0
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+async def test_workers_that_cannot_start_stop_the_group(stream: str) -> None:
+    url = f"redis://127.0.0.1:{free_port()}"
+    command = [*server_command(free_port(), RedisServer(url, 0, None), stream), "--workers", "2"]
+    result = subprocess.run(
+        command, check=False, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT * 2
+    )
+    assert result.returncode == 1
+    assert f"cannot reach Redis at {url}" in result.stderr
