@@ -148,7 +148,8 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "status": {
                     "enum": ["ok", "degraded"],
                     "description": "degraded: accepting new connections fails (out of "
-                    "file descriptors); the connected clients are still served.",
+                    "file descriptors), or a process of a cluster cannot reach Redis; the "
+                    "connected clients are still served.",
                 },
                 "clients": {"type": "integer", "minimum": 0},
                 "authenticated": {"type": "integer", "minimum": 0},
@@ -157,6 +158,17 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                     "type": "string",
                     "description": "Only while degraded: why accept() fails "
                     "(emfile, enfile, enobufs, enomem, or the error's name).",
+                },
+                "cluster": {
+                    "type": "object",
+                    "description": "With a Redis URL: the figures over every process.",
+                    "properties": {
+                        "clients": {"type": "integer", "minimum": 0},
+                        "authenticated": {"type": "integer", "minimum": 0},
+                        "processes": {"type": "integer", "minimum": 1},
+                    },
+                    "required": ["clients", "authenticated", "processes"],
+                    "additionalProperties": False,
                 },
             },
             "required": ["status", "clients", "authenticated"],
