@@ -129,7 +129,8 @@ async def http(port: int, method: str, path: str, body: object = None) -> tuple[
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     data = b"" if body is None else json.dumps(body).encode()
     writer.write(
-        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        "Content-Type: application/json\r\n"
         f"Content-Length: {len(data)}\r\n\r\n".encode()
         + data
     )
@@ -541,3 +542,38 @@ async def test_workers_that_cannot_start_stop_the_group(stream: str) -> None:
     )
     assert result.returncode == 1
     assert f"cannot reach Redis at {url}" in result.stderr
+
+
+async def test_an_asgi_app_under_uvicorn_joins_the_cluster(
+    redis_server: RedisServer, stream: str
+) -> None:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AGENTCAST_")},
+        "AGENTCAST_REDIS_URL": redis_server.url,
+        "AGENTCAST_REDIS_STREAM": stream,
+        "AGENTCAST_LOG_LEVEL": "warning",
+    }
+    uvicorn = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "agentcast.adapters.asgi:app", "--port", str(port),
+         "--log-level", "warning"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with servers(redis_server, stream, 1) as (proc,):
+            await wait_listening(uvicorn, port)
+            under_asgi = await Client.open(port, "asgi")
+            on_serve = await proc.client("serve")
+            answer = await proc.publish({"level": "info", "message": "to both"})
+            assert (await under_asgi.until("to both"))[-1]["id"] == answer["id"]
+            status, back = await http(port, "POST", "/api/notifications",
+                                      {"level": "info", "message": "from asgi"})  # fmt: skip
+            assert status == 202
+            assert (await on_serve.until("from asgi"))[-1]["id"] == back["id"]
+            await under_asgi.close()
+            await on_serve.close()
+    finally:
+        uvicorn.terminate()
+        uvicorn.wait(TIMEOUT)
