@@ -405,3 +405,26 @@ async def test_notification_scope_travels(redis_server: RedisServer, stream: str
         assert b.recorder.entries[0].key == "planner"  # conflation key, recomputed
         assert b.recorder.entries[0].user_ids is None
         assert b.recorder.entries[1].user_ids == ("user_b",)
+
+
+async def test_redis_paused_while_publishing_delivers_each_message_once(
+    own_redis: Callable[..., RedisServer], stream: str
+) -> None:
+    redis = own_redis()
+    async with cluster() as start:
+        a = await start(redis.url, stream, write_timeout=0.3)
+        b = await start(redis.url, stream)
+        a.publish("p0")
+        await eventually(lambda: b.recorder.texts() == ["p0"])
+        # Writes hang for a second: a's writes time out, it reconnects (into the pause)
+        # and writes again what may already have been written.
+        redis.cli("client", "pause", "1000", "write")
+        for i in range(1, 21):
+            a.publish(f"p{i}")
+        await eventually(lambda: len(b.recorder.texts()) >= 21)
+        a.publish("end")
+        await eventually(lambda: b.recorder.texts()[-1:] == ["end"])
+        assert b.recorder.texts() == [*(f"p{i}" for i in range(21)), "end"]
+        delivered_by_a = a.recorder.texts() + [d["message"] for _, _, d in a.recorder.local]
+        assert sorted(delivered_by_a) == sorted(b.recorder.texts())  # once each, on a too
+        assert a.backplane.stats.reconnects >= 1  # the pause did cut a's writes
