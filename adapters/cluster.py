@@ -77,8 +77,10 @@ class ClusterLink:
     def publish(
         self, item: AgentStatus | ChatMessage | Notification, *, now: float, wall: float
     ) -> Published:
-        self.send(item, wall)
-        return Published("", 0)
+        pending = self.send(item, wall)
+        # Redis gives the id later; while it is unreachable the message was delivered
+        # here at once, under a local id.
+        return Published(pending.id, pending.delivered) if pending.done else Published("", 0)
 
     def send(self, item: AgentStatus | ChatMessage | Notification, wall: float) -> Pending:
         """Queue *item* for the stream; the result resolves to its cluster id."""

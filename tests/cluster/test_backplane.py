@@ -18,7 +18,7 @@ import coredis
 import pytest
 
 from agentcast.adapters.backplane import BackplaneUnavailable, RedisBackplane
-from agentcast.protocol import AgentStatus, Notification
+from agentcast.protocol import AgentStatus, Notification, Published
 from agentcast.protocol.cluster import (
     ClusterId,
     ClusterMessage,
@@ -428,3 +428,39 @@ async def test_redis_paused_while_publishing_delivers_each_message_once(
         delivered_by_a = a.recorder.texts() + [d["message"] for _, _, d in a.recorder.local]
         assert sorted(delivered_by_a) == sorted(b.recorder.texts())  # once each, on a too
         assert a.backplane.stats.reconnects >= 1  # the pause did cut a's writes
+
+
+async def test_the_in_process_api_of_a_service_in_a_cluster(
+    redis_server: RedisServer, stream: str
+) -> None:
+    from agentcast.adapters.cluster_options import ClusterOptions
+    from agentcast.adapters.service import Service
+
+    service = Service(cluster=ClusterOptions(redis_server.url, stream=stream))
+    async with anyio.create_task_group() as tg:
+        await tg.start(service.run)
+        # The synchronous methods return before Redis gave the id ...
+        assert service.send_notification("info", "queued") == Published("", 0)
+        # ... publish_and_wait returns it.
+        item = Notification(level="info", message="waited")
+        published = await service.publish_and_wait(item)
+        assert ClusterId.parse(published.id) is not None
+        assert published.delivered == 0
+        assert service.cluster_clients_count() == 0
+        tg.cancel_scope.cancel()
+
+
+async def test_while_redis_is_unreachable_the_sync_api_gives_the_local_id(stream: str) -> None:
+    from agentcast.adapters.cluster_options import ClusterOptions
+    from agentcast.adapters.service import Service
+
+    url = f"redis://127.0.0.1:{free_port()}"
+    service = Service(cluster=ClusterOptions(url, stream=stream, optional=True))
+    async with anyio.create_task_group() as tg:
+        await tg.start(service.run)
+        first = service.send_notification("info", "alone")
+        second = service.send_notification("info", "alone again")
+        assert ClusterId.parse(first.id) is not None
+        assert first.id < second.id
+        assert service.hub.health()["status"] == "degraded"
+        tg.cancel_scope.cancel()
