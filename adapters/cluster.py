@@ -28,6 +28,7 @@ from agentcast.protocol.cluster import (
     prepare,
 )
 from agentcast.protocol.messages import PresenceStatus
+from agentcast.protocol.scope import EVERYONE, Scope
 
 from .cluster_options import ClusterOptions
 
@@ -75,16 +76,29 @@ class ClusterLink:
     # -- the hub's way out (agentcast.protocol.cluster.ClusterLink) ----------------------
 
     def publish(
-        self, item: AgentStatus | ChatMessage | Notification, *, now: float, wall: float
+        self,
+        item: AgentStatus | ChatMessage | Notification,
+        *,
+        now: float,
+        wall: float,
+        scope: Scope = EVERYONE,
     ) -> Published:
-        pending = self.send(item, wall)
+        pending = self.send(item, wall, scope)
         # Redis gives the id later; while it is unreachable the message was delivered
         # here at once, under a local id.
         return Published(pending.id, pending.delivered) if pending.done else Published("", 0)
 
-    def send(self, item: AgentStatus | ChatMessage | Notification, wall: float) -> Pending:
-        """Queue *item* for the stream; the result resolves to its cluster id."""
-        return self.backplane.publish(message_entry(item, origin=self.process_id, wall=wall))
+    def send(
+        self,
+        item: AgentStatus | ChatMessage | Notification,
+        wall: float,
+        scope: Scope = EVERYONE,
+    ) -> Pending:
+        """Queue *item* for the stream, with its *scope*; the result resolves to its
+        cluster id. A notification with both ``user_id`` and an audience in *scope* is a
+        ``ValueError``, as for the hub."""
+        entry = message_entry(item, origin=self.process_id, wall=wall, scope=scope)
+        return self.backplane.publish(entry)
 
     def local_status_changed(self, user_id: str, status: PresenceStatus) -> None:
         self.backplane.presence_changed(user_id, status)
@@ -126,7 +140,7 @@ class ClusterLink:
     def deliver_locally(self, entry: MessageEntry, message_id: str) -> int:
         start = time.perf_counter()
         delivered = self._hub().deliver_message(
-            prepare(entry, message_id), entry.user_ids, self._clock(), time.time()
+            prepare(entry, message_id), self._clock(), time.time()
         )
         self._on_fanout(time.perf_counter() - start)
         return delivered

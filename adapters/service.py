@@ -289,14 +289,16 @@ class Service:
         loop's thread, e.g. at the end of the task that looked the answer up."""
         verdict.complete(allowed, now=clock(), wall=time.time())
 
-    async def publish_and_wait(self, item: AgentStatus | ChatMessage | Notification) -> Published:
+    async def publish_and_wait(
+        self, item: AgentStatus | ChatMessage | Notification, *, scope: Scope = EVERYONE
+    ) -> Published:
         """Publish and return once the message has its id and reached this process's
         connections. In a cluster the synchronous methods return before Redis has given
         the id (their result is ``Published("", 0)``): await this one when you need it.
         Alone, it is :meth:`publish`."""
         if self.cluster is None:
-            return self.publish(item)
-        message_id, delivered = await self.cluster.send(item, time.time()).wait()
+            return self.publish(item, scope=scope)
+        message_id, delivered = await self.cluster.send(item, time.time(), scope).wait()
         return Published(message_id, delivered)
 
     def clients_count(self) -> int:

@@ -45,8 +45,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple, Protocol, TypeAlias
 
+from .auth import ChannelAuthorizer
 from .config import Settings
-from .hub import Hub, Member, Published, _User
+from .hub import Hub, Published, _User
 from .messages import (
     AgentStatus,
     ChatMessage,
@@ -54,6 +55,7 @@ from .messages import (
     PreparedMessage,
     PresenceStatus,
 )
+from .scope import EVERYONE, Scope
 from .timestamps import format_timestamp, is_iso_timestamp
 
 __all__ = [
@@ -170,6 +172,14 @@ class MessageEntry:
     #: Conflation key (``agent_status``: the agent's name); not on the wire.
     key: str | None = field(default=None, compare=False)
 
+    @property
+    def scope(self) -> Scope:
+        """To whom it goes (PROTOCOL.md 4a): ``userIds`` and ``channel``."""
+        if self.user_ids is None and self.channel is None:
+            return EVERYONE
+        users = None if self.user_ids is None else frozenset(self.user_ids)
+        return Scope(users, self.channel)
+
 
 @dataclass(frozen=True, slots=True)
 class PresenceEntry:
@@ -234,17 +244,29 @@ def _json(value: object) -> bytes:
 
 
 def message_entry(
-    item: AgentStatus | ChatMessage | Notification, *, origin: str, wall: float
+    item: AgentStatus | ChatMessage | Notification,
+    *,
+    origin: str,
+    wall: float,
+    scope: Scope = EVERYONE,
 ) -> MessageEntry:
-    """The entry that publishes a validated payload (its ``ref`` is given when written)."""
+    """The entry that publishes a validated payload to *scope* (its ``ref`` is given when
+    written). A notification's ``user_id`` is its one-user audience, as for the hub;
+    with an audience in *scope* as well it is a ``ValueError``."""
+    if isinstance(item, Notification) and item.user_id is not None:
+        if scope.user_ids is not None:
+            raise ValueError("give userId or userIds, not both")
+        scope = Scope.of(user_id=item.user_id, channel=scope.channel)
     if isinstance(item, AgentStatus):
-        kind, data, key, users = "agent_status", item.to_data(), item.agent_name, None
+        kind, data, key = "agent_status", item.to_data(), item.agent_name
     elif isinstance(item, ChatMessage):
-        kind, data, key, users = "chat_message", item.to_data(wall), None, None
+        kind, data, key = "chat_message", item.to_data(wall), None
     else:
         kind, data, key = "notification", item.to_data(), None
-        users = None if item.user_id is None else (item.user_id,)
-    return MessageEntry(origin, -1, kind, _dumps(data), format_timestamp(wall), users, key=key)
+    users = None if scope.user_ids is None else tuple(sorted(scope.user_ids))
+    return MessageEntry(
+        origin, -1, kind, _dumps(data), format_timestamp(wall), users, scope.channel, key=key
+    )
 
 
 def prepare(entry: MessageEntry, message_id: str) -> PreparedMessage:
@@ -253,7 +275,7 @@ def prepare(entry: MessageEntry, message_id: str) -> PreparedMessage:
         f'{{"type":"{entry.type}","data":{entry.data},'
         f'"timestamp":"{entry.timestamp}","id":"{message_id}"}}'
     )
-    return PreparedMessage(entry.type, text, entry.key)
+    return PreparedMessage(entry.type, text, entry.key, entry.scope)
 
 
 def encode_entry(entry: Entry) -> dict[bytes, bytes]:
@@ -357,6 +379,11 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> Entry:
             ):
                 raise BadEntry("bad_field", "userIds is not a list of strings")
             user_ids = tuple(parsed)
+        channel = _text(fields, b"c", required=False)
+        try:
+            Scope.of(user_ids=user_ids, channel=channel)
+        except ValueError as exc:
+            raise BadEntry("bad_field", f"scope: {exc}") from None
         return MessageEntry(
             origin,
             ref,
@@ -364,7 +391,7 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> Entry:
             _dumps(parsed_data),  # canonical: what we send is our encoding, never theirs
             timestamp,
             user_ids,
-            _text(fields, b"c", required=False),
+            channel,
             fields.get(b"l") == b"1",
             key,
         )
@@ -637,9 +664,15 @@ class ClusterLink(Protocol):
     """What a :class:`ClusterHub` needs from the adapter that carries the log."""
 
     def publish(
-        self, item: AgentStatus | ChatMessage | Notification, *, now: float, wall: float
+        self,
+        item: AgentStatus | ChatMessage | Notification,
+        *,
+        now: float,
+        wall: float,
+        scope: Scope = EVERYONE,
     ) -> Published:
-        """Send a broadcast to the cluster (it comes back through the log)."""
+        """Send a broadcast to the cluster, with its scope (it comes back through the
+        log)."""
         ...
 
     def local_status_changed(self, user_id: str, status: PresenceStatus) -> None:
@@ -666,14 +699,25 @@ class ClusterHub(Hub):
     cluster's.
     """
 
-    def __init__(self, settings: Settings | None, link: ClusterLink) -> None:
-        super().__init__(settings)
+    def __init__(
+        self,
+        settings: Settings | None,
+        link: ClusterLink,
+        *,
+        authorizer: ChannelAuthorizer | None = None,
+    ) -> None:
+        super().__init__(settings, authorizer=authorizer)
         self.link = link
 
     def publish(
-        self, item: AgentStatus | ChatMessage | Notification, *, now: float, wall: float
+        self,
+        item: AgentStatus | ChatMessage | Notification,
+        *,
+        now: float,
+        wall: float,
+        scope: Scope = EVERYONE,
     ) -> Published:
-        return self.link.publish(item, now=now, wall=wall)
+        return self.link.publish(item, now=now, wall=wall, scope=scope)
 
     def presence(self) -> dict[str, PresenceStatus]:
         return self.link.cluster_presence()
@@ -688,19 +732,11 @@ class ClusterHub(Hub):
         degraded = "degraded" in (body["status"], cluster.get("status"))
         return {**body, **cluster, "status": "degraded" if degraded else "ok"}
 
-    def deliver_message(
-        self, message: PreparedMessage, user_ids: tuple[str, ...] | None, now: float, wall: float
-    ) -> int:
-        """Deliver a broadcast from the log to the local connections its scope names."""
-        if user_ids is None:
-            recipients: list[Member] = list(self._authenticated)
-        else:
-            recipients = []
-            for user_id in dict.fromkeys(user_ids):
-                user = self._users.get(user_id)
-                if user is not None:
-                    recipients.extend(user.sessions)
-        return self._fan_out(message, recipients, now, wall)
+    def deliver_message(self, message: PreparedMessage, now: float, wall: float) -> int:
+        """Deliver a broadcast from the log to the local connections its scope
+        (``message.scope``, which travelled with it) admits: through the hub's fan-out,
+        the one place the scope rule is applied."""
+        return self._fan_out(message, now, wall)
 
     def deliver_presence(self, change: PresenceChange, now: float, wall: float) -> int:
         """Send ``user_presence`` for a cluster-wide change to every local connection."""
@@ -710,7 +746,7 @@ class ClusterHub(Hub):
             wall,
             str(change.id),
         )
-        return self._fan_out(message, self._authenticated, now, wall)
+        return self._fan_out(message, now, wall)
 
     def _set_status(
         self, user_id: str, user: _User, status: PresenceStatus, now: float, wall: float

@@ -35,6 +35,7 @@ from agentcast.protocol.cluster import (
     prepare,
 )
 from agentcast.protocol.messages import encode_server_message
+from agentcast.protocol.scope import EVERYONE, Scope
 
 WALL = 1_766_754_000.0  # 2025-12-26T13:00:00Z
 
@@ -406,6 +407,7 @@ class Member:
     def __init__(self, user_id: str | None, presence: str = "online") -> None:
         self.user_id = user_id
         self.presence = presence
+        self.subscriptions: frozenset[str] = frozenset()
         self.got: list[dict[str, object]] = []
 
     def deliver(self, message: object, now: float, wall: float) -> bool:
@@ -421,8 +423,8 @@ class Link:
         self.statuses: list[tuple[str, str]] = []
         self.cluster: dict[str, str] = {"remote_user": "busy"}
 
-    def publish(self, item: object, *, now: float, wall: float) -> Published:
-        self.published.append(item)
+    def publish(self, item: object, *, now: float, wall: float, scope: Scope) -> Published:
+        self.published.append((item, scope))
         return Published("", 0)
 
     def local_status_changed(self, user_id: str, status: str) -> None:
@@ -454,7 +456,7 @@ def test_a_cluster_hub_sends_out_and_delivers_what_comes_back() -> None:
     # Publishing goes to the link.
     note = Notification(level="info", message="x")
     assert hub.send_notification("info", "x", now=1.0, wall=WALL) == Published("", 0)
-    assert link.published == [note]
+    assert link.published == [(note, EVERYONE)]
     # What the log brings back reaches the scope, under the log's id.
     entry = decode_entry(
         encode_entry(
@@ -466,13 +468,13 @@ def test_a_cluster_hub_sends_out_and_delivers_what_comes_back() -> None:
             )
         )
     )
-    delivered = hub.deliver_message(
-        prepare(entry, "0000000000001-000000-000000"), ("alice", "alice", "nobody"), 1.0, WALL
-    )
+    assert entry.scope == Scope.of(user_ids=["alice"])
+    delivered = hub.deliver_message(prepare(entry, "0000000000001-000000-000000"), 1.0, WALL)
     assert delivered == 2
     assert alice2.got[-1]["id"] == "0000000000001-000000-000000"
     assert bob.got[-1]["type"] == "presence_state"
-    assert hub.deliver_message(prepare(entry, "0000000000001-000001-000000"), None, 1.0, WALL) == 3
+    everyone = replace(entry, user_ids=None)
+    assert hub.deliver_message(prepare(everyone, "0000000000001-000001-000000"), 1.0, WALL) == 3
     change = PresenceChange(ClusterId(2, 0, 0), "remote_user", "away")
     assert hub.deliver_presence(change, 1.0, WALL) == 3
     assert bob.got[-1]["data"] == {"userId": "remote_user", "status": "away"}
@@ -499,3 +501,22 @@ def test_an_entry_that_cannot_be_read_still_moves_log_time() -> None:
     out = s.skip("3000-0")
     assert changes(out) == [("0000000003000-000000-000000", "u", "offline")]
     assert s.position == "3000-0"
+
+
+def test_the_scope_travels_in_the_entry_and_is_checked_there() -> None:
+    scope = Scope.of(user_ids=["u2", "u1"], channel="room:1")
+    entry = message_entry(
+        AgentStatus(agent_name="a", state="idle"), origin="p", wall=WALL, scope=scope
+    )
+    assert entry.user_ids == ("u1", "u2")
+    back = decode_entry(encode_entry(replace(entry, ref=1)))
+    assert back.scope == scope  # type: ignore[union-attr]
+    assert prepare(back, "x").scope == scope  # type: ignore[arg-type]
+    note = Notification(level="info", message="m", user_id="u1")
+    assert message_entry(note, origin="p", wall=WALL).scope == Scope.of(user_ids=["u1"])
+    with pytest.raises(ValueError, match="not both"):
+        message_entry(note, origin="p", wall=WALL, scope=scope)
+    fields = encode_entry(replace(entry, ref=1))
+    for bad in ({b"c": b"no spaces allowed"}, {b"u": json.dumps(["x"] * 1001).encode()}):
+        with pytest.raises(BadEntry, match="scope"):
+            decode_entry({**fields, **bad})

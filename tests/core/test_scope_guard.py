@@ -53,6 +53,7 @@ HUB_PUBLIC: dict[str, bool] = {
     "admission": False,
     "accepting": False,  # the accept() back-off and its counters: delivers nothing
     "authorizer": False,
+    "health": False,  # the body of /healthz
 }
 
 #: Where a message may be queued on a session: the hub's fan-out (broadcasts, through the
@@ -83,8 +84,8 @@ def test_every_delivering_hub_method_takes_a_scope():
         assert "scope" in parameters or {"user_ids", "channel"} <= set(parameters), name
 
 
-def _hub_with_three_connections(h):
-    hub = Hub()
+def _hub_with_three_connections(h, hub=None):
+    hub = Hub() if hub is None else hub
     inside, _ = h.connect(hub, "alice")
     inside.send_json({"type": "subscribe", "data": {"channel": "room:1"}})
     other_user, _ = h.connect(hub, "bob")
@@ -144,6 +145,47 @@ def _delivery_sites(root: Path) -> list[tuple[str, str, int]]:
                     rel = path.relative_to(base).as_posix()
                     sites.append((rel, func.name, node.lineno))
     return sites
+
+
+class _Link:
+    """The adapter side of a ClusterHub, enough to open sessions."""
+
+    def publish(self, item, *, now, wall, scope=EVERYONE):
+        raise AssertionError("not published here")
+
+    def local_status_changed(self, user_id, status):
+        pass
+
+    def cluster_presence(self):
+        return {}
+
+    def health(self):
+        return {}
+
+
+def test_messages_from_other_processes_keep_their_scope(h):
+    """The backplane's way in (``ClusterHub.deliver_message``): the scope travels in the
+    stream entry, comes back on the prepared message, and the fan-out applies it."""
+    from dataclasses import replace
+
+    from agentcast.protocol.cluster import (
+        ClusterHub,
+        decode_entry,
+        encode_entry,
+        message_entry,
+        prepare,
+    )
+
+    hub = ClusterHub(None, _Link())
+    hub, inside, outside = _hub_with_three_connections(h, hub)
+    scope = Scope.of(user_ids=["user_alice"], channel="room:1")
+    item = agentcast.protocol.Notification(level="info", message="m")
+    entry = message_entry(item, origin="elsewhere", wall=0.0, scope=scope)
+    entry = decode_entry(encode_entry(replace(entry, ref=1)))  # as read from Redis
+    assert hub.deliver_message(prepare(entry, "0000000000001-000000-000000"), 0.0, 0.0) == 1
+    assert len(inside.messages()) == 1
+    for pair in outside:
+        assert pair.messages() == []
 
 
 def test_messages_reach_sessions_only_through_the_fan_out():
