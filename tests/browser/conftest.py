@@ -58,8 +58,11 @@ def _missing(reason: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Per module, not per session: Playwright's sync API keeps an event loop set as running
+    # in this thread while it is open, and the anyio tests collected after this folder
+    # (tests/cluster) cannot start theirs meanwhile.
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
