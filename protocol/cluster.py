@@ -275,7 +275,7 @@ def prepare(entry: MessageEntry, message_id: str) -> PreparedMessage:
         f'{{"type":"{entry.type}","data":{entry.data},'
         f'"timestamp":"{entry.timestamp}","id":"{message_id}"}}'
     )
-    return PreparedMessage(entry.type, text, entry.key, entry.scope)
+    return PreparedMessage(entry.type, text, entry.key, entry.scope, message_id)
 
 
 def encode_entry(entry: Entry) -> dict[bytes, bytes]:

@@ -198,6 +198,7 @@ def test_a_message_is_encoded_as_the_single_process_server_encodes_it() -> None:
         expected = encode_server_message(entry.type, data, WALL, "0000000000001-000000-000000")
         assert message.text == expected
         assert json.loads(message.text)["id"] == "0000000000001-000000-000000"
+        assert message.id == "0000000000001-000000-000000"  # an event stream's `id:`
     assert entry.user_ids == ("user_a",)
 
 
