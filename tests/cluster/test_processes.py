@@ -593,3 +593,35 @@ async def test_an_asgi_app_under_uvicorn_joins_the_cluster(
     finally:
         uvicorn.terminate()
         uvicorn.wait(TIMEOUT)
+
+
+async def test_an_event_stream_on_another_process_gets_the_cluster_ids(
+    redis_server: RedisServer, stream: str
+) -> None:
+    async with servers(redis_server, stream, 2) as (p1, p2):
+        reader, writer = await asyncio.open_connection("127.0.0.1", p2.port)
+        writer.write(b"GET /events?token=sse HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        events: list[dict[str, str]] = []
+
+        async def next_event() -> dict[str, str]:
+            event: dict[str, str] = {}
+            while True:
+                line = (await reader.readline()).decode().rstrip("\r\n")
+                if not line:
+                    if event:
+                        return event
+                    continue
+                name, _, value = line.partition(": ")
+                event[name] = value
+
+        async with asyncio.timeout(TIMEOUT):
+            await reader.readuntil(b"\r\n\r\n")  # the response head
+            while (await next_event()).get("event") != "auth":
+                pass
+            answer = await p1.publish({"level": "info", "message": "to the stream"})
+            while not events or events[-1].get("event") != "notification":
+                events.append(await next_event())
+        assert events[-1]["id"] == answer["id"]
+        assert json.loads(events[-1]["data"])["id"] == answer["id"]
+        writer.close()
