@@ -178,6 +178,8 @@ class Service:
             self.hub = self.cluster.hub = ClusterHub(
                 self.settings, self.cluster, authorizer=authorizer
             )
+        # A held presence change (one message a second per user) is a new hub deadline.
+        self.hub.on_deadline = self.wake_hub_timer
         if jwt_key_file is not None:
             if authenticator is not None and authenticator is not jwt_key_file.authenticator:
                 raise ValueError("jwt_key_file brings its own authenticator: pass one of them")
@@ -475,9 +477,9 @@ class Service:
             self._tasks = None
 
     def wake_hub_timer(self) -> None:
-        """A user may have entered its presence grace period (a session closed): wake the
-        hub timer if it now has to act earlier than it is waiting for. The common case,
-        nothing earlier, costs no task switch."""
+        """A user may have entered its presence grace period (a session closed), or a
+        presence change was held: wake the hub timer if it now has to act earlier than it
+        is waiting for. The common case, nothing earlier, costs no task switch."""
         wakeup = self._hub_wakeup
         if wakeup is not None and not wakeup.is_set():
             deadline = self.hub.next_deadline()
@@ -536,7 +538,8 @@ class Service:
             self.wake_hub_timer()
 
     async def _hub_timer(self) -> None:
-        """Turn users offline when their presence grace period ends."""
+        """Turn users offline when their presence grace period ends, and send the presence
+        changes held for the presence interval."""
         hub = self.hub
         while True:
             self._hub_wakeup = wakeup = anyio.Event()

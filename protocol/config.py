@@ -26,11 +26,15 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS_PER_IP",
     "DEFAULT_MAX_CONNECTIONS_PER_USER",
     "DEFAULT_MAX_HEADER_SIZE",
+    "DEFAULT_MAX_MESSAGE_FRAMES",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_PENDING_BODY_BYTES",
     "DEFAULT_MAX_SEND_BUFFER",
     "DEFAULT_MAX_SUBSCRIPTIONS",
+    "DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS",
     "DEFAULT_PATH",
     "DEFAULT_PRESENCE_GRACE",
+    "DEFAULT_PRESENCE_INTERVAL",
     "DEFAULT_RATE_BURST",
     "DEFAULT_RATE_LIMIT",
     "DEFAULT_RATE_LIMIT_STRIKES",
@@ -47,7 +51,16 @@ DEFAULT_EVENTS_RETRY = 3.0
 DEFAULT_HEARTBEAT_INTERVAL = 30.0  # seed: "Server sends ping every 30 seconds"
 DEFAULT_HEARTBEAT_TIMEOUT = 60.0  # seed: "Clients that don't respond within 60 seconds"
 DEFAULT_PRESENCE_GRACE = 5.0  # PROTOCOL.md 4: a reload must not flap offline/online
+# A user's presence goes out at most once per interval (the latest status wins, the last
+# one always goes out): a person changes status a few times a minute, while one user's
+# many tabs changing it as fast as their rate limits allow would otherwise be a message
+# to every client for every change.
+DEFAULT_PRESENCE_INTERVAL = 1.0
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024  # PROTOCOL.md 6; client messages are tiny JSON objects
+# A message may come in fragments (RFC 6455 5.4), but browsers and the usual client
+# libraries send one frame per message; 1,024 leaves a fragmenting client 64 bytes a frame
+# for a 64 KiB message, while a flood of tiny or empty fragments is closed 1009 quickly.
+DEFAULT_MAX_MESSAGE_FRAMES = 1024
 DEFAULT_MAX_SEND_BUFFER = 1024 * 1024  # PROTOCOL.md 9 (1013): ~5,000 notifications of backlog
 # A healthy client drains its backlog within a round trip; 64 KiB pending (~300 statuses)
 # means it is falling behind, and from then on only the latest status per agent is kept.
@@ -60,6 +73,10 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # PROTOCOL.md 1: never hang on a slowloris cli
 DEFAULT_MAX_HEADER_SIZE = 16 * 1024  # PROTOCOL.md 1; h11's own default, as nginx's 8-16 KiB
 DEFAULT_MAX_BODY_SIZE = 1024 * 1024  # PROTOCOL.md 8: publish API bodies up to 1 MiB
 DEFAULT_MAX_BATCH = 1000  # PROTOCOL.md 8: a batch holds up to 1,000 items
+# Request bodies being received, over every connection of the process: 16 publishers
+# sending a full 1 MiB batch at once. Past it a new request gets 503 after its head, so
+# slow or stalled bodies cannot hold the process's memory.
+DEFAULT_MAX_PENDING_BODY_BYTES = 16 * 1024 * 1024
 # How long we wait for the peer's half of the closing handshake before we drop the
 # connection (websockets waits 10 s; a dashboard that is going away answers in a round trip).
 DEFAULT_CLOSE_TIMEOUT = 5.0
@@ -75,6 +92,9 @@ DEFAULT_MAX_CONNECTIONS_PER_IP = 500
 # A person has a tab or a few per device; 32 leaves room for connections a network change
 # left half-open until their heartbeat timeout (60 s), and bounds a leaked token.
 DEFAULT_MAX_CONNECTIONS_PER_USER = 32
+# Connections without a valid token receive nothing but their failed `auth` and pings: a
+# tenth of the process, so that token-less sockets cannot take the places of users.
+DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS = 1000
 # New WebSocket connections per second per process (a token bucket holding one second's
 # worth): after a restart 10,000 clients come back within ~20 s of their jittered
 # back-off instead of all at once; the others get 503 with Retry-After and retry.
@@ -98,7 +118,12 @@ class Settings:
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
     presence_grace: float = DEFAULT_PRESENCE_GRACE
+    #: A user's ``user_presence`` goes out at most once per this many seconds (the latest
+    #: status wins; the last one always goes out). ``0``: every change at once.
+    presence_interval: float = DEFAULT_PRESENCE_INTERVAL
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    #: Frames one client message may arrive in (RFC 6455 fragments); more: close 1009.
+    max_message_frames: int = DEFAULT_MAX_MESSAGE_FRAMES
     max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER
     #: Past this backlog (bytes), a pending ``agent_status`` is replaced by a newer one
     #: for the same agent instead of queued behind it (conflation: a slow reader gets
@@ -113,6 +138,9 @@ class Settings:
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     max_batch: int = DEFAULT_MAX_BATCH
+    #: Bytes of request bodies being received at once, over every connection; a request
+    #: whose body would pass it is answered 503 after its head.
+    max_pending_body_bytes: int = DEFAULT_MAX_PENDING_BODY_BYTES
     #: Refuse the upgrade with 401 when the token is missing or invalid (PROTOCOL.md 2).
     require_auth: bool = False
     #: The publish API key. ``None``: the publish API answers loopback clients only.
@@ -128,6 +156,8 @@ class Settings:
     max_connections_per_ip: int | None = DEFAULT_MAX_CONNECTIONS_PER_IP
     #: ... per authenticated user; ``None``: unlimited.
     max_connections_per_user: int | None = DEFAULT_MAX_CONNECTIONS_PER_USER
+    #: ... without a valid token (counted within ``max_connections``); ``None``: unlimited.
+    max_unauthenticated_connections: int | None = DEFAULT_MAX_UNAUTHENTICATED_CONNECTIONS
     #: New WebSocket connections per second per process; ``None``: unlimited.
     connection_rate: float | None = DEFAULT_CONNECTION_RATE
     #: Seconds before an unauthenticated connection is closed (1008); ``None``: never.
@@ -156,8 +186,9 @@ class Settings:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
-        if self.presence_grace < 0:
-            raise ValueError("presence_grace must not be negative")
+        for name in ("presence_grace", "presence_interval"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
         for name in (
             "max_message_size",
             "max_send_buffer",
@@ -168,10 +199,17 @@ class Settings:
             "max_body_size",
             "max_batch",
             "max_subscriptions",
+            "max_message_frames",
+            "max_pending_body_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("max_connections", "max_connections_per_ip", "max_connections_per_user"):
+        for name in (
+            "max_connections",
+            "max_connections_per_ip",
+            "max_connections_per_user",
+            "max_unauthenticated_connections",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 (or None: unlimited)")

@@ -19,12 +19,18 @@ is one, else the identity's grant.
 Presence (section 4) is per user, aggregated over that user's connections: the strongest
 connection status wins (``busy`` > ``online`` > ``away`` > ``offline``); when the last
 connection goes, the user turns ``offline`` only after ``presence_grace`` seconds, so a
-reload does not flap. A ``user_presence`` message goes out only when the aggregate changes.
+reload does not flap. A ``user_presence`` message goes out only when the aggregate changes,
+and at most once per ``presence_interval`` per user: a change within the interval after
+the last one sent is held, and when the interval ends the user's status *then* goes out
+(if it differs from the last one sent). So the latest status always goes out, one user's
+changes are never reordered, and one user's many tabs cannot make the server broadcast
+faster than that. The wait is a deadline of :meth:`Hub.next_deadline`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+import math
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -76,17 +82,24 @@ class Member(Protocol):
         """The channels this connection is subscribed to (PROTOCOL.md 4a)."""
         ...
 
-    def deliver(self, message: PreparedMessage, now: float, wall: float) -> bool:
-        """Queue *message*; ``False`` if the member is closed or was dropped as too slow."""
+    def deliver(
+        self, message: PreparedMessage, now: float, wall: float, *, counted: bool = True
+    ) -> bool:
+        """Queue *message*; ``False`` if the member is closed or was dropped as too slow.
+        ``counted=False``: a snapshot the client needs whole, outside the slow-client
+        limit."""
         ...
 
 
 class _User:
-    __slots__ = ("sessions", "status")
+    __slots__ = ("announced", "announced_at", "sessions", "status")
 
     def __init__(self) -> None:
         self.sessions: dict[Member, None] = {}
+        #: The aggregated status now, and the last one sent (and when).
         self.status: PresenceStatus = "offline"
+        self.announced: PresenceStatus = "offline"
+        self.announced_at = -math.inf
 
 
 class Hub:
@@ -111,6 +124,13 @@ class Hub:
         self._channels: dict[str, dict[Member, None]] = {}  # channel -> subscribers
         self._subscriptions = 0
         self._leaving: dict[str, float] = {}  # user id -> when it turns offline
+        self._due: dict[str, float] = {}  # user id -> when its held presence goes out
+        #: Called when :meth:`next_deadline` may have moved earlier because a presence
+        #: change was held (the adapter re-arms its hub timer). ``None`` by default.
+        self.on_deadline: Callable[[], None] | None = None
+        #: The batch being published (:meth:`publish_batch`), or 0.
+        self.batch = 0
+        self._batches = 0
         self._seq = 0
         self._fanning_out = False
         self._deferred: list[tuple[Member, float, float]] = []
@@ -220,6 +240,27 @@ class Hub:
         *scope* (default: every authenticated connection)."""
         return self.deliver_local(item, self._next_id(), now=now, wall=wall, scope=scope)
 
+    def publish_batch(
+        self,
+        items: Sequence[tuple[AgentStatus | ChatMessage | Notification, Scope]],
+        *,
+        now: float,
+        wall: float,
+    ) -> list[Published]:
+        """Publish validated payloads in order, each to its scope, as one batch (the
+        publish API's arrays).
+
+        A client is judged too slow (``1013``) by what it had not drained when the batch
+        began, not by what the batch itself queued in one step: a batch that fits in a
+        reader's send buffer reaches every reader that keeps up.
+        """
+        self._batches += 1
+        self.batch = self._batches
+        try:
+            return [self.publish(item, now=now, wall=wall, scope=scope) for item, scope in items]
+        finally:
+            self.batch = 0
+
     def deliver_local(
         self,
         item: AgentStatus | ChatMessage | Notification,
@@ -305,16 +346,26 @@ class Hub:
     # -- time ---------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        """When a user in the presence grace period turns offline next, or ``None``."""
-        return min(self._leaving.values()) if self._leaving else None
+        """When a user in the presence grace period turns offline next, or a held
+        presence change goes out, or ``None``."""
+        deadline = min(self._leaving.values()) if self._leaving else None
+        if self._due:
+            due = min(self._due.values())
+            if deadline is None or due < deadline:
+                return due
+        return deadline
 
     def handle_timer(self, now: float, wall: float) -> None:
-        """Turn offline every user whose grace period has ended by *now*."""
-        due = [user_id for user_id, at in self._leaving.items() if at <= now]
-        for user_id in due:
+        """Turn offline every user whose grace period has ended by *now*, then send the
+        presence changes held until *now*."""
+        leaving = [user_id for user_id, at in self._leaving.items() if at <= now]
+        for user_id in leaving:
             del self._leaving[user_id]
-            user = self._users.pop(user_id)
-            self._set_status(user_id, user, "offline", now, wall)
+            self._set_status(user_id, self._users[user_id], "offline", now, wall)
+        due = [user_id for user_id, at in self._due.items() if at <= now]
+        for user_id in due:
+            del self._due[user_id]
+            self._announce(user_id, self._users[user_id], now, wall)
 
     # -- presence -----------------------------------------------------------------------
 
@@ -325,9 +376,27 @@ class Hub:
     def _set_status(
         self, user_id: str, user: _User, status: PresenceStatus, now: float, wall: float
     ) -> None:
-        if status == user.status:
-            return
         user.status = status
+        if user_id in self._due:
+            return  # held: whatever the status is when the interval ends goes out
+        next_at = user.announced_at + self.settings.presence_interval
+        if now < next_at and status != user.announced:
+            self._due[user_id] = next_at
+            if self.on_deadline is not None:
+                self.on_deadline()
+            return
+        self._announce(user_id, user, now, wall)
+
+    def _announce(self, user_id: str, user: _User, now: float, wall: float) -> None:
+        """Send *user*'s status if it is not the last one sent; forget a user who is
+        offline with no connection left."""
+        status = user.status
+        if status == "offline" and not user.sessions:
+            del self._users[user_id]
+        if status == user.announced:
+            return
+        user.announced = status
+        user.announced_at = now
         message = PreparedMessage.build(
             "user_presence", {"userId": user_id, "status": status}, wall, self._next_id()
         )
@@ -347,8 +416,13 @@ class Hub:
         if user_id is not None:
             snapshot = [{"userId": uid, "status": st} for uid, st in self.presence().items()]
             self.stats.messages_out["presence_state"] += 1
+            # Outside the slow-client limit: its size follows the users online, not the
+            # client's speed, and a client must get it whole to know who is there.
             member.deliver(
-                PreparedMessage.build("presence_state", {"users": snapshot}, wall), now, wall
+                PreparedMessage.build("presence_state", {"users": snapshot}, wall),
+                now,
+                wall,
+                counted=False,
             )
         self._sessions[member] = None
         self.stats.opened_total += 1
@@ -391,7 +465,6 @@ class Hub:
             elif self.settings.presence_grace > 0:
                 self._leaving[user_id] = now + self.settings.presence_grace
             else:
-                del self._users[user_id]
                 self._set_status(user_id, user, "offline", now, wall)
 
     def _recipients(self, scope: Scope) -> list[Member]:

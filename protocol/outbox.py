@@ -13,6 +13,17 @@ conflation threshold, a pending, not yet written ``agent_status`` for an agent i
 replaced by the newer one for the same ``agentName`` (the older one is removed and the
 newer one appended, so what remains is still in publish order). Chat messages and
 notifications are never dropped or merged.
+
+**What counts toward the slow-client limit.** Every byte queued counts, control frames
+included, except a snapshot the client needs whole (``presence_state``, pushed with
+``counted=False``: its size follows the number of users online, not the client's
+speed). Within a *batch* (one publish API request), the check measures what the
+client had not drained when the batch began, plus the message at hand
+(:meth:`Outbox.firm_backlog_at`), not what the batch itself queued in one step.
+
+**Pongs.** While the backlog is past a limit given by the caller, a new Pong replaces
+the one still pending instead of queuing behind it: RFC 6455 5.5.3 lets an endpoint
+answer only the latest Ping.
 """
 
 from __future__ import annotations
@@ -28,11 +39,16 @@ class Outbox:
     """Pending output of one connection: control bytes and prepared messages, in order."""
 
     __slots__ = (
+        "_batch",
+        "_batch_base",
         "_conflatable",
         "_inflight",
         "_items",
         "_latest",
         "_pending",
+        "_pong",
+        "_uncounted",
+        "_uncounted_inflight",
         "events",
         "on_output",
     )
@@ -44,6 +60,11 @@ class Outbox:
         # Conflation key -> index in _items of the pending message with that key.
         self._latest: dict[str, int] = {}
         self._conflatable = 0  # bytes of the pending messages indexed in _latest
+        self._uncounted = 0  # bytes pending outside the slow-client count (a snapshot)
+        self._uncounted_inflight = 0  # ... of the write in flight
+        self._pong = -1  # index in _items of the pending Pong, or -1
+        self._batch = 0  # the batch firm_backlog_at() last saw, and the backlog then
+        self._batch_base = 0
         #: Called when output becomes pending in an empty outbox (wakes the writer).
         self.on_output: Callable[[], None] | None = None
         #: The wire form of the messages: WebSocket frames, or (``True``) Server-Sent
@@ -56,9 +77,22 @@ class Outbox:
         return self._pending + self._inflight
 
     @property
+    def counted_backlog(self) -> int:
+        """The part of :attr:`backlog` the slow-client limit counts (all but a snapshot)."""
+        return self._pending + self._inflight - self._uncounted - self._uncounted_inflight
+
+    @property
     def firm_backlog(self) -> int:
-        """The part of :attr:`backlog` that conflation cannot shrink."""
-        return self._pending + self._inflight - self._conflatable
+        """The part of :attr:`counted_backlog` that conflation cannot shrink."""
+        return self.counted_backlog - self._conflatable
+
+    def firm_backlog_at(self, batch: int) -> int:
+        """:attr:`firm_backlog` as it was when *batch* (a number, never 0) began: what the
+        client had not drained then. The first call with a new number records it."""
+        if batch != self._batch:
+            self._batch = batch
+            self._batch_base = self.firm_backlog
+        return self._batch_base
 
     def size_of(self, message: PreparedMessage) -> int:
         """The bytes *message* takes on this outbox's wire."""
@@ -67,8 +101,9 @@ class Outbox:
     def __bool__(self) -> bool:
         return self._pending > 0
 
-    def push(self, item: bytes | PreparedMessage) -> None:
-        """Append *item*; a prepared message with a key becomes replaceable."""
+    def push(self, item: bytes | PreparedMessage, *, counted: bool = True) -> None:
+        """Append *item*; a prepared message with a key becomes replaceable. An item
+        pushed with ``counted=False`` is outside :attr:`counted_backlog`."""
         items = self._items
         if not self._pending and self.on_output is not None:
             self.on_output()
@@ -89,6 +124,21 @@ class Outbox:
             size = len(item)
         items.append(item)
         self._pending += size
+        if not counted:
+            self._uncounted += size
+
+    def push_pong(self, frame: bytes, coalesce_over: int) -> None:
+        """Append a Pong *frame*; while :attr:`backlog` is past *coalesce_over*, replace
+        the Pong still pending instead (only the latest Ping is answered)."""
+        index = self._pong
+        if index >= 0 and self.backlog > coalesce_over:
+            old = self._items[index]
+            assert isinstance(old, bytes)
+            self._items[index] = frame
+            self._pending += len(frame) - len(old)
+            return
+        self._pong = len(self._items)
+        self.push(frame)
 
     def replace(self, message: PreparedMessage) -> bool:
         """Drop the pending message with *message*'s key, then append *message*.
@@ -115,7 +165,7 @@ class Outbox:
         """Everything pending as one ``bytes`` (frames of messages); it becomes in flight."""
         items = self._items
         if not items:
-            self._inflight = 0
+            self._inflight = self._uncounted_inflight = 0
             return b""
         if self.events:
             data = b"".join(
@@ -132,6 +182,7 @@ class Outbox:
                 for item in items
                 if item is not None
             )
+        self._uncounted_inflight = self._uncounted
         self._reset()
         self._inflight = len(data)
         return data
@@ -140,12 +191,14 @@ class Outbox:
         """Everything pending as messages (for transports that send text, e.g. ASGI)."""
         messages = [item for item in self._items if isinstance(item, PreparedMessage)]
         self._inflight = self._pending
+        self._uncounted_inflight = self._uncounted
         self._reset()
         return messages
 
     def sent(self) -> None:
         """The write in flight has completed (for transports that take messages)."""
         self._inflight = 0
+        self._uncounted_inflight = 0
 
     def discard(self) -> None:
         """Drop everything pending (the socket failed)."""
@@ -165,3 +218,5 @@ class Outbox:
         self._pending = 0
         self._latest.clear()
         self._conflatable = 0
+        self._uncounted = 0
+        self._pong = -1

@@ -89,6 +89,12 @@ class Host(Protocol):
     @property
     def stats(self) -> Stats: ...
 
+    @property
+    def batch(self) -> int:
+        """The publish batch being delivered (a number), or 0: within a batch a client is
+        judged by what it had not drained when the batch began."""
+        ...
+
     def open_session(self, member: Session, now: float, wall: float) -> None:
         """The session is open (its ``auth`` message is queued): register it."""
         ...
@@ -464,13 +470,24 @@ class Session:
 
     # -- output -------------------------------------------------------------------------
 
-    def deliver(self, message: PreparedMessage, now: float, wall: float) -> bool:
+    def deliver(
+        self, message: PreparedMessage, now: float, wall: float, *, counted: bool = True
+    ) -> bool:
         """Queue *message* (a broadcast, from the hub), applying the slow-client policy:
-        ``False`` if the session is closed or this message made it drop the client."""
+        ``False`` if the session is closed or this message made it drop the client.
+
+        ``counted=False`` queues a snapshot the client needs whole (``presence_state``)
+        outside the policy: its size follows the users online, not the client's speed.
+        """
         if self._closed:
             return False
         outbox = self._sink.outbox
-        settings = self._hub.settings
+        if not counted:
+            outbox.push(message, counted=False)
+            self.messages_out += 1
+            return True
+        hub = self._hub
+        settings = hub.settings
         if (
             message.key is not None
             and outbox.backlog > settings.conflation_threshold
@@ -482,10 +499,13 @@ class Session:
         # outbox.size_of(message), inline: this runs once per recipient of a broadcast.
         size = len(message.event) if outbox.events else len(message.frame)
         limit = settings.max_send_buffer
-        # 1013 when what conflation cannot shrink passes the limit; a hard stop at twice
-        # the limit bounds memory even with very many distinct agents.
-        if outbox.firm_backlog + size > limit or outbox.backlog + size > 2 * limit:
-            self._hub.stats.slow_client_drops += 1
+        # 1013 when what conflation cannot shrink passes the limit (within a batch: what
+        # the client had not drained when the batch began); a hard stop at twice the
+        # limit bounds memory even with very many distinct agents, or a batch.
+        batch = hub.batch
+        firm = outbox.firm_backlog_at(batch) if batch else outbox.firm_backlog
+        if firm + size > limit or outbox.counted_backlog + size > 2 * limit:
+            hub.stats.slow_client_drops += 1
             outbox.discard_messages()
             self.close(CloseCode.TRY_AGAIN_LATER, "client too slow", now, wall)
             return False

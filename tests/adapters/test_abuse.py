@@ -569,7 +569,6 @@ async def test_the_per_address_limit_counts_every_tcp_connection(start_server, c
 # -- 5. a large publish batch ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a whole batch is charged to the send buffer at once")
 async def test_a_valid_batch_reaches_every_reader_that_keeps_up(
     start_server, clients, http_request
 ):
@@ -624,7 +623,6 @@ async def test_a_valid_batch_reaches_every_reader_that_keeps_up(
 # -- 6. presence storms ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="every presence change is broadcast at once")
 async def test_presence_of_one_user_is_broadcast_about_once_a_second(start_server, clients):
     server = await start_server()
     watcher = await connect_calm(clients, server, "watcher")
@@ -674,7 +672,6 @@ async def test_presence_of_one_user_is_broadcast_about_once_a_second(start_serve
 # -- 7. the presence snapshot ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="presence_state counts against the slow-client limit")
 async def test_a_newcomer_gets_the_whole_presence_snapshot(start_server, clients):
     limit = 8 * 1024
     server = await start_server(Settings(max_send_buffer=limit, presence_grace=60.0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from wsproto.events import CloseConnection, TextMessage
 
 from agentcast.protocol import (
@@ -12,6 +13,13 @@ from agentcast.protocol import (
     Settings,
     format_timestamp,
 )
+
+
+@pytest.fixture
+def hub() -> Hub:
+    """Every presence change at once: most tests here are about aggregation and order;
+    the presence interval (one message a second per user) has its own tests below."""
+    return Hub(Settings(presence_interval=0))
 
 
 def presence(h, user: str, status: str, ident: str, wall: float | None = None) -> dict:
@@ -172,7 +180,7 @@ def test_reconnect_after_the_grace_period_is_a_new_arrival(h, hub):
 
 
 def test_without_grace_the_last_close_is_offline_at_once(h):
-    hub = Hub(Settings(presence_grace=0))
+    hub = Hub(Settings(presence_grace=0, presence_interval=0))
     bob, _ = h.connect(hub, "bob")
     alice, _ = h.connect(hub, "alice")
     bob.messages()
@@ -193,7 +201,7 @@ def test_unauthenticated_close_changes_no_presence(h, hub):
 def test_slow_client_dropped_mid_broadcast_is_announced_after_the_broadcast(h):
     # The offline change caused by dropping a client during a fan-out must not overtake
     # the broadcast itself at the other recipients.
-    hub = Hub(Settings(presence_grace=0, max_send_buffer=1000))
+    hub = Hub(Settings(presence_grace=0, presence_interval=0, max_send_buffer=1000))
     first, _ = h.connect(hub, "first")
     slow, _ = h.connect(hub, "slow")
     last, _ = h.connect(hub, "last")
@@ -278,3 +286,94 @@ def test_a_fractional_presence_grace_still_delays_offline(h):
     assert offline["type"] == "user_presence"
     assert offline["data"] == {"userId": "u1", "status": "offline"}
     assert offline["timestamp"] == format_timestamp(W + 1.5)
+
+
+# -- at most one presence message a second per user -------------------------------------
+
+
+def _set(pair, status: str, now: float) -> None:
+    pair.now = now
+    pair.send_json({"type": "user_presence", "data": status})
+    pair.messages()
+
+
+def test_a_users_changes_within_the_interval_are_held_and_the_latest_goes_out(h):
+    hub = Hub(Settings(presence_interval=1.0))
+    woken = []
+    hub.on_deadline = lambda: woken.append(hub.next_deadline())
+    watcher, _ = h.connect(hub, "watcher")
+    tab, _ = h.connect(hub, "storm")  # "online" went out at 0
+    watcher.messages()
+    for n, status in enumerate(["busy", "away", "online", "busy", "away"]):
+        _set(tab, status, 0.1 * (n + 1))
+    assert only_presence(watcher.messages()) == []  # held until the interval ends
+    assert woken == [1.0]  # the adapter is told once that the hub needs waking
+    assert hub.next_deadline() == 1.0
+    hub.handle_timer(0.99, h.WALL0)
+    assert only_presence(watcher.messages()) == []
+    hub.handle_timer(1.0, h.WALL0 + 1)
+    # The latest status, once, with the time it went out.
+    [message] = [m for m in watcher.messages() if m["type"] == "user_presence"]
+    stamp = format_timestamp(h.WALL0 + 1)
+    assert message == presence(h, "user_storm", "away", message["id"], stamp)
+    assert hub.next_deadline() is None
+    # A change a whole interval after the last one sent goes out at once.
+    _set(tab, "busy", 2.0)
+    assert only_presence(watcher.messages()) == [{"userId": "user_storm", "status": "busy"}]
+    # Changes that end where the last one sent was send nothing.
+    _set(tab, "away", 2.5)
+    _set(tab, "busy", 2.7)
+    assert hub.next_deadline() == 3.0
+    hub.handle_timer(3.0, h.WALL0 + 3)
+    assert only_presence(watcher.messages()) == []
+    assert hub.presence()["user_storm"] == "busy"
+
+
+def test_held_changes_of_several_users_each_go_out_when_their_own_interval_ends(h):
+    hub = Hub(Settings(presence_interval=1.0))
+    watcher, _ = h.connect(hub, "watcher")
+    a, _ = h.connect(hub, "a")
+    b, _ = h.connect(hub, "b", now=0.5)
+    watcher.messages()
+    _set(a, "busy", 0.6)
+    _set(b, "away", 0.7)
+    assert hub.next_deadline() == 1.0
+    hub.handle_timer(1.0, h.WALL0)
+    assert only_presence(watcher.messages()) == [{"userId": "user_a", "status": "busy"}]
+    assert hub.next_deadline() == 1.5
+    hub.handle_timer(1.5, h.WALL0)
+    assert only_presence(watcher.messages()) == [{"userId": "user_b", "status": "away"}]
+
+
+def test_leaving_within_the_interval_sends_offline_when_it_ends(h):
+    hub = Hub(Settings(presence_grace=0, presence_interval=1.0))
+    watcher, _ = h.connect(hub, "watcher")
+    gone, _ = h.connect(hub, "gone", now=0.2)
+    back, _ = h.connect(hub, "back", now=0.2)
+    watcher.messages()
+    gone.now = back.now = 0.5
+    _close(gone)
+    _close(back)
+    assert only_presence(watcher.messages()) == []
+    assert hub.presence() == {"user_watcher": "online"}
+    h.connect(hub, "back", now=0.8)  # back before the interval ended: nothing to say
+    hub.handle_timer(1.2, h.WALL0)
+    assert only_presence(watcher.messages()) == [{"userId": "user_gone", "status": "offline"}]
+    assert hub.presence() == {"user_watcher": "online", "user_back": "online"}
+    assert hub.next_deadline() is None
+
+
+def test_the_grace_period_and_the_interval_together(h):
+    hub = Hub(Settings(presence_grace=0.5, presence_interval=1.0))
+    watcher, _ = h.connect(hub, "watcher")
+    tab, _ = h.connect(hub, "tab", now=0.1)
+    watcher.messages()
+    tab.now = 0.2
+    _close(tab)
+    assert hub.next_deadline() == 0.7  # the grace period ends first
+    hub.handle_timer(0.7, h.WALL0)
+    assert only_presence(watcher.messages()) == []  # offline, held until 1.1
+    assert hub.next_deadline() == 1.1
+    hub.handle_timer(1.1, h.WALL0)
+    assert only_presence(watcher.messages()) == [{"userId": "user_tab", "status": "offline"}]
+    assert hub.presence() == {"user_watcher": "online"}

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from agentcast.protocol import (
+    EVERYONE,
     Hub,
+    Notification,
     PreparedMessage,
+    Scope,
     Settings,
 )
 from agentcast.protocol.outbox import Outbox
@@ -99,3 +103,106 @@ def test_a_backlog_of_exactly_max_send_buffer_is_kept_and_one_byte_more_is_1013(
     sent, sink, _ = notifications_until_closed(h, 3 * size - 1)
     assert sent == 2
     assert sink.closed == (1013, "client too slow")
+
+
+# -- what counts toward the limit: a snapshot does not, a batch is one step ---------------
+
+
+def test_uncounted_bytes_stay_out_of_the_counted_backlog_until_written():
+    snapshot = PreparedMessage.build("presence_state", {"users": []}, W)
+    size = len(snapshot.frame)
+    for take in ("bytes", "messages"):
+        box = Outbox()
+        box.push(b"ab")
+        box.push(snapshot, counted=False)
+        assert (box.backlog, box.counted_backlog, box.firm_backlog) == (2 + size, 2, 2)
+        if take == "bytes":
+            assert len(box.take_bytes()) == 2 + size
+        else:
+            assert box.take_messages() == [snapshot]
+        assert box.counted_backlog == 2
+        assert box.backlog == 2 + size
+        box.sent()
+        assert (box.backlog, box.counted_backlog) == (0, 0)
+        assert box.take_bytes() == b""
+        assert box.counted_backlog == 0
+
+
+def test_firm_backlog_at_a_batch_is_what_was_there_when_the_batch_began():
+    box = Outbox()
+    box.push(b"x" * 10)
+    assert box.firm_backlog_at(1) == 10
+    box.push(b"y" * 5)
+    assert box.firm_backlog_at(1) == 10  # the same batch: its own bytes do not count
+    assert box.firm_backlog_at(2) == 15  # the next one starts from what is pending now
+
+
+def notification(n: int, size: int = 200) -> Notification:
+    return Notification(level="info", message=f"{n:04d}" + "x" * size)
+
+
+def batch_of(items: list[Notification]) -> list[tuple[Notification, Scope]]:
+    """A publish batch: every item to every authenticated connection."""
+    return [(item, EVERYONE) for item in items]
+
+
+def test_a_presence_snapshot_past_the_send_buffer_reaches_the_newcomer_whole(h):
+    hub = Hub(Settings(max_send_buffer=2000, presence_grace=60.0))
+    for n in range(30):  # gone, but online for their grace period
+        session, _ = h.open_session(hub, f"u{n:02d}" + "x" * 60)
+        session.close(1000, "bye", 0.0, W)
+    pair, first = h.connect(hub, "newcomer")
+    assert [m["type"] for m in first] == ["auth", "presence_state", "user_presence"]
+    assert len(json.dumps(first[1])) > 2000
+    assert len(first[1]["data"]["users"]) == 30
+    assert not pair.server.transport.closed
+    assert hub.stats.slow_client_drops == 0
+    # It does not shield a slow client: what comes after it is counted as ever.
+    items = [notification(n) for n in range(12)]
+    for item in items:
+        hub.publish(item, now=1.0, wall=W + 1)
+    assert hub.stats.slow_client_drops == 1
+
+
+def test_a_batch_larger_than_the_send_buffer_reaches_a_client_that_has_drained(h):
+    hub = Hub(Settings(max_send_buffer=4000))
+    _, reader = h.open_session(hub, "reader")
+    batch = [notification(n) for n in range(20)]  # ~6 KB, past the limit
+    published = hub.publish_batch(batch_of(batch), now=1.0, wall=W + 1)
+    assert [p.delivered for p in published] == [1] * 20
+    assert reader.closed is None
+    assert [m["data"]["message"][:4] for m in reader.messages()] == [f"{n:04d}" for n in range(20)]
+    assert hub.batch == 0  # over once published
+    # One message at a time, the same 6 KB is a client too slow to keep up.
+    sent = 0
+    for item in batch:
+        hub.publish(item, now=2.0, wall=W + 2)
+        if reader.closed is not None:
+            break
+        sent += 1
+    assert reader.closed == (1013, "client too slow")
+    assert 10 < sent < 15
+
+
+def test_a_batch_on_top_of_what_a_client_has_not_drained_drops_it(h):
+    hub = Hub(Settings(max_send_buffer=4000))
+    _, behind = h.open_session(hub, "behind")
+    _, reader = h.open_session(hub, "reader")
+    reader.messages()
+    for n in range(12):  # ~4 KB the client has not read (331 bytes each)
+        hub.publish(notification(n), now=1.0, wall=W + 1)
+    behind.outbox.take_messages()  # handed to a socket that does not take it
+    reader.messages()
+    hub.publish_batch(batch_of([notification(n) for n in range(3)]), now=2.0, wall=W + 2)
+    assert behind.closed == (1013, "client too slow")
+    assert reader.closed is None
+
+
+def test_a_batch_stops_at_twice_the_send_buffer(h):
+    hub = Hub(Settings(max_send_buffer=4000))
+    _, reader = h.open_session(hub, "reader")
+    items = batch_of([notification(n) for n in range(60)])
+    published = hub.publish_batch(items, now=1.0, wall=W + 1)
+    assert reader.closed == (1013, "client too slow")
+    delivered = sum(p.delivered for p in published)
+    assert 20 < delivered < 30  # past 8,000 bytes (~300 bytes each), not before

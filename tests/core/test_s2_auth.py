@@ -243,6 +243,7 @@ def test_refresh_for_another_user_fails_and_keeps_the_identity(h, pair, hub):
     assert pair.server.session is not None
     assert pair.server.session.user_id == "user_abc123"
     assert hub.authenticated_clients_count() == 1
+    pair.now = 1.0  # a presence interval after the arrival: the change goes out at once
     pair.send_json({"type": "user_presence", "data": "busy"})
     assert pair.messages()[0]["data"] == {"userId": "user_abc123", "status": "busy"}
 

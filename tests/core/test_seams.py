@@ -65,7 +65,9 @@ class Recorder:
         self.subscriptions: dict[str, None] = {}
         self.got: list[PreparedMessage] = []
 
-    def deliver(self, message: PreparedMessage, now: float, wall: float) -> bool:
+    def deliver(
+        self, message: PreparedMessage, now: float, wall: float, *, counted: bool = True
+    ) -> bool:
         self.got.append(message)
         return True
 
@@ -113,6 +115,7 @@ class Host:
     def __init__(self) -> None:
         self.settings = Settings()
         self.stats = Stats()
+        self.batch = 0
         self.calls: list[str] = []
 
     def open_session(self, member: Session, now: float, wall: float) -> None:
@@ -140,7 +143,9 @@ def test_a_member_may_publish_while_receiving_and_everyone_gets_both_once(h):
     hub = Hub()
 
     class Relay(Recorder):
-        def deliver(self, message: PreparedMessage, now: float, wall: float) -> bool:
+        def deliver(
+            self, message: PreparedMessage, now: float, wall: float, *, counted: bool = True
+        ) -> bool:
             super().deliver(message, now, wall)
             if message.kind == "agent_status":
                 hub.send_notification("info", "relayed", now=now, wall=wall)

@@ -78,6 +78,9 @@ MAX_SUBSCRIPTIONS = 2
 CHANNELS = ["c1", "c2", "secret"]
 
 SETTINGS = Settings(
+    # Every presence change at once: the model checks aggregation, grace and order; the
+    # presence interval has its own tests (tests/core/test_hub_presence.py).
+    presence_interval=0,
     heartbeat_interval=INTERVAL,
     heartbeat_timeout=TIMEOUT,
     presence_grace=GRACE,
