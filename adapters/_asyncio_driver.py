@@ -116,9 +116,12 @@ class AsyncioDriver(Driver, asyncio.Protocol):
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
         service = self._service
-        self._open(service, host=host, peer=peer, now=self._loop.time())
+        now = self._loop.time()
+        self._open(service, host=host, peer=peer, now=now)
         service.register(self)
-        self._arm_timer()
+        # Refused at once (too many connections from this address): the 503 goes out
+        # at the next pass, then the lingering close.
+        self._after_input(now)
 
     def data_received(self, data: bytes) -> None:
         if self._finishing:

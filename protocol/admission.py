@@ -10,12 +10,19 @@ The :class:`~agentcast.protocol.Hub` holds one :class:`Admission`; every
    (``503`` with ``Retry-After``). It is consulted last, so attempts already refused for
    another reason do not use up the allowance of everyone else;
 4. once the token's verdict is in (still before the ``101``), ``max_connections_per_user``
-   (``503``).
+   for a user, ``max_unauthenticated_connections`` for a connection without a valid
+   token (``503``): token-less sockets cannot take the places of users.
 
 An admitted upgrade holds a :class:`Ticket`, counted from the moment the upgrade is
 requested (so upgrades waiting for a slow authenticator count too) until the connection
-is closed, whichever way it ends; :meth:`Admission.release` is idempotent. Plain HTTP
-requests (``/healthz``, ``/metrics``, the publish API) are not limited here.
+is closed, whichever way it ends; :meth:`Admission.release` is idempotent.
+
+Where the adapter sees TCP connections (the reference server), ``max_connections_per_ip``
+counts *every* one of them from the moment it is accepted (:meth:`Admission.connect`),
+not only upgrades: silent sockets, and requests whose bodies are still arriving, hold a
+file descriptor too. The upgrade on such a connection then skips the address count (it
+holds one already). Under ASGI the HTTP server owns the sockets, and the address count
+applies to upgrades.
 
 Addresses are counted as the adapter reports them, except that an IPv4-mapped IPv6
 address counts as its IPv4 address and any other IPv6 address counts as its /64: one
@@ -51,11 +58,15 @@ class _Limit:
 class Ticket:
     """One admitted connection's place in the counts."""
 
-    __slots__ = ("address", "released", "user_id")
+    __slots__ = ("address", "released", "total", "unauthenticated", "user_id")
 
-    def __init__(self, address: str | None) -> None:
+    def __init__(self, address: str | None, *, total: bool = True) -> None:
         self.address = address
+        #: Counted in ``max_connections`` (an upgrade), or only per address (a TCP
+        #: connection, :meth:`Admission.connect`).
+        self.total = total
         self.user_id: str | None = None
+        self.unauthenticated = False
         self.released = False
 
 
@@ -86,6 +97,10 @@ _TOO_MANY_FOR_USER = _Limit(
     "max_connections_per_user",
     HttpAnswer.plain(503, "Service Unavailable: too many connections for this user"),
 )
+_TOO_MANY_UNAUTHENTICATED = _Limit(
+    "max_unauthenticated_connections",
+    HttpAnswer.plain(503, "Service Unavailable: too many connections without a valid token", ()),
+)
 
 
 class Admission:
@@ -98,6 +113,7 @@ class Admission:
         "_per_user",
         "_settings",
         "_total",
+        "_unauthenticated",
         "refused",
     )
 
@@ -108,12 +124,14 @@ class Admission:
         self._total = 0
         self._per_address: dict[str, int] = {}
         self._per_user: dict[str, int] = {}
+        self._unauthenticated = 0
         # One second's worth of connections; full at the first upgrade it sees.
         rate = settings.connection_rate
         self._bucket = None if rate is None else TokenBucket(rate, max(1.0, rate))
         #: Refused upgrades by what was exceeded (``origin``, ``max_connections``,
-        #: ``max_connections_per_ip``, ``max_connections_per_user``, ``connection_rate``;
-        #: ``auth`` for a 401), for metrics.
+        #: ``max_connections_per_ip``, ``max_connections_per_user``,
+        #: ``max_unauthenticated_connections``, ``connection_rate``; ``auth`` for a 401),
+        #: for metrics.
         self.refused: Counter[str] = Counter()
 
     # -- counts -------------------------------------------------------------------------
@@ -132,6 +150,11 @@ class Admission:
         """Admitted connections authenticated as *user_id*."""
         return self._per_user.get(user_id, 0)
 
+    @property
+    def unauthenticated(self) -> int:
+        """Admitted connections without a valid token."""
+        return self._unauthenticated
+
     # -- decisions ----------------------------------------------------------------------
 
     def origin_allowed(self, headers: Iterable[tuple[str, str]]) -> bool:
@@ -144,23 +167,36 @@ class Admission:
         # More than one Origin is not something a browser sends: refuse the ambiguity.
         return len(values) == 1 and self._origins.allows(values[0])
 
+    def connect(self, client: str | None) -> Ticket | HttpAnswer:
+        """A TCP connection from *client* was accepted: a :class:`Ticket` counted under
+        its address until released, or the answer that refuses it (``503``) over
+        ``max_connections_per_ip``."""
+        address = address_key(client)
+        if self._address_full(address):
+            self.refused[_TOO_MANY_FROM_ADDRESS.name] += 1
+            return _TOO_MANY_FROM_ADDRESS.answer
+        self._count_address(address)
+        return Ticket(address, total=False)
+
     def admit(
-        self, headers: Iterable[tuple[str, str]], client: str | None, now: float
+        self,
+        headers: Iterable[tuple[str, str]],
+        client: str | None,
+        now: float,
+        *,
+        address_counted: bool = False,
     ) -> Ticket | HttpAnswer:
         """Decide an upgrade from *client*: a :class:`Ticket`, counted until released, or
-        the answer that refuses it."""
+        the answer that refuses it. *address_counted*: the connection holds a ticket of
+        :meth:`connect` already, so the address is not counted again."""
         settings = self._settings
         refusal: _Limit | None = None
-        address = address_key(client)
+        address = None if address_counted else address_key(client)
         if not self.origin_allowed(headers):
             refusal = _FORBIDDEN_ORIGIN
         elif settings.max_connections is not None and self._total >= settings.max_connections:
             refusal = _TOO_MANY
-        elif (
-            address is not None
-            and settings.max_connections_per_ip is not None
-            and self._per_address.get(address, 0) >= settings.max_connections_per_ip
-        ):
+        elif self._address_full(address):
             refusal = _TOO_MANY_FROM_ADDRESS
         else:
             refusal = self._take_rate_token(now)
@@ -168,8 +204,7 @@ class Admission:
             self.refused[refusal.name] += 1
             return refusal.answer
         self._total += 1
-        if address is not None:
-            self._per_address[address] = self._per_address.get(address, 0) + 1
+        self._count_address(address)
         return Ticket(address)
 
     def admit_user(self, ticket: Ticket, user_id: str) -> HttpAnswer | None:
@@ -185,14 +220,39 @@ class Admission:
         ticket.user_id = user_id
         return None
 
+    def admit_unauthenticated(self, ticket: Ticket) -> HttpAnswer | None:
+        """Count *ticket*'s connection as one without a valid token, or refuse it over
+        ``max_unauthenticated_connections`` (the caller then rejects the upgrade and
+        releases the ticket)."""
+        limit = self._settings.max_unauthenticated_connections
+        if limit is not None and self._unauthenticated >= limit:
+            self.refused[_TOO_MANY_UNAUTHENTICATED.name] += 1
+            return _TOO_MANY_UNAUTHENTICATED.answer
+        self._unauthenticated += 1
+        ticket.unauthenticated = True
+        return None
+
     def release(self, ticket: Ticket) -> None:
         """The connection is closed: give its places back. Idempotent."""
         if ticket.released:
             return
         ticket.released = True
-        self._total -= 1
+        if ticket.total:
+            self._total -= 1
+        if ticket.unauthenticated:
+            self._unauthenticated -= 1
         _decrement(self._per_address, ticket.address)
         _decrement(self._per_user, ticket.user_id)
+
+    def _address_full(self, address: str | None) -> bool:
+        limit = self._settings.max_connections_per_ip
+        return (
+            address is not None and limit is not None and self._per_address.get(address, 0) >= limit
+        )
+
+    def _count_address(self, address: str | None) -> None:
+        if address is not None:
+            self._per_address[address] = self._per_address.get(address, 0) + 1
 
     def _take_rate_token(self, now: float) -> _Limit | None:
         bucket = self._bucket

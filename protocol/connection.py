@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .admission import Ticket
 from .answers import HttpAnswer
 from .auth import AuthResult
 from .errors import LocalProtocolError
@@ -58,6 +59,7 @@ class ServerConnection:
 
     __slots__ = (
         "__weakref__",
+        "_address",
         "_client",
         "_events",
         "_hub",
@@ -96,6 +98,14 @@ class ServerConnection:
         # stream (the session's sink).
         self._stream_request: HttpRequest | None = None
         self._stream: EventStream | None = None
+        # Every TCP connection counts under its address (max_connections_per_ip) from
+        # the start: silent sockets and slow bodies hold a file descriptor too.
+        self._address: Ticket | None = None
+        admitted = hub.admission.connect(client)
+        if isinstance(admitted, HttpAnswer):
+            self._ws.refuse(admitted)
+        else:
+            self._address = admitted
 
     # -- state --------------------------------------------------------------------------
 
@@ -184,6 +194,7 @@ class ServerConnection:
             refusal = upgrade.decide(result)
             if refusal is not None:
                 self._ws.respond(refusal)
+                self._release_if_closed()
                 return
 
             def start() -> None:
@@ -205,6 +216,7 @@ class ServerConnection:
         """Answer the pending :class:`~agentcast.protocol.events.HttpRequest` (or refuse
         the pending upgrade); the connection then closes."""
         self._ws.respond(answer)
+        self._release_if_closed()
 
     def close(self, code: int, reason: str, now: float, wall: float) -> None:
         """Close from the server side (1001 at shutdown); before the upgrade, just close."""
@@ -259,8 +271,12 @@ class ServerConnection:
             session.receive_binary(now, self._wall)
 
     def _release_if_closed(self) -> None:
-        if self._upgrade is not None and self._ws.closed:
+        if not self._ws.closed:
+            return
+        if self._upgrade is not None:
             self._upgrade.release()
+        if self._address is not None:
+            self._hub.admission.release(self._address)
 
     def _on_upgrade(self, event: UpgradeRequested, now: float, wall: float) -> None:
         upgrade = Upgrade(
@@ -270,6 +286,7 @@ class ServerConnection:
             subprotocols=event.subprotocols,
             client=self._client,
             now=now,
+            address_counted=self._address is not None,
         )
         if upgrade.refusal is not None:
             self._ws.respond(upgrade.refusal)
@@ -302,6 +319,7 @@ class ServerConnection:
             client=self._client,
             now=now,
             cookie=TOKEN_COOKIE,
+            address_counted=self._address is not None,
         )
         if upgrade.refusal is not None:
             self._ws.respond(upgrade.refusal)

@@ -145,14 +145,19 @@ class Hub:
         return len(self._authenticated)
 
     def health(self) -> dict[str, object]:
-        """The body of ``/healthz``: ``{"status":"ok","clients":N,"authenticated":M}``;
-        while the server cannot accept connections (out of file descriptors: see
+        """The body of ``/healthz``:
+        ``{"status":"ok","clients":N,"authenticated":M,"unauthenticated":U}`` (the last,
+        ``N - M``, so an operator sees token-less sockets pile up); while the server
+        cannot accept connections (out of file descriptors: see
         :mod:`agentcast.protocol.accepting`), ``"status":"degraded"`` with
         ``"accepting":false`` and the reason."""
+        clients = self.clients_count()
+        authenticated = self.authenticated_clients_count()
         body: dict[str, object] = {
             "status": "ok",
-            "clients": self.clients_count(),
-            "authenticated": self.authenticated_clients_count(),
+            "clients": clients,
+            "authenticated": authenticated,
+            "unauthenticated": clients - authenticated,
         }
         shortage = self.accepting.shortage
         if shortage is not None:

@@ -13,7 +13,8 @@ stream (PROTOCOL.md 11) takes the same way, with the token also from a cookie
    subprotocol (:func:`extract_token`); the adapter runs the authenticator on it; the
    resume point (:attr:`Upgrade.since`) from ``Last-Event-ID`` or ``since``;
 3. the verdict: with ``require_auth`` a missing or refused token is ``401``; an identity
-   is counted against ``max_connections_per_user`` (``503``);
+   is counted against ``max_connections_per_user``, a missing or refused token against
+   ``max_unauthenticated_connections`` (``503``);
 4. accept (with :attr:`Upgrade.subprotocol`), then :meth:`Upgrade.open` the
    :class:`~agentcast.protocol.Session` on the adapter's :class:`~agentcast.protocol.Sink`.
 
@@ -149,9 +150,12 @@ class Upgrade:
         client: str | None,
         now: float,
         cookie: str | None = None,
+        address_counted: bool = False,
     ) -> None:
         """*cookie*: the name of a cookie that may hold the token (an event stream's,
-        :data:`TOKEN_COOKIE`); ``None`` for a WebSocket."""
+        :data:`TOKEN_COOKIE`); ``None`` for a WebSocket. *address_counted*: the
+        connection already holds its place under its address
+        (:meth:`~agentcast.protocol.admission.Admission.connect`)."""
         headers = tuple(headers)
         self._hub = hub
         self._ticket: Ticket | None = None
@@ -164,7 +168,7 @@ class Upgrade:
         self.channels: list[str] = []
         #: The resume point the client asked for (:func:`extract_since`), or ``None``.
         self.since: str | None = None
-        decision = hub.admission.admit(headers, client, now)
+        decision = hub.admission.admit(headers, client, now, address_counted=address_counted)
         #: Set when the upgrade is refused (at the request, or by :meth:`decide`).
         self.refusal: HttpAnswer | None = None
         if isinstance(decision, HttpAnswer):
@@ -191,8 +195,13 @@ class Upgrade:
             refusal = HttpAnswer.plain(
                 401, f"Unauthorized: {reason}", (("www-authenticate", "Bearer"),)
             )
-        elif isinstance(result, Identity) and self._ticket is not None:
-            refusal = admission.admit_user(self._ticket, result.user_id)
+        else:
+            ticket = self._ticket
+            assert ticket is not None  # admitted at the request (or refused above)
+            if isinstance(result, Identity):
+                refusal = admission.admit_user(ticket, result.user_id)
+            else:
+                refusal = admission.admit_unauthenticated(ticket)
         if refusal is not None:
             self.refusal = refusal
             self.release()

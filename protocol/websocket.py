@@ -341,6 +341,13 @@ class WebSocketTransport:
         self._outbox.push(head)
         self._step(Step.STREAM)
 
+    def refuse(self, answer: HttpAnswer) -> None:
+        """Answer *answer* at once, before any request is read, and close (a connection
+        over a limit when it is accepted)."""
+        if self._state is not TransportState.HTTP:
+            raise LocalProtocolError(f"refuse() in state {self._state.name}")
+        self._answer(answer)
+
     def send_text(self, text: str) -> None:
         """Queue one text message (an application of the transport alone, such as the
         RFC 6455 echo; agentcast's own messages go through the outbox, encoded once)."""

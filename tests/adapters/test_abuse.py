@@ -524,7 +524,6 @@ async def test_pending_request_bodies_share_a_global_budget(start_server):
     assert accepted.startswith(b"HTTP/1.1 202 "), accepted
 
 
-@pytest.mark.xfail(strict=True, reason="the per-address limit counts upgrades only")
 async def test_the_per_address_limit_counts_every_tcp_connection(start_server, clients, held):
     server = await start_server(Settings(max_connections_per_ip=10, handshake_timeout=3.0))
     calm = await connect_calm(clients, server)
@@ -695,7 +694,6 @@ async def test_a_newcomer_gets_the_whole_presence_snapshot(start_server, clients
 # -- 8. unauthenticated connections ---------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="unauthenticated connections share the whole pool")
 async def test_unauthenticated_connections_have_their_own_smaller_cap(
     start_server, clients, http_request
 ):

@@ -94,7 +94,10 @@ async def test_fastapi_example_publishes_from_its_route_to_the_mounted_endpoint(
     )
     assert status == 422  # FastAPI's validation: nothing published
     status, _, raw = await http_request(f"http://{address}/realtime/healthz")
-    assert (status, json.loads(raw)) == (200, {"status": "ok", "clients": 1, "authenticated": 1})
+    assert (status, json.loads(raw)) == (
+        200,
+        {"status": "ok", "clients": 1, "authenticated": 1, "unauthenticated": 0},
+    )
 
     # The presence timer runs through FastAPI's lifespan: a user who left turns offline.
     other, _ = await greeted(clients, f"ws://{address}/realtime/ws?token=other")
@@ -156,7 +159,10 @@ async def test_without_lifespan_the_presence_timer_outlives_the_connection_it_ra
     await wait_for(lambda: hub.next_deadline() < anyio.current_time())
     assert "user_second" in hub.presence()  # its grace period is over, but nobody looked
     status, _, raw = await http_request(f"http://{address}/rt/healthz")
-    assert (status, json.loads(raw)) == (200, {"status": "ok", "clients": 0, "authenticated": 0})
+    assert (status, json.loads(raw)) == (
+        200,
+        {"status": "ok", "clients": 0, "authenticated": 0, "unauthenticated": 0},
+    )
     assert hub.presence() == {}  # the request turned it offline before answering
     third, _ = await greeted(clients, f"ws://{address}/rt/ws?token=third")
     assert (await third.recv())["data"] == {"users": []}  # presence_state

@@ -313,7 +313,12 @@ async def test_readme_command_serves_healthz(spawn_server, http_request, anyio_b
     )
     status, _, body = await http_request(process.http_base + "/healthz")
     assert status == 200
-    assert json.loads(body) == {"status": "ok", "clients": 0, "authenticated": 0}
+    assert json.loads(body) == {
+        "status": "ok",
+        "clients": 0,
+        "authenticated": 0,
+        "unauthenticated": 0,
+    }
     process.process.send_signal(signal.SIGTERM)
     with anyio.fail_after(10):
         assert await process.process.wait() == 0

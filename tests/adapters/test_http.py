@@ -122,7 +122,12 @@ async def test_healthz_counts_and_other_answers(start_server, clients, http_requ
     status, headers, raw = await http_request(endpoint(server, "/healthz"))
     assert status == 200
     assert headers["content-type"] == "application/json"
-    assert json.loads(raw) == {"status": "ok", "clients": 2, "authenticated": 1}
+    assert json.loads(raw) == {
+        "status": "ok",
+        "clients": 2,
+        "authenticated": 1,
+        "unauthenticated": 1,
+    }
     assert (await http_request(endpoint(server, "/nowhere")))[0] == 404
     assert (await http_request(endpoint(server, "/ws")))[0] == 426
     assert (await http_request(endpoint(server, "/api/notifications")))[0] == 405

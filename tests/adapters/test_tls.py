@@ -79,6 +79,7 @@ async def test_wss_round_trip(start_server, clients, server_context, client_cont
         "status": "ok",
         "clients": 1,
         "authenticated": 1,
+        "unauthenticated": 0,
     }
     await peer.close()
     await all_released(server)

@@ -367,6 +367,8 @@ def test_the_grace_period_and_the_interval_together(h):
     hub = Hub(Settings(presence_grace=0.5, presence_interval=1.0))
     watcher, _ = h.connect(hub, "watcher")
     tab, _ = h.connect(hub, "tab", now=0.1)
+    other, _ = h.connect(hub, "other", now=0.1)
+    _set(other, "busy", 0.15)  # held until 1.1
     watcher.messages()
     tab.now = 0.2
     _close(tab)
@@ -375,5 +377,8 @@ def test_the_grace_period_and_the_interval_together(h):
     assert only_presence(watcher.messages()) == []  # offline, held until 1.1
     assert hub.next_deadline() == 1.1
     hub.handle_timer(1.1, h.WALL0)
-    assert only_presence(watcher.messages()) == [{"userId": "user_tab", "status": "offline"}]
-    assert hub.presence() == {"user_watcher": "online"}
+    assert only_presence(watcher.messages()) == [
+        {"userId": "user_other", "status": "busy"},
+        {"userId": "user_tab", "status": "offline"},
+    ]
+    assert hub.presence() == {"user_watcher": "online", "user_other": "busy"}

@@ -18,11 +18,14 @@ from agentcast.protocol import (
     AuthRequested,
     ConnectionClosed,
     DevAuthenticator,
+    HttpAnswer,
     Hub,
+    LocalProtocolError,
     ServerConnection,
     Settings,
 )
 from agentcast.protocol.admission import Ticket, address_key
+from agentcast.protocol.upgrade import Upgrade
 
 WALL = 1_766_754_000.0
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's sample key
@@ -524,3 +527,94 @@ def test_permessage_deflate_is_never_accepted_and_a_compressed_frame_is_1002() -
     assert close.code == 1002
     assert conn.closed
     assert hub.admission.connections == 0
+
+
+# -- every TCP connection counts under its address ----------------------------------------
+
+
+def test_every_tcp_connection_counts_under_its_address_from_the_start() -> None:
+    hub = Hub(_unlimited(max_connections_per_ip=2))
+    silent = [ServerConnection(hub, now=0.0, client=ADDRESS) for _ in range(2)]
+    assert hub.admission.connections_from(ADDRESS) == 2
+    refused = ServerConnection(hub, now=0.0, client=ADDRESS)
+    assert refused.closed  # answered at once, before reading anything
+    data = refused.data_to_send()
+    assert _status(data) == 503
+    assert data.endswith(b"Service Unavailable: too many connections from this address\n")
+    assert hub.admission.refused["max_connections_per_ip"] == 1
+    # Another address, and a connection whose address is unknown, are not affected.
+    assert not ServerConnection(hub, now=0.0, client="198.51.100.1").closed
+    assert not ServerConnection(hub, now=0.0, client=None).closed
+    # A plain HTTP request answered gives its place back...
+    first = silent[0]
+    first.receive_data(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 0.0, WALL)
+    assert [type(e).__name__ for e in first.events_received()] == ["HttpRequest"]
+    first.respond(HttpAnswer.json(200, {}))
+    assert hub.admission.connections_from(ADDRESS) == 1
+    # ...and an upgrade on a counted connection is not counted twice.
+    second = silent[1]
+    second.receive_data(_request("/ws?token=abc"), 0.0, WALL)
+    [event] = second.events_received()
+    assert isinstance(event, AuthRequested)
+    second.complete_auth(DevAuthenticator().authenticate(event.token, WALL), 0.0, WALL)
+    assert _status(second.data_to_send()) == 101
+    assert hub.admission.connections_from(ADDRESS) == 1
+    assert hub.admission.connections == 1
+    _close_by_client(second, 1.0)
+    assert hub.admission.connections_from(ADDRESS) == 0
+    assert hub.admission.connections == 0
+
+
+def test_a_refused_upgrade_gives_the_address_back() -> None:
+    hub = Hub(_unlimited(max_connections_per_ip=1, max_connections_per_user=1))
+    _attempt(hub, "abc", client="198.51.100.1")
+    conn, data = _attempt(hub, "abc")  # the user is full
+    assert _status(data) == 503
+    assert conn.closed
+    assert hub.admission.connections_from(ADDRESS) == 0
+    assert not ServerConnection(hub, now=0.0, client=ADDRESS).closed
+
+
+def test_refuse_is_for_a_connection_that_has_read_nothing() -> None:
+    conn = ServerConnection(Hub(), now=0.0, client=ADDRESS)
+    conn.receive_data(_request(), 0.0, WALL)
+    with pytest.raises(LocalProtocolError):
+        conn.transport.refuse(HttpAnswer.plain(503, "no"))
+
+
+# -- unauthenticated connections have their own cap ---------------------------------------
+
+
+def test_connections_without_a_valid_token_have_their_own_smaller_cap() -> None:
+    hub = Hub(_unlimited(max_unauthenticated_connections=2))
+    strangers = [_attempt(hub, None, client="198.51.100.1")[0]]
+    strangers.append(_attempt(hub, "bad%20token", client="198.51.100.2")[0])  # refused
+    assert hub.admission.unauthenticated == 2
+    _, data = _attempt(hub, None, client="198.51.100.3")
+    assert _status(data) == 503
+    assert data.endswith(b"Service Unavailable: too many connections without a valid token\n")
+    assert hub.admission.refused["max_unauthenticated_connections"] == 1
+    assert hub.admission.connections == 2
+    # A user is not affected.
+    assert _status(_attempt(hub, "member", client="198.51.100.4")[1]) == 101
+    assert hub.admission.unauthenticated == 2
+    # A place given back is free again.
+    _close_by_client(strangers[0], 1.0)
+    assert hub.admission.unauthenticated == 1
+    assert _status(_attempt(hub, None, client="198.51.100.5", now=2.0)[1]) == 101
+
+
+def test_an_upgrade_counts_its_address_where_the_adapter_does_not_see_tcp() -> None:
+    # Under ASGI the HTTP server owns the sockets: the upgrade counts the address.
+    hub = Hub(_unlimited(max_connections_per_ip=1))
+
+    def upgrade() -> Upgrade:
+        return Upgrade(hub, query="", headers=(), subprotocols=(), client=ADDRESS, now=0.0)
+
+    first = upgrade()
+    assert first.refusal is None
+    second = upgrade()
+    assert second.refusal is not None
+    assert second.refusal.status == 503
+    first.release()
+    assert upgrade().refusal is None

@@ -53,7 +53,7 @@ def test_healthz_counts(h, hub):
     h.connect(hub, None)
     result = answer(request("/healthz", method="GET"), hub, now=0.0, wall=0.0)
     assert (result.status, result.content_type) == (200, "application/json")
-    assert result.body == b'{"status":"ok","clients":2,"authenticated":1}'
+    assert result.body == b'{"status":"ok","clients":2,"authenticated":1,"unauthenticated":1}'
 
 
 def test_healthz_end_to_end_through_the_connection(h, hub):
@@ -64,7 +64,12 @@ def test_healthz_end_to_end_through_the_connection(h, hub):
     conn.respond(result)
     status, headers, body = h.parse_response(conn.data_to_send())
     assert (status, headers["content-type"]) == (200, "application/json")
-    assert json.loads(body) == {"status": "ok", "clients": 0, "authenticated": 0}
+    assert json.loads(body) == {
+        "status": "ok",
+        "clients": 0,
+        "authenticated": 0,
+        "unauthenticated": 0,
+    }
 
 
 # -- each endpoint -------------------------------------------------------------------------
