@@ -10,6 +10,8 @@ gets the same close code however TCP split it (found by ``fuzz/fuzz_frames.py``)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 __all__ = ["HeaderCutter"]
 
 
@@ -22,9 +24,11 @@ class HeaderCutter:
         self._head = bytearray()  # the header received so far
         self._left = 0  # payload bytes of the current frame still to come
 
-    def split(self, data: bytes) -> list[bytes]:
-        """*data* in consecutive pieces, each header-completing piece ending with it."""
-        pieces = []
+    def split(self, data: bytes) -> Iterator[bytes]:
+        """*data* in consecutive pieces, each header-completing piece ending with it.
+
+        Lazily: a reader that stops early (the connection is closing) costs nothing for
+        the rest, and must not call again (the cut positions are then lost)."""
         start = pos = 0
         end = len(data)
         head = self._head
@@ -40,7 +44,7 @@ class HeaderCutter:
                 if end - pos >= size:
                     self._left = _payload_length(data[pos : pos + size])
                     pos += size
-                    pieces.append(data[start:pos])
+                    yield data[start:pos]
                     start = pos
                     continue
             head.append(data[pos])
@@ -48,11 +52,10 @@ class HeaderCutter:
             if len(head) == _header_size(head):
                 self._left = _payload_length(head)
                 head.clear()
-                pieces.append(data[start:pos])
+                yield data[start:pos]
                 start = pos
         if start < end:
-            pieces.append(data[start:])
-        return pieces
+            yield data[start:]
 
 
 def _header_size(head: bytes | bytearray) -> int:

@@ -78,6 +78,8 @@ class ServerConnection:
             now=now,
             path=s.path,
             max_message_size=s.max_message_size,
+            max_message_frames=s.max_message_frames,
+            max_send_buffer=s.max_send_buffer,
             max_header_size=s.max_header_size,
             max_body_size=s.max_body_size,
             handshake_timeout=s.handshake_timeout,
@@ -88,6 +90,8 @@ class ServerConnection:
         # Messages are handed to the session as the transport decodes them, so each
         # answer precedes the output of the frames after it (see WebSocketTransport).
         self._ws.on_message = self._on_message
+        # Pings and Pongs count against the session's rate limit too.
+        self._ws.on_control = self._on_control
         self._wall = 0.0  # the wall-clock time of the input being processed
         self._session: Session | None = None
         self._events: list[Event] = []
@@ -121,6 +125,13 @@ class ServerConnection:
     @property
     def closed(self) -> bool:
         return self._ws.closed
+
+    @property
+    def wants_input(self) -> bool:
+        """Whether to read the socket now (see
+        :attr:`~agentcast.protocol.WebSocketTransport.wants_input`): the adapter stops
+        reading while this is false, and asks again after each write completes."""
+        return self._ws.wants_input
 
     @property
     def on_output(self) -> Callable[[], None] | None:
@@ -269,6 +280,11 @@ class ServerConnection:
             session.receive_text(event.text, now, self._wall)
         else:
             session.receive_binary(now, self._wall)
+
+    def _on_control(self, now: float) -> bool:
+        session = self._session
+        assert session is not None  # created before any frame is read
+        return session.receive_control(now, self._wall)
 
     def _release_if_closed(self) -> None:
         if not self._ws.closed:

@@ -3,15 +3,24 @@
 :class:`FramePhase` wraps wsproto's connection for one open WebSocket: it feeds it the
 input cut after each frame header (:mod:`agentcast.protocol._framecut`), assembles
 messages, refuses one over ``max_message_size`` from its declared length (``1009``,
-before the payload is buffered), answers Pings, and plays the server's part of the
-closing handshake. It knows nothing of HTTP or of the transport's states: the
+before the payload is buffered), refuses one in more than ``max_message_frames`` frames
+(``1008``: a policy, the message may be small), answers Pings, and plays the server's
+part of the closing handshake.
+
+A message that arrives in fragments is held as its bytes (one ``bytearray``, decoded
+once at the end), so an unfinished message costs about its size however it is cut. Each
+Ping and Pong is offered to *on_control* (the owner's budget for control frames); a Ping
+it refuses is not answered. An empty fragment that finishes nothing is no proof of life:
+a client must not keep a connection open for ever on a message it never completes.
+
+It knows nothing of HTTP or of the transport's states: the
 :class:`~agentcast.protocol.WebSocketTransport` that owns it drives it and reads
 :attr:`FramePhase.ended` after each input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from wsproto.connection import Connection as _WsConnection
 from wsproto.connection import ConnectionState as _WsState
@@ -20,6 +29,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from ._framecut import HeaderCutter
 from .codes import CloseCode
+from .config import DEFAULT_MAX_MESSAGE_FRAMES
 from .events import BytesReceived, TextReceived
 
 __all__ = ["FramePhase", "declared_remaining"]
@@ -34,18 +44,27 @@ _FAILURE_REASONS: dict[int, str] = {
 class FramePhase:
     """One open WebSocket's frames (server side). See the module doc.
 
-    *push* queues output bytes; *on_message* receives each complete message as soon as
-    it is decoded; *on_too_big* is called (with ``now``) when a message passes
-    *max_message_size*: the owner then starts the closing handshake with ``1009``.
+    *push* queues output bytes (*push_pong* a Pong, by default *push*); *on_message*
+    receives each complete message as soon as it is decoded; *on_too_big* is called
+    (with ``now``, a close code and a reason) when a message passes *max_message_size*
+    (``1009``) or *max_message_frames* (``1008``): the owner then starts the closing
+    handshake with that code;
+    *on_control* (with ``now``) is asked for each Ping and Pong received, ``False``
+    meaning "over budget" (a Ping is then not answered).
     """
 
     __slots__ = (
+        "_buffer",
         "_cutter",
+        "_frames",
+        "_in_message",
+        "_max_message_frames",
         "_max_message_size",
+        "_on_control",
         "_on_message",
         "_on_too_big",
-        "_parts",
         "_push",
+        "_push_pong",
         "_size",
         "_ws",
         "close_code",
@@ -58,16 +77,25 @@ class FramePhase:
         max_message_size: int,
         push: Callable[[bytes], None],
         on_message: Callable[[TextReceived | BytesReceived, float], None],
-        on_too_big: Callable[[float], None],
+        on_too_big: Callable[[float, int, str], None],
+        *,
+        max_message_frames: int = DEFAULT_MAX_MESSAGE_FRAMES,
+        push_pong: Callable[[bytes], None] | None = None,
+        on_control: Callable[[float], bool] | None = None,
     ) -> None:
         self._ws = _WsConnection(ConnectionType.SERVER)
         self._cutter = HeaderCutter()
         self._max_message_size = max_message_size
+        self._max_message_frames = max_message_frames
         self._push = push
+        self._push_pong = push if push_pong is None else push_pong
         self._on_message = on_message
         self._on_too_big = on_too_big
-        self._parts: list[str | bytes] = []
-        self._size = 0
+        self._on_control = on_control
+        self._buffer = bytearray()  # the fragments of the message received so far
+        self._size = 0  # its length in bytes
+        self._frames = 0  # its frames
+        self._in_message = False  # a message has begun and not finished
         #: The close code in effect once closing has begun (ours or the peer's).
         self.close_code: int = CloseCode.ABNORMAL
         self.close_reason = ""
@@ -82,28 +110,32 @@ class FramePhase:
 
     # -- input ----------------------------------------------------------------------------
 
-    def pieces(self, data: bytes) -> list[bytes]:
+    def pieces(self, data: bytes) -> Iterator[bytes]:
         """*data* cut after each frame header: feed each to :meth:`receive` in order
-        (so the 1009 check of a header always precedes wsproto's checks of its payload)."""
+        (so the 1009 check of a header always precedes wsproto's checks of its payload).
+        A reader that stops early must not call again."""
         return self._cutter.split(data)
 
     def receive(self, piece: bytes, now: float) -> bool:
-        """Process one piece; ``True`` if it completed a frame (proof of life)."""
+        """Process one piece; ``True`` if the client proved it is alive (a frame that is
+        not an empty fragment finishing nothing)."""
         ws = self._ws
         ws.receive_data(piece)
-        seen = False
+        alive = False
         for event in ws.events():
-            seen = True
             if isinstance(event, TextMessage | BytesMessage):
+                alive = alive or bool(event.data) or event.message_finished
                 if ws.state is _WsState.OPEN:
                     self._on_data(event, now)
-            elif isinstance(event, Ping):
-                if ws.state is _WsState.OPEN:
-                    self._push(ws.send(event.response()))
-            elif isinstance(event, CloseConnection):
+                continue
+            alive = True
+            if isinstance(event, CloseConnection):
                 self._on_close_frame(event)
                 break
-            # A Pong only proves liveness.
+            # A Ping or a Pong: within the owner's budget, a Ping is answered.
+            allowed = self._on_control is None or self._on_control(now)
+            if allowed and isinstance(event, Ping) and ws.state is _WsState.OPEN:
+                self._push_pong(ws.send(event.response()))
         # The frame being received declares its length in its header: refuse it now
         # rather than after buffering its payload.
         if (
@@ -111,8 +143,8 @@ class FramePhase:
             and not self.ended
             and self._size + declared_remaining(ws) > self._max_message_size
         ):
-            self._too_big(now)
-        return seen
+            self._too_big(now, "message too big")
+        return alive
 
     # -- output ---------------------------------------------------------------------------
 
@@ -132,37 +164,57 @@ class FramePhase:
 
     def reset(self) -> None:
         """Drop the partial message (the connection is over)."""
-        self._parts = []
+        self._buffer = bytearray()
         self._size = 0
+        self._frames = 0
+        self._in_message = False
 
     # -- internals ------------------------------------------------------------------------
 
     def _on_data(self, event: TextMessage | BytesMessage, now: float) -> None:
-        data: str | bytes = event.data if isinstance(event.data, str) else bytes(event.data)
-        if isinstance(data, str):
-            size = len(data) if data.isascii() else len(data.encode())
-        else:
-            size = len(data)
-        self._size += size
-        if self._size > self._max_message_size:
-            self._too_big(now)
+        data = event.data
+        if event.frame_finished:
+            self._frames += 1
+            if self._frames > self._max_message_frames:
+                self._too_big(now, "too many frames in one message", CloseCode.POLICY)
+                return
+        received: TextReceived | BytesReceived
+        if event.message_finished and not self._in_message:
+            # The whole message in one piece (the usual case): no copy.
+            if isinstance(data, str):
+                size = len(data) if data.isascii() else len(data.encode())
+                received = TextReceived(text=data)
+            else:
+                size = len(data)
+                received = BytesReceived(data=bytes(data))
+            self.reset()
+            if size > self._max_message_size:
+                self._too_big(now, "message too big")
+            else:
+                self._on_message(received, now)
             return
-        self._parts.append(data)
+        # Fragments (or a frame in several reads): kept as bytes, decoded once at the end.
+        raw = data.encode() if isinstance(data, str) else data
+        self._size += len(raw)
+        if self._size > self._max_message_size:
+            self._too_big(now, "message too big")
+            return
+        self._buffer += raw
+        self._in_message = True
         if not event.message_finished:
             return
-        parts = self._parts
+        blob = bytes(self._buffer)
         self.reset()
-        received: TextReceived | BytesReceived
         if isinstance(event, TextMessage):
-            text = parts[0] if len(parts) == 1 else "".join(parts)  # type: ignore[arg-type]
-            received = TextReceived(text=text)  # type: ignore[arg-type]
+            # wsproto has checked the UTF-8 already, fragment by fragment.
+            received = TextReceived(text=blob.decode())
         else:
-            received = BytesReceived(data=b"".join(parts))  # type: ignore[arg-type]
+            received = BytesReceived(data=blob)
         self._on_message(received, now)
 
-    def _too_big(self, now: float) -> None:
+    def _too_big(self, now: float, reason: str, code: int = CloseCode.TOO_BIG) -> None:
         self.reset()
-        self._on_too_big(now)
+        self._on_too_big(now, code, reason)
 
     def _on_close_frame(self, event: CloseConnection) -> None:
         ws = self._ws

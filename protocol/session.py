@@ -13,7 +13,8 @@ each message as a Server-Sent Event). What it owns:
   expiry, close 4001; an unauthenticated connection is closed 1008 after
   ``unauthenticated_timeout`` (a client that never authenticates holds a socket for
   nothing);
-* the rate limit and the ``error`` answers of section 6, and ``max_message_size`` (1009)
+* the rate limit (messages, and protocol Pings and Pongs: :meth:`Session.receive_control`)
+  and the ``error`` answers of section 6, and ``max_message_size`` (1009)
   for messages framed by someone else (an ASGI server): the core's own transport refuses
   an oversized message from its frame header, before buffering it, so such a message
   never reaches the session there;
@@ -311,6 +312,20 @@ class Session:
                 self._handle_subscription(channel, False, now, wall)
             case _:
                 assert_never(message)
+
+    def receive_control(self, now: float, wall: float) -> bool:
+        """A protocol Ping or Pong arrived: it counts against the rate limit like a
+        message (a flood of them is as costly). ``False``: over the limit, drop it (a
+        Ping goes unanswered, no ``error`` is sent: an answer per dropped frame would
+        feed the flood); the strikes close 1008 as for messages."""
+        if self._closed:
+            return False
+        if self._limiter.allow(now):
+            return True
+        if self._limiter.exhausted:
+            self._hub.stats.rate_limit_closes += 1
+            self.close(CloseCode.POLICY, "rate limit exceeded", now, wall)
+        return False
 
     def receive_binary(self, now: float, wall: float, size: int = 0) -> None:
         """A binary message of *size* bytes arrived: we do not take those (PROTOCOL.md 6)."""

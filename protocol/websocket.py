@@ -18,7 +18,15 @@ true and that data is written, close the socket.
 
 Limits do not depend on how the input is split: the handshake timeout and header size
 cut off slow or bloated requests, and a message is refused with 1009 as soon as its
-declared length passes ``max_message_size``, before its payload is buffered.
+declared length passes ``max_message_size``, before its payload is buffered, or as soon
+as it takes more than ``max_message_frames`` frames.
+
+Once the transport has closed for abuse (``1008``: a flood over the rate limit, a message
+in too many frames), it reads nothing more: the
+rest of the input is discarded unparsed, :attr:`WebSocketTransport.wants_input` turns
+false (the adapter stops reading the socket), and the close timeout ends the connection.
+A Pong answering a Ping is queued like any output and counts in the backlog; while the
+backlog is past ``max_send_buffer`` a new Pong replaces the one still pending.
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ from .config import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_MAX_HEADER_SIZE,
+    DEFAULT_MAX_MESSAGE_FRAMES,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_SEND_BUFFER,
     DEFAULT_PATH,
 )
 from .errors import LocalProtocolError
@@ -51,6 +61,9 @@ from .messages import frame_text
 from .outbox import Outbox
 
 __all__ = ["TRANSITIONS", "Step", "TransportState", "WebSocketTransport"]
+
+#: Closes for abuse: after them the transport reads nothing more (see the module doc).
+_STOP_READING = frozenset({CloseCode.POLICY})
 
 
 class TransportState(Enum):
@@ -117,14 +130,18 @@ class WebSocketTransport:
     __slots__ = (
         "_close_timeout",
         "_deadline",
+        "_deaf",
         "_events",
         "_frames",
         "_http",
+        "_max_message_frames",
         "_max_message_size",
+        "_max_send_buffer",
         "_outbox",
         "_request_pending",
         "_state",
         "last_activity",
+        "on_control",
         "on_message",
     )
 
@@ -134,6 +151,8 @@ class WebSocketTransport:
         now: float,
         path: str = DEFAULT_PATH,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_message_frames: int = DEFAULT_MAX_MESSAGE_FRAMES,
+        max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER,
         max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
@@ -142,7 +161,10 @@ class WebSocketTransport:
     ) -> None:
         self._state = TransportState.HTTP
         self._max_message_size = max_message_size
+        self._max_message_frames = max_message_frames
+        self._max_send_buffer = max_send_buffer
         self._close_timeout = close_timeout
+        self._deaf = False  # closed for abuse: input is discarded unparsed
         self._http: HttpPhase | None = HttpPhase(
             path=path, max_header_size=max_header_size, max_body_size=max_body_size, client=client
         )
@@ -159,6 +181,10 @@ class WebSocketTransport:
         #: then goes out before the output caused by the frames after it (a Pong, a close
         #: frame), however the input was split. :class:`ServerConnection` sets it.
         self.on_message: Callable[[TextReceived | BytesReceived, float], None] | None = None
+        #: If set, asked (with ``now``) for each Ping and Pong received: ``False`` means
+        #: over the budget for control frames, and a Ping is then not answered.
+        #: :class:`ServerConnection` sets it (the session's rate limit).
+        self.on_control: Callable[[float], bool] | None = None
 
     # -- state --------------------------------------------------------------------------
 
@@ -176,6 +202,15 @@ class WebSocketTransport:
         """The close code in effect once closing has begun (1006 if no frame was seen)."""
         frames = self._frames
         return CloseCode.ABNORMAL if frames is None else frames.close_code
+
+    @property
+    def wants_input(self) -> bool:
+        """Whether reading the socket is of any use: false once closed, or closed for
+        abuse (1008: the input would be discarded), or while the backlog is past
+        ``max_send_buffer`` (a client that does not read has its input wait)."""
+        if self._state is TransportState.CLOSED or self._deaf:
+            return False
+        return self._outbox.backlog <= self._max_send_buffer
 
     @property
     def message_buffered(self) -> int:
@@ -247,8 +282,10 @@ class WebSocketTransport:
         elif state is TransportState.OPEN or state is TransportState.CLOSING:
             frames = self._frames
             assert frames is not None
+            if self._deaf:
+                return
             for piece in frames.pieces(data):
-                if self._state is TransportState.CLOSED:
+                if self._state is TransportState.CLOSED or self._deaf:
                     break
                 if frames.receive(piece, now):
                     self.last_activity = now
@@ -314,7 +351,13 @@ class WebSocketTransport:
         # The handshake objects are not needed any more: drop them (idle memory).
         self._http = None
         self._frames = FramePhase(
-            self._max_message_size, self._outbox.push, self._on_frame_message, self._too_big
+            self._max_message_size,
+            self._outbox.push,
+            self._on_frame_message,
+            self._too_big,
+            max_message_frames=self._max_message_frames,
+            push_pong=self._push_pong,
+            on_control=self._on_frame_control,
         )
         self._step(Step.ACCEPT)
         self.last_activity = now
@@ -374,6 +417,7 @@ class WebSocketTransport:
             assert self._frames is not None
             frame = self._frames.close(code, reason)
             self._step(Step.CLOSE, now)
+            self._deaf = code in _STOP_READING
             pending = bool(self._outbox)
             self._outbox.push(frame)
             if pending and self._outbox.on_output is not None:
@@ -427,5 +471,11 @@ class WebSocketTransport:
         else:
             self._events.append(received)
 
-    def _too_big(self, now: float) -> None:
-        self.close(CloseCode.TOO_BIG, "message too big", now)
+    def _on_frame_control(self, now: float) -> bool:
+        return self.on_control is None or self.on_control(now)
+
+    def _push_pong(self, frame: bytes) -> None:
+        self._outbox.push_pong(frame, self._max_send_buffer)
+
+    def _too_big(self, now: float, code: int, reason: str) -> None:
+        self.close(code, reason, now)

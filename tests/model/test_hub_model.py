@@ -183,6 +183,7 @@ class MConn:
     expected: list[Expected] = field(default_factory=list)
     close_frame: tuple[int, float] | None = None  # the server's close frame: code, when
     closed_code: int | None = None  # the code of the ConnectionClosed event
+    deaf: bool = False  # closed 1008: the server reads nothing more (not even the echo)
 
     def deadline(self) -> float | None:
         if self.half:
@@ -190,7 +191,7 @@ class MConn:
         if self.state == "open":
             d = min(self.next_ping, self.last_seen + TIMEOUT)
             return d if self.auth_deadline is None else min(d, self.auth_deadline)
-        if self.state == "closing" and not self.answers_close:
+        if self.state == "closing" and (not self.answers_close or self.deaf):
             return self.close_at
         return None
 
@@ -263,8 +264,9 @@ class Model:
         m.close_frame = (code, self.now)
         m.state = "closing"
         m.close_at = self.now + CLOSE_TIMEOUT
+        m.deaf = code == 1008
         self.leave(m)
-        if m.answers_close:
+        if m.answers_close and not m.deaf:
             self.queue.append((m, "close echo"))
 
     def drain(self) -> None:
@@ -272,7 +274,7 @@ class Model:
         while self.queue:
             m, what = self.queue.pop(0)
             if what == "pong frame":
-                self.touch(m)
+                self.control(m)
             elif what == "json pong":
                 self.text(m, "pong")
             elif m.state == "closing":  # close echo
@@ -379,6 +381,23 @@ class Model:
             self.server_close(m, 1008)
         return False
 
+    def control(self, m: MConn) -> None:
+        """A protocol Ping or Pong from the client: proof of life, and a token of the
+        same bucket as messages (a dropped one gets no error; strikes close 1008)."""
+        if m.state != "open":
+            return
+        self.touch(m)
+        elapsed = self.now - m.bucket_at
+        if elapsed > 0:
+            m.tokens = min(float(BURST), m.tokens + elapsed * RATE)
+            m.bucket_at = self.now
+        if m.tokens >= 1:
+            m.tokens -= 1
+            return
+        m.strikes = [t for t in [*m.strikes, self.now] if t > self.now - WINDOW]
+        if len(m.strikes) >= STRIKES:
+            self.server_close(m, 1008)
+
     def text(self, m: MConn, label: str) -> str | None:
         """One client message; returns a refresh token to answer after the chunk."""
         if m.state != "open":
@@ -461,7 +480,7 @@ class Model:
                 m.answered_408 = True
             return
         if m.state == "closing":
-            if not m.answers_close and m.close_at is not None and now >= m.close_at:
+            if (not m.answers_close or m.deaf) and m.close_at is not None and now >= m.close_at:
                 note("close timeout")
                 m.state = "closed"
                 m.closed_code = m.close_frame[0] if m.close_frame else None
@@ -790,7 +809,8 @@ class HubMachine(RuleBasedStateMachine):
         c = self.pick(index, self._open)
         assert c.ws is not None
         c.conn.receive_data(c.ws.send(Ping(payload=b"still here")), *self.times)
-        self.model.touch(c.model)
+        self.model.control(c.model)
+        self.model.drain()
         self.settle()
 
     # -- rules: publishing -------------------------------------------------------------
