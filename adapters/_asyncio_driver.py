@@ -10,6 +10,12 @@ everything pending is taken from ``data_to_send()`` and written in one call, and
 transport cannot take yet stays in the core's outbox, where the slow-client policy (1013)
 and conflation see it.
 
+Reading follows the core and the loop: the transport stops reading while the core does
+not want input (``wants_input``: a client that does not read its backlog, or one closed
+for abuse), and a connection that has been given :data:`PASS_BYTES` in a row yields the
+loop for one pass (uvloop reads the same socket many times per pass; a flood must not
+starve the other connections).
+
 Writes are batched per pass of the event loop by :class:`Flusher`: a broadcast, or any
 other output not caused by the connection's own input, only marks its connections, and at
 the start of the next pass each marked connection writes its whole backlog once (an answer
@@ -34,9 +40,12 @@ from typing import cast
 from ._driver import LINGER, Driver, format_peer
 from .service import Service
 
-__all__ = ["AsyncioDriver", "Flusher"]
+__all__ = ["PASS_BYTES", "AsyncioDriver", "Flusher"]
 
 log = logging.getLogger("agentcast.connection")
+
+#: Input a connection may hand the core before it yields the loop for a pass.
+PASS_BYTES = 256 * 1024
 
 
 class Flusher:
@@ -68,6 +77,7 @@ class AsyncioDriver(Driver, asyncio.Protocol):
     registered with the service from ``connection_made`` to ``connection_lost``."""
 
     __slots__ = (
+        "_burst",
         "_done",
         "_finishing",
         "_flusher",
@@ -75,11 +85,13 @@ class AsyncioDriver(Driver, asyncio.Protocol):
         "_loop",
         "_marked",
         "_paused",
+        "_reading",
         "_send_buffer",
         "_timer",
         "_timer_at",
         "_tls",
         "_transport",
+        "_yielding",
     )
 
     def __init__(
@@ -98,6 +110,9 @@ class AsyncioDriver(Driver, asyncio.Protocol):
         self._send_buffer = send_buffer
         self._transport: asyncio.Transport | None = None
         self._paused = False
+        self._reading = True  # the transport reads (not paused by us)
+        self._burst = 0  # bytes read since the connection last yielded the loop
+        self._yielding = False  # reading paused until the next pass
         self._marked = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -132,6 +147,10 @@ class AsyncioDriver(Driver, asyncio.Protocol):
             self._process_events(now, wall)
         except Exception:
             self.failed(now, wall)
+        self._burst += len(data)
+        if self._burst > PASS_BYTES and not self._yielding:
+            self._yielding = True
+            self._loop.call_soon(self._next_pass)
         self._after_input(now)
         if self._marked:
             # An answer to this input (a pong, the 101 and auth): write it now rather than
@@ -165,6 +184,30 @@ class AsyncioDriver(Driver, asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._paused = True
+
+    def _next_pass(self) -> None:
+        self._burst = 0
+        self._yielding = False
+        self._follow_core()
+
+    def _read_again(self) -> None:
+        if not self._reading and self._transport is not None:
+            self._reading = True
+            self._transport.resume_reading()
+
+    def _follow_core(self) -> None:
+        """Read, or not: not while the core wants no input or the connection yields the
+        loop. (Once the core is done, the close and the linger take over.)"""
+        transport = self._transport
+        if transport is None or self._finishing or self.conn.closed:
+            return
+        reading = self.conn.wants_input and not self._yielding
+        if reading != self._reading:
+            if reading:
+                self._read_again()
+            else:
+                self._reading = False
+                transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._paused = False
@@ -211,6 +254,7 @@ class AsyncioDriver(Driver, asyncio.Protocol):
         if conn.closed:
             self._finish()
         else:
+            self._follow_core()  # a write completed: the backlog may be back under the limit
             self._arm_timer()
 
     def _finish(self) -> None:
@@ -225,7 +269,8 @@ class AsyncioDriver(Driver, asyncio.Protocol):
         if not self.lingers:
             self._close_transport()
             return
-        # Until the client's EOF or for LINGER seconds.
+        # Until the client's EOF or for LINGER seconds, reading (and discarding).
+        self._read_again()
         if transport.can_write_eof():
             transport.write_eof()
         self._give_up_at = min(self._give_up_at, now + LINGER)
@@ -244,6 +289,8 @@ class AsyncioDriver(Driver, asyncio.Protocol):
             if self._give_up_at is None:
                 self._give_up_at = self.give_up_at(now)
             self.wake()
+        else:
+            self._follow_core()
         self._arm_timer()
 
     def _arm_timer(self) -> None:

@@ -2,7 +2,9 @@
 
 :class:`StreamDriver` serves one anyio byte stream with two tasks:
 
-* the **pump** reads the socket, but only until the core's ``next_deadline()``; it feeds
+* the **pump** reads the socket, but only until the core's ``next_deadline()``, and only
+  while the core wants input (``wants_input``: not while a client's backlog is past the
+  limit, nor after a close for abuse; it waits for the writer then); it feeds
   ``receive_data`` / ``receive_eof`` / ``handle_timer`` with the loop's clock, then
   dispatches the events;
 * the **writer** is the only task that writes: whenever the socket has taken its last
@@ -38,13 +40,16 @@ class StreamDriver(Driver):
     """Drives one :class:`~agentcast.protocol.ServerConnection` over one anyio byte stream
     until it is closed, with two tasks (a pump and a writer)."""
 
-    __slots__ = ("_pumped", "_receive_scope", "_scope", "_stream", "_wakeup")
+    __slots__ = ("_input_wanted", "_pumped", "_receive_scope", "_scope", "_stream", "_wakeup")
 
     def __init__(
         self, service: Service, stream: ByteStream, *, host: str | None, peer: str
     ) -> None:
         self._stream = stream
         self._wakeup = anyio.Event()
+        # Set by the writer after each write: the pump, waiting for the core to want
+        # input again, looks again.
+        self._input_wanted = anyio.Event()
         self._receive_scope: anyio.CancelScope | None = None
         self._pumped = anyio.Event()  # the pump has stopped reading
         self._scope: anyio.CancelScope | None = None
@@ -110,10 +115,14 @@ class StreamDriver(Driver):
             eof = False
             with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
                 self._receive_scope = scope
-                try:
-                    data = await stream.receive(READ_SIZE)
-                except IO_ERRORS:
-                    eof = True
+                if conn.wants_input:
+                    try:
+                        data = await stream.receive(READ_SIZE)
+                    except IO_ERRORS:
+                        eof = True
+                else:
+                    self._input_wanted = anyio.Event()
+                    await self._input_wanted.wait()
             self._receive_scope = None
             now, wall = clock(), time.time()
             if data or eof:
@@ -141,6 +150,7 @@ class StreamDriver(Driver):
                     except IO_ERRORS:
                         self.socket_lost(clock(), time.time(), write_failed=True)
                         return
+                    self._input_wanted.set()
                     continue
                 if conn.closed:
                     break
