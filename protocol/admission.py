@@ -107,6 +107,7 @@ class Admission:
     """Counts connections per process, per address and per user; decides upgrades."""
 
     __slots__ = (
+        "_bodies",
         "_bucket",
         "_origins",
         "_per_address",
@@ -125,6 +126,7 @@ class Admission:
         self._per_address: dict[str, int] = {}
         self._per_user: dict[str, int] = {}
         self._unauthenticated = 0
+        self._bodies = 0  # bytes of request bodies being received, reserved at the head
         # One second's worth of connections; full at the first upgrade it sees.
         rate = settings.connection_rate
         self._bucket = None if rate is None else TokenBucket(rate, max(1.0, rate))
@@ -155,7 +157,26 @@ class Admission:
         """Admitted connections without a valid token."""
         return self._unauthenticated
 
+    @property
+    def pending_bodies(self) -> int:
+        """Bytes reserved for request bodies being received."""
+        return self._bodies
+
     # -- decisions ----------------------------------------------------------------------
+
+    def reserve_body(self, size: int) -> bool:
+        """Reserve *size* bytes of ``max_pending_body_bytes`` for a request body about to
+        be read; ``False`` (nothing reserved) if they do not fit. Give them back with
+        :meth:`release_body` once the body is read or the connection is gone."""
+        if self._bodies + size > self._settings.max_pending_body_bytes:
+            self.refused["max_pending_body_bytes"] += 1
+            return False
+        self._bodies += size
+        return True
+
+    def release_body(self, size: int) -> None:
+        """Give back what :meth:`reserve_body` reserved."""
+        self._bodies -= size
 
     def origin_allowed(self, headers: Iterable[tuple[str, str]]) -> bool:
         """Whether the request's ``Origin`` passes the allow-list (absent: yes)."""

@@ -45,6 +45,7 @@ from .events import (
     UpgradeRequested,
 )
 from .eventstream import EventStream, open_event_stream, stream_head, stream_headers
+from .http import authorize
 from .hub import Hub
 from .routing import Route, refusal, route
 from .session import Session
@@ -53,6 +54,11 @@ from .websocket import TransportState, WebSocketTransport
 
 __all__ = ["SUBPROTOCOL", "ServerConnection", "extract_token"]
 
+#: The answer to a request whose body would pass ``max_pending_body_bytes``.
+_BODIES_BUSY = HttpAnswer.plain(
+    503, "Service Unavailable: too many request bodies in progress", (("retry-after", "1"),)
+)
+
 
 class ServerConnection:
     """One client of the agentcast server, from its first byte to its close."""
@@ -60,6 +66,7 @@ class ServerConnection:
     __slots__ = (
         "__weakref__",
         "_address",
+        "_body_reserved",
         "_client",
         "_events",
         "_hub",
@@ -75,6 +82,7 @@ class ServerConnection:
         s = hub.settings
         self._hub = hub
         self._ws = WebSocketTransport(
+            on_head=self._on_head,
             now=now,
             path=s.path,
             max_message_size=s.max_message_size,
@@ -105,6 +113,8 @@ class ServerConnection:
         # Every TCP connection counts under its address (max_connections_per_ip) from
         # the start: silent sockets and slow bodies hold a file descriptor too.
         self._address: Ticket | None = None
+        # Bytes of the process's budget for request bodies this connection's body holds.
+        self._body_reserved = 0
         admitted = hub.admission.connect(client)
         if isinstance(admitted, HttpAnswer):
             self._ws.refuse(admitted)
@@ -286,9 +296,35 @@ class ServerConnection:
         assert session is not None  # created before any frame is read
         return session.receive_control(now, self._wall)
 
+    def _on_head(
+        self, method: str, path: str, headers: tuple[tuple[str, str], ...], length: int | None
+    ) -> HttpAnswer | None:
+        """A plain request's head is read: answer now what needs no body (the route's
+        404/405, the publish API's 401/403), and reserve the body's place in the
+        process's budget for bodies (503 when it is spent)."""
+        settings = self._hub.settings
+        target = route(method, path, settings)
+        refused = refusal(target, path)
+        if refused is None and target is Route.PUBLISH:
+            given = next((value for name, value in headers if name == "authorization"), None)
+            refused = authorize(given, self._client, settings.api_key)
+        if refused is not None:
+            return refused
+        size = settings.max_body_size if length is None else min(length, settings.max_body_size)
+        if size and not self._hub.admission.reserve_body(size):
+            return _BODIES_BUSY
+        self._body_reserved = size
+        return None
+
+    def _release_body(self) -> None:
+        if self._body_reserved:
+            self._hub.admission.release_body(self._body_reserved)
+            self._body_reserved = 0
+
     def _release_if_closed(self) -> None:
         if not self._ws.closed:
             return
+        self._release_body()
         if self._upgrade is not None:
             self._upgrade.release()
         if self._address is not None:
@@ -314,15 +350,12 @@ class ServerConnection:
             self._events.append(AuthRequested(token=upgrade.token))
 
     def _on_http(self, event: HttpRequest, now: float, wall: float) -> None:
-        target = route(event.method, event.path, self._hub.settings)
-        if target is Route.EVENTS:
+        # The head passed _on_head (route, key, budget); the body is read.
+        self._release_body()
+        if route(event.method, event.path, self._hub.settings) is Route.EVENTS:
             self._on_events(event, now, wall)
             return
-        refused = refusal(target, event.path)
-        if refused is not None:
-            self._ws.respond(refused)
-        else:
-            self._events.append(event)
+        self._events.append(event)
 
     def _on_events(self, event: HttpRequest, now: float, wall: float) -> None:
         """A request for the event stream: the upgrade's decisions, then (after the

@@ -11,12 +11,20 @@ and takes the bytes that followed the request from :meth:`HttpPhase.trailing_dat
 A request head is refused (``431``) exactly when it is longer than ``max_header_size``,
 however the input is split; a body over ``max_body_size`` is refused (``413``) as soon
 as its declared or received length passes the limit.
+
+Whatever can be decided from the head is answered from the head, before any body is
+read: a plain request for the WebSocket endpoint (``426``/``400``), an upgrade for
+another path (``404``), and whatever the owner's *on_head* callback answers (the route,
+the publish API's key, the budget for bodies: see
+:class:`~agentcast.protocol.ServerConnection`). A client cannot make the server hold a
+body it would refuse anyway.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 
 import h11
 from wsproto.utilities import generate_accept_token
@@ -24,7 +32,12 @@ from wsproto.utilities import generate_accept_token
 from .answers import HttpAnswer, body_too_large, not_an_upgrade, wrong_path
 from .events import HttpRequest, UpgradeRequested
 
-__all__ = ["HttpOutcome", "HttpPhase"]
+__all__ = ["HeadCheck", "HttpOutcome", "HttpPhase"]
+
+#: Asked once the head of a plain request (not for the WebSocket endpoint) is read, with
+#: its method, path, headers and declared body length (``None``: chunked; ``0``: none):
+#: an answer to give at once, or ``None`` to read the body.
+HeadCheck = Callable[[str, str, tuple[tuple[str, str], ...], int | None], HttpAnswer | None]
 
 #: What a request turned out to be (``None`` from :meth:`HttpPhase.receive_data`: not
 #: complete yet).
@@ -45,6 +58,7 @@ class HttpPhase:
         "_key",
         "_max_body_size",
         "_max_header_size",
+        "_on_head",
         "_path",
         "_received",
         "_request",
@@ -52,9 +66,16 @@ class HttpPhase:
     )
 
     def __init__(
-        self, *, path: str, max_header_size: int, max_body_size: int, client: str | None
+        self,
+        *,
+        path: str,
+        max_header_size: int,
+        max_body_size: int,
+        client: str | None,
+        on_head: HeadCheck | None = None,
     ) -> None:
         self._path = path
+        self._on_head = on_head
         self._client = client
         self._max_header_size = max_header_size
         self._max_body_size = max_body_size
@@ -130,6 +151,9 @@ class HttpPhase:
                 return None
             if isinstance(event, h11.Request):
                 self._request = event
+                early = self._at_head(event)
+                if early is not None:
+                    return early
                 length = _header(event, b"content-length")
                 if length is not None and length.isdigit() and int(length) > self._max_body_size:
                     return body_too_large(self._max_body_size)
@@ -145,16 +169,34 @@ class HttpPhase:
                 assert isinstance(event, h11.EndOfMessage)
                 return self._complete()
 
+    def _at_head(self, request: h11.Request) -> HttpAnswer | None:
+        """The answer a head decides by itself (see the module doc), or ``None``."""
+        path = request.target.decode("latin-1").partition("?")[0]
+        method = request.method.decode("latin-1")
+        upgrade = "websocket" in _tokens(_header(request, b"upgrade"))
+        if path == self._path:
+            return None if upgrade else not_an_upgrade(method)
+        if upgrade:
+            return wrong_path(self._path)
+        if self._on_head is None:
+            return None
+        length: int | None = 0
+        declared = _header(request, b"content-length")
+        if declared is not None and declared.isdigit():
+            length = int(declared)
+        elif _header(request, b"transfer-encoding") is not None:
+            length = None  # chunked: its length is known at its end
+        return self._on_head(method, path, _decode_headers(request), length)
+
     def _complete(self) -> HttpOutcome:
         request = self._request
         assert request is not None
         target = request.target.decode("latin-1")
         path, _, query = target.partition("?")
         method = request.method.decode("latin-1")
-        upgrade = "websocket" in _tokens(_header(request, b"upgrade"))
+        # The head decided the rest (_at_head): another path is a plain request, the
+        # endpoint's path an upgrade.
         if path != self._path:
-            if upgrade:
-                return wrong_path(self._path)
             return HttpRequest(
                 method=method,
                 path=path,
@@ -163,8 +205,6 @@ class HttpPhase:
                 body=bytes(self._body),
                 client=self._client,
             )
-        if not upgrade:
-            return not_an_upgrade(method)
         problem = self._upgrade_problem(request, method)
         if problem is not None:
             extra = [("sec-websocket-version", "13")] if "Version" in problem else []

@@ -28,6 +28,7 @@ __all__ = [
     "PUBLISH_PATHS",
     "PublishRequest",
     "answer",
+    "authorize",
     "healthz",
     "is_loopback",
     "publish_request",
@@ -63,12 +64,17 @@ def is_loopback(client: str | None) -> bool:
         return False
 
 
-def _authorized(request: HttpRequest, api_key: str | None) -> HttpAnswer | None:
+def authorize(
+    authorization: str | None, client: str | None, api_key: str | None
+) -> HttpAnswer | None:
+    """Whether a publish API request may publish: ``None``, or its ``401``/``403``.
+    Asked from the request's head (its ``Authorization`` header and the client's
+    address), so a refused request is answered before its body is read."""
     if api_key is None:
-        if is_loopback(request.client):
+        if is_loopback(client):
             return None
         return _json(403, {"error": "without an API key the publish API accepts loopback only"})
-    header = request.header("authorization") or ""
+    header = authorization or ""
     scheme, _, given = header.strip().partition(" ")
     if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), api_key.encode()):
         return None
@@ -108,7 +114,7 @@ def publish_request(request: HttpRequest, hub: Hub) -> HttpAnswer | PublishReque
     if target is not Route.PUBLISH:
         return refusal(target, request.path) or _json(404, {"error": "not found"})
     kind = PUBLISH_PATHS[request.path]
-    refused = _authorized(request, hub.settings.api_key)
+    refused = authorize(request.header("authorization"), request.client, hub.settings.api_key)
     if refused is not None:
         return refused
     try:

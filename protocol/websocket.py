@@ -56,7 +56,7 @@ from .events import (
     UpgradeRequested,
 )
 from .frames import FramePhase
-from .handshake import HttpPhase
+from .handshake import HeadCheck, HttpPhase
 from .messages import frame_text
 from .outbox import Outbox
 
@@ -158,7 +158,10 @@ class WebSocketTransport:
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         client: str | None = None,
+        on_head: HeadCheck | None = None,
     ) -> None:
+        """*on_head*: asked once a plain request's head is read, for an answer to give
+        before its body (see :class:`~agentcast.protocol.handshake.HttpPhase`)."""
         self._state = TransportState.HTTP
         self._max_message_size = max_message_size
         self._max_message_frames = max_message_frames
@@ -166,7 +169,11 @@ class WebSocketTransport:
         self._close_timeout = close_timeout
         self._deaf = False  # closed for abuse: input is discarded unparsed
         self._http: HttpPhase | None = HttpPhase(
-            path=path, max_header_size=max_header_size, max_body_size=max_body_size, client=client
+            path=path,
+            max_header_size=max_header_size,
+            max_body_size=max_body_size,
+            client=client,
+            on_head=on_head,
         )
         self._frames: FramePhase | None = None
         self._request_pending = False  # an HttpRequest awaits the adapter's answer

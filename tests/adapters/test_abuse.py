@@ -288,7 +288,6 @@ async def test_a_control_frame_flood_is_closed_1008_and_the_calm_client_is_answe
 # -- 2. Pong replies and the send buffer ----------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="Pong replies are queued without limit")
 async def test_pings_from_a_client_that_never_reads_stay_within_the_send_buffer(
     start_server, clients, wait_for
 ):
@@ -448,7 +447,6 @@ async def test_an_unfinished_message_in_tiny_fragments_costs_about_its_size(star
 # -- 4. request bodies and the connection pool ----------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the whole body is read before the request is routed")
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [("POST", "/nowhere", 404), ("POST", "/api/notifications", 401), ("POST", "/healthz", 405)],
@@ -481,7 +479,6 @@ def publish_request(path: str, length: int, extra: str = "") -> bytes:
     ).encode()
 
 
-@pytest.mark.xfail(strict=True, reason="no global budget for pending request bodies yet")
 async def test_pending_request_bodies_share_a_global_budget(start_server):
     budget = 256 * 1024
     server = await start_server(Settings(max_pending_body_bytes=budget))

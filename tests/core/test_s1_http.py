@@ -203,7 +203,7 @@ def test_body_split_over_many_reads(h, hub):
         headers=[("Content-Length", str(len(body)))],
         body=body,
     )
-    conn = ServerConnection(hub, now=0.0)
+    conn = ServerConnection(hub, now=0.0, client="127.0.0.1")  # loopback: may publish
     for i in range(len(data)):
         conn.receive_data(data[i : i + 1], 0.0, 0.0)
     [event] = conn.events_received()
