@@ -260,10 +260,23 @@ SETTINGS_FLAGS: tuple[Option, ...] = tuple(
             "seconds before a user whose last connection closed is shown offline",
         ),
         (
+            "--presence-interval",
+            float,
+            "SECONDS",
+            "a user's presence goes out at most once per this many seconds, the latest "
+            "status winning (0: every change at once)",
+        ),
+        (
             "--max-message-size",
             int,
             "BYTES",
             "largest client message in bytes (bigger: close 1009)",
+        ),
+        (
+            "--max-message-frames",
+            int,
+            "N",
+            "frames (fragments) one client message may arrive in (more: close 1008)",
         ),
         (
             "--max-send-buffer",
@@ -293,6 +306,13 @@ SETTINGS_FLAGS: tuple[Option, ...] = tuple(
             "connections per authenticated user (0: unlimited)",
         ),
         (
+            "--max-unauthenticated-connections",
+            limit,
+            "N",
+            "connections without a valid token per process; over it the upgrade gets 503 "
+            "(0: unlimited)",
+        ),
+        (
             "--connection-rate",
             optional_number,
             "PER_SECOND",
@@ -317,6 +337,13 @@ SETTINGS_FLAGS: tuple[Option, ...] = tuple(
             int,
             "N",
             "channel subscriptions per connection (more: error too_many_subscriptions)",
+        ),
+        (
+            "--max-pending-body-bytes",
+            int,
+            "BYTES",
+            "request bodies being received at once, over every connection; a request past "
+            "it gets 503 after its head",
         ),
     )
 )

@@ -290,11 +290,16 @@ class ServerConnection:
             session.receive_text(event.text, now, self._wall)
         else:
             session.receive_binary(now, self._wall)
+        if session.flooded:
+            self._ws.stop_reading()  # the rest of this read is not even parsed
 
     def _on_control(self, now: float) -> bool:
         session = self._session
         assert session is not None  # created before any frame is read
-        return session.receive_control(now, self._wall)
+        allowed = session.receive_control(now, self._wall)
+        if session.flooded:
+            self._ws.stop_reading()
+        return allowed
 
     def _on_head(
         self, method: str, path: str, headers: tuple[tuple[str, str], ...], length: int | None

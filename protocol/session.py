@@ -168,6 +168,7 @@ class Session:
         "_pending",
         "_rechecks",
         "_sink",
+        "flooded",
         "identity",
         "messages_in",
         "messages_out",
@@ -225,6 +226,8 @@ class Session:
         self.presence: PresenceStatus = "online"
         self.messages_in = 0
         self.messages_out = 0
+        #: Closed for a flood over the rate limit (1008): its input is worth nothing now.
+        self.flooded = False
         result = auth if auth is not None else AuthFailure("Missing token")
         if isinstance(result, Identity):
             self.user_id = result.user_id
@@ -323,8 +326,7 @@ class Session:
         if self._limiter.allow(now):
             return True
         if self._limiter.exhausted:
-            self._hub.stats.rate_limit_closes += 1
-            self.close(CloseCode.POLICY, "rate limit exceeded", now, wall)
+            self._flood(now, wall)
         return False
 
     def receive_binary(self, now: float, wall: float, size: int = 0) -> None:
@@ -566,9 +568,13 @@ class Session:
             return True
         self._error(RATE_LIMITED, now, wall)
         if self._limiter.exhausted:
-            self._hub.stats.rate_limit_closes += 1
-            self.close(CloseCode.POLICY, "rate limit exceeded", now, wall)
+            self._flood(now, wall)
         return False
+
+    def _flood(self, now: float, wall: float) -> None:
+        self._hub.stats.rate_limit_closes += 1
+        self.flooded = True
+        self.close(CloseCode.POLICY, "rate limit exceeded", now, wall)
 
     def _set_expiry(self, identity: Identity, now: float, wall: float) -> None:
         # exp is wall-clock; deadlines are monotonic: convert once, at the moment we learn it.

@@ -21,8 +21,9 @@ cut off slow or bloated requests, and a message is refused with 1009 as soon as 
 declared length passes ``max_message_size``, before its payload is buffered, or as soon
 as it takes more than ``max_message_frames`` frames.
 
-Once the transport has closed for abuse (``1008``: a flood over the rate limit, a message
-in too many frames), it reads nothing more: the
+Once the connection is closed for abuse (``1008`` for a message in too many frames here,
+or for a flood over the rate limit: :meth:`WebSocketTransport.stop_reading`), the
+transport reads nothing more: the
 rest of the input is discarded unparsed, :attr:`WebSocketTransport.wants_input` turns
 false (the adapter stops reading the socket), and the close timeout ends the connection.
 A Pong answering a Ping is queued like any output and counts in the backlog; while the
@@ -61,9 +62,6 @@ from .messages import frame_text
 from .outbox import Outbox
 
 __all__ = ["TRANSITIONS", "Step", "TransportState", "WebSocketTransport"]
-
-#: Closes for abuse: after them the transport reads nothing more (see the module doc).
-_STOP_READING = frozenset({CloseCode.POLICY})
 
 
 class TransportState(Enum):
@@ -213,7 +211,7 @@ class WebSocketTransport:
     @property
     def wants_input(self) -> bool:
         """Whether reading the socket is of any use: false once closed, or closed for
-        abuse (1008: the input would be discarded), or while the backlog is past
+        abuse (:meth:`stop_reading`: the input would be discarded), or while the backlog is past
         ``max_send_buffer`` (a client that does not read has its input wait)."""
         if self._state is TransportState.CLOSED or self._deaf:
             return False
@@ -391,6 +389,12 @@ class WebSocketTransport:
         self._outbox.push(head)
         self._step(Step.STREAM)
 
+    def stop_reading(self) -> None:
+        """The peer is abusive (closed 1008 for a flood): read nothing more, not even its
+        close frame; the rest of the input is discarded unparsed and the close timeout
+        ends the connection. Call it once the closing handshake has begun."""
+        self._deaf = True
+
     def refuse(self, answer: HttpAnswer) -> None:
         """Answer *answer* at once, before any request is read, and close (a connection
         over a limit when it is accepted)."""
@@ -424,7 +428,6 @@ class WebSocketTransport:
             assert self._frames is not None
             frame = self._frames.close(code, reason)
             self._step(Step.CLOSE, now)
-            self._deaf = code in _STOP_READING
             pending = bool(self._outbox)
             self._outbox.push(frame)
             if pending and self._outbox.on_output is not None:
@@ -486,3 +489,5 @@ class WebSocketTransport:
 
     def _too_big(self, now: float, code: int, reason: str) -> None:
         self.close(code, reason, now)
+        if code == CloseCode.POLICY:  # too many frames: abuse, not a big message
+            self.stop_reading()

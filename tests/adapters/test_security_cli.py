@@ -33,10 +33,14 @@ SECURITY_FLAGS = [
     "--max-connections",
     "--max-connections-per-ip",
     "--max-connections-per-user",
+    "--max-unauthenticated-connections",
     "--connection-rate",
     "--handshake-timeout",
     "--unauthenticated-timeout",
     "--max-header-size",
+    "--max-pending-body-bytes",
+    "--max-message-frames",
+    "--presence-interval",
 ]
 
 
@@ -70,6 +74,8 @@ def test_security_defaults():
     assert s.connection_rate == 500.0
     assert (s.handshake_timeout, s.unauthenticated_timeout) == (10.0, 30.0)
     assert s.max_header_size == 16 * 1024
+    assert (s.max_unauthenticated_connections, s.max_pending_body_bytes) == (1000, 16 << 20)
+    assert (s.max_message_frames, s.presence_interval) == (1024, 1.0)
     # The CLI's copies of the JWT defaults are the modules' own.
     assert cli.DEFAULT_JWT_LEEWAY == DEFAULT_LEEWAY
     assert cli.DEFAULT_JWT_RELOAD_INTERVAL == DEFAULT_RELOAD_INTERVAL

@@ -183,7 +183,7 @@ class MConn:
     expected: list[Expected] = field(default_factory=list)
     close_frame: tuple[int, float] | None = None  # the server's close frame: code, when
     closed_code: int | None = None  # the code of the ConnectionClosed event
-    deaf: bool = False  # closed 1008: the server reads nothing more (not even the echo)
+    deaf: bool = False  # closed for a flood: the server reads nothing more (not the echo)
 
     def deadline(self) -> float | None:
         if self.half:
@@ -259,12 +259,12 @@ class Model:
             self.send(m, kind, data, entry)
         return len(recipients)
 
-    def server_close(self, m: MConn, code: int) -> None:
+    def server_close(self, m: MConn, code: int, *, flood: bool = False) -> None:
         note(f"server close {code}")
         m.close_frame = (code, self.now)
         m.state = "closing"
         m.close_at = self.now + CLOSE_TIMEOUT
-        m.deaf = code == 1008
+        m.deaf = flood
         self.leave(m)
         if m.answers_close and not m.deaf:
             self.queue.append((m, "close echo"))
@@ -378,7 +378,7 @@ class Model:
         m.strikes = [t for t in [*m.strikes, self.now] if t > self.now - WINDOW]
         self.send(m, "error", err("Rate limit exceeded", "rate_limited"))
         if len(m.strikes) >= STRIKES:
-            self.server_close(m, 1008)
+            self.server_close(m, 1008, flood=True)
         return False
 
     def control(self, m: MConn) -> None:
@@ -396,7 +396,7 @@ class Model:
             return
         m.strikes = [t for t in [*m.strikes, self.now] if t > self.now - WINDOW]
         if len(m.strikes) >= STRIKES:
-            self.server_close(m, 1008)
+            self.server_close(m, 1008, flood=True)
 
     def text(self, m: MConn, label: str) -> str | None:
         """One client message; returns a refresh token to answer after the chunk."""
