@@ -82,6 +82,7 @@ from agentcast.protocol import (
 )
 from agentcast.protocol.answers import body_too_large, not_an_upgrade, wrong_path
 from agentcast.protocol.auth import ChannelAuthorizer
+from agentcast.protocol.http import authorize
 from agentcast.protocol.routing import refusal
 
 from . import redaction
@@ -310,6 +311,13 @@ class AgentcastASGI:
             if_none_match = next((v for k, v in headers if k == "if-none-match"), None)
             await send_answer(send, service.static.answer(method, path, if_none_match))
             return
+        if target is Route.PUBLISH:
+            # Refused from the head, before the body is read.
+            given = next((v for k, v in headers if k == "authorization"), None)
+            refused = authorize(given, peer_of(scope)[0], service.settings.api_key)
+            if refused is not None:
+                await send_answer(send, refused)
+                return
         limit = service.settings.max_body_size
         length = next((v for k, v in headers if k == "content-length"), None)
         body = None

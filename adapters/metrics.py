@@ -28,7 +28,10 @@ Exported (``agentcast_`` prefix):
                                                    ``auth``, ``origin``, ``max_connections``,
                                                    ``max_connections_per_ip``,
                                                    ``max_connections_per_user``,
-                                                   ``connection_rate``
+                                                   ``max_unauthenticated_connections``,
+                                                   ``connection_rate``,
+                                                   ``max_pending_body_bytes`` (a
+                                                   request refused 503 at its head)
 ``accept_errors_total{reason}``            counter failed accept() calls, by reason: ``emfile``,
                                                    ``enfile`` (out of file descriptors),
                                                    ``enobufs``, ``enomem``, or the errno name
@@ -58,7 +61,9 @@ REFUSAL_REASONS = (
     "max_connections",
     "max_connections_per_ip",
     "max_connections_per_user",
+    "max_unauthenticated_connections",
     "connection_rate",
+    "max_pending_body_bytes",
 )
 
 #: Fan-out is in-memory queueing: microseconds for a few clients, milliseconds for

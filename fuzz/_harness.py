@@ -194,6 +194,8 @@ def dev_settings(**overrides: Any) -> Settings:
         "max_body_size": 2048,
         "max_message_size": 512,
         "max_batch": 8,
+        # Every presence change at once: an input's effect is checked right after it.
+        "presence_interval": 0,
     }
     base.update(overrides)
     return Settings(**base)

@@ -15,8 +15,9 @@ echoes every message). What runs is the real stack with the message layer swappe
   message comes back as text (``send_text``, our own framer), a binary one as binary
   (``send_bytes``, wsproto's framer).
 
-``max_message_size`` is raised to 16 MiB here (Autobahn's 9.* cases send messages of up to
-16 MiB; the server's default is far lower). Nothing else differs from the server's
+``max_message_size`` is raised to 16 MiB and ``max_message_frames`` to 2**20 here
+(Autobahn's 9.* cases send messages of up to 16 MiB, and of up to 65,536 fragments; the
+server's defaults are far lower). Nothing else differs from the server's
 defaults (close timeout, handshake timeout, header limit).
 
     python fuzz/autobahn_echo.py --port 0 [--backend trio]   # prints "listening on PORT"
@@ -52,6 +53,8 @@ from agentcast.protocol.events import Event, HttpRequest
 
 #: Autobahn's largest messages (9.1.6, 9.2.6) are exactly 16 MiB.
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+#: ... and its most fragmented (9.3.*, 9.4.*) come in up to 4 MiB / 64 B = 65,536 frames.
+MAX_MESSAGE_FRAMES = 1 << 20
 
 
 class _EchoSession:
@@ -75,6 +78,8 @@ class EchoConnection:
             now=now,
             path=settings.path,
             max_message_size=settings.max_message_size,
+            max_message_frames=settings.max_message_frames,
+            max_send_buffer=settings.max_send_buffer,
             max_header_size=settings.max_header_size,
             max_body_size=settings.max_body_size,
             handshake_timeout=settings.handshake_timeout,
@@ -98,6 +103,10 @@ class EchoConnection:
     @property
     def closed(self) -> bool:
         return self._ws.closed
+
+    @property
+    def wants_input(self) -> bool:
+        return self._ws.wants_input
 
     @property
     def on_output(self) -> Callable[[], None] | None:
@@ -179,7 +188,12 @@ class EchoProtocol(AsyncioDriver):
 
 
 async def serve(host: str, port: int, max_message_size: int) -> None:
-    settings = Settings(max_message_size=max_message_size)
+    settings = Settings(
+        max_message_size=max_message_size,
+        max_message_frames=MAX_MESSAGE_FRAMES,
+        # The echo takes no part in admission (the test suite connects over and over).
+        max_connections_per_ip=None,
+    )
     # The service is only the connections' context (settings, hub, logging hooks); the
     # reference server's accept loop would build ServerConnections, so this one builds
     # the echo.
