@@ -55,8 +55,8 @@ from .websocket import TransportState, WebSocketTransport
 __all__ = ["SUBPROTOCOL", "ServerConnection", "extract_token"]
 
 #: The answer to a request whose body would pass ``max_pending_body_bytes``.
-_BODIES_BUSY = HttpAnswer.plain(
-    503, "Service Unavailable: too many request bodies in progress", (("retry-after", "1"),)
+_BODIES_BUSY = HttpAnswer.json(
+    503, {"error": "too many request bodies in progress, retry later"}, (("retry-after", "1"),)
 )
 
 

@@ -153,6 +153,11 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 },
                 "clients": {"type": "integer", "minimum": 0},
                 "authenticated": {"type": "integer", "minimum": 0},
+                "unauthenticated": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Open WebSockets without a valid token.",
+                },
                 "accepting": {"const": False, "description": "Only while degraded."},
                 "acceptError": {
                     "type": "string",
@@ -171,7 +176,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                     "additionalProperties": False,
                 },
             },
-            "required": ["status", "clients", "authenticated"],
+            "required": ["status", "clients", "authenticated", "unauthenticated"],
             "additionalProperties": False,
         },
     }
@@ -224,6 +229,12 @@ def _publish(item: str, summary: str, settings: Settings) -> dict[str, Any]:
                 "403": _json(error, "No API key is configured and the client is not local."),
                 "405": _json(error, "A method other than POST."),
                 "413": _json(error, f"A body over {settings.max_body_size} bytes."),
+                "503": _json(
+                    error,
+                    "Request bodies being received past the server's budget "
+                    f"({settings.max_pending_body_bytes} bytes); answered after the head, "
+                    "with Retry-After.",
+                ),
             },
         }
     }
