@@ -179,7 +179,7 @@ class Service:
                 self.settings, self.cluster, authorizer=authorizer
             )
         # A held presence change (one message a second per user) is a new hub deadline.
-        self.hub.on_deadline = self.wake_hub_timer
+        self.hub.on_deadline = self._hub_deadline_at
         if jwt_key_file is not None:
             if authenticator is not None and authenticator is not jwt_key_file.authenticator:
                 raise ValueError("jwt_key_file brings its own authenticator: pass one of them")
@@ -477,14 +477,21 @@ class Service:
             self._tasks = None
 
     def wake_hub_timer(self) -> None:
-        """A user may have entered its presence grace period (a session closed), or a
-        presence change was held: wake the hub timer if it now has to act earlier than it
-        is waiting for. The common case, nothing earlier, costs no task switch."""
+        """A user may have entered its presence grace period (a session closed): wake the
+        hub timer if it now has to act earlier than it is waiting for. The common case,
+        nothing earlier, costs no task switch."""
         wakeup = self._hub_wakeup
         if wakeup is not None and not wakeup.is_set():
             deadline = self.hub.next_deadline()
             if deadline is not None and deadline < self._hub_deadline:
                 wakeup.set()
+
+    def _hub_deadline_at(self, at: float) -> None:
+        """The hub needs waking at *at* (a presence change was held): wake the hub timer
+        only if it waits for something later."""
+        wakeup = self._hub_wakeup
+        if wakeup is not None and not wakeup.is_set() and at < self._hub_deadline:
+            wakeup.set()
 
     def catch_up(self) -> None:
         """Without :meth:`run`, nothing turns users offline between requests: do it now

@@ -205,14 +205,14 @@ class Admission:
         client: str | None,
         now: float,
         *,
-        address_counted: bool = False,
+        ticket: Ticket | None = None,
     ) -> Ticket | HttpAnswer:
         """Decide an upgrade from *client*: a :class:`Ticket`, counted until released, or
-        the answer that refuses it. *address_counted*: the connection holds a ticket of
-        :meth:`connect` already, so the address is not counted again."""
+        the answer that refuses it. *ticket*: the connection's ticket of :meth:`connect`,
+        which then counts for the upgrade too (the address is not counted again)."""
         settings = self._settings
         refusal: _Limit | None = None
-        address = None if address_counted else address_key(client)
+        address = None if ticket is not None else address_key(client)
         if not self.origin_allowed(headers):
             refusal = _FORBIDDEN_ORIGIN
         elif settings.max_connections is not None and self._total >= settings.max_connections:
@@ -225,6 +225,9 @@ class Admission:
             self.refused[refusal.name] += 1
             return refusal.answer
         self._total += 1
+        if ticket is not None:
+            ticket.total = True
+            return ticket
         self._count_address(address)
         return Ticket(address)
 

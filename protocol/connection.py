@@ -343,7 +343,7 @@ class ServerConnection:
             subprotocols=event.subprotocols,
             client=self._client,
             now=now,
-            address_counted=self._address is not None,
+            ticket=self._address,
         )
         if upgrade.refusal is not None:
             self._ws.respond(upgrade.refusal)

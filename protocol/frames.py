@@ -34,6 +34,9 @@ from .events import BytesReceived, TextReceived
 
 __all__ = ["FramePhase", "declared_remaining"]
 
+#: No partial message (shared: an idle connection holds no buffer of its own).
+_EMPTY = b""
+
 #: The reasons we give when failing a connection (RFC 6455 7.1.7).
 _FAILURE_REASONS: dict[int, str] = {
     CloseCode.PROTOCOL_ERROR: "protocol error",
@@ -92,7 +95,7 @@ class FramePhase:
         self._on_message = on_message
         self._on_too_big = on_too_big
         self._on_control = on_control
-        self._buffer = bytearray()  # the fragments of the message received so far
+        self._buffer: bytes | bytearray = _EMPTY  # the fragments of the message received so far
         self._size = 0  # its length in bytes
         self._frames = 0  # its frames
         self._in_message = False  # a message has begun and not finished
@@ -164,7 +167,7 @@ class FramePhase:
 
     def reset(self) -> None:
         """Drop the partial message (the connection is over)."""
-        self._buffer = bytearray()
+        self._buffer = _EMPTY
         self._size = 0
         self._frames = 0
         self._in_message = False
@@ -199,6 +202,8 @@ class FramePhase:
         if self._size > self._max_message_size:
             self._too_big(now, "message too big")
             return
+        if not self._in_message:
+            self._buffer = bytearray()  # a buffer only while a message is in pieces
         self._buffer += raw
         self._in_message = True
         if not event.message_finished:

@@ -125,9 +125,13 @@ class Hub:
         self._subscriptions = 0
         self._leaving: dict[str, float] = {}  # user id -> when it turns offline
         self._due: dict[str, float] = {}  # user id -> when its held presence goes out
-        #: Called when :meth:`next_deadline` may have moved earlier because a presence
-        #: change was held (the adapter re-arms its hub timer). ``None`` by default.
-        self.on_deadline: Callable[[], None] | None = None
+        # Users gone offline whose "offline" is held (kept out of _users, which every
+        # arrival's presence_state walks).
+        self._gone: dict[str, _User] = {}
+        #: Called with the time a presence change was held until: :meth:`next_deadline`
+        #: may now be earlier than what the adapter's hub timer waits for (compare, O(1)).
+        #: ``None`` by default.
+        self.on_deadline: Callable[[float], None] | None = None
         #: The batch being published (:meth:`publish_batch`), or 0.
         self.batch = 0
         self._batches = 0
@@ -370,7 +374,8 @@ class Hub:
         due = [user_id for user_id, at in self._due.items() if at <= now]
         for user_id in due:
             del self._due[user_id]
-            self._announce(user_id, self._users[user_id], now, wall)
+            user = self._users.get(user_id) or self._gone[user_id]
+            self._announce(user_id, user, now, wall)
 
     # -- presence -----------------------------------------------------------------------
 
@@ -387,8 +392,10 @@ class Hub:
         next_at = user.announced_at + self.settings.presence_interval
         if now < next_at and status != user.announced:
             self._due[user_id] = next_at
+            if status == "offline" and not user.sessions:
+                self._gone[user_id] = self._users.pop(user_id)
             if self.on_deadline is not None:
-                self.on_deadline()
+                self.on_deadline(next_at)
             return
         self._announce(user_id, user, now, wall)
 
@@ -397,7 +404,8 @@ class Hub:
         offline with no connection left."""
         status = user.status
         if status == "offline" and not user.sessions:
-            del self._users[user_id]
+            self._users.pop(user_id, None)
+            self._gone.pop(user_id, None)
         if status == user.announced:
             return
         user.announced = status
@@ -436,7 +444,8 @@ class Hub:
         self._authenticated[member] = None
         user = self._users.get(user_id)
         if user is None:
-            user = self._users[user_id] = _User()
+            held = self._gone.pop(user_id, None)  # back before its "offline" went out
+            user = self._users[user_id] = _User() if held is None else held
         self._leaving.pop(user_id, None)
         user.sessions[member] = None
         self._aggregate(user_id, now, wall)

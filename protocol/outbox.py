@@ -84,7 +84,24 @@ class Outbox:
     @property
     def firm_backlog(self) -> int:
         """The part of :attr:`counted_backlog` that conflation cannot shrink."""
-        return self.counted_backlog - self._conflatable
+        # Written out (not counted_backlog - ...): this is on every delivery's path.
+        return (
+            self._pending
+            + self._inflight
+            - self._uncounted
+            - self._uncounted_inflight
+            - self._conflatable
+        )
+
+    def too_slow(self, size: int, limit: int, batch: int = 0) -> bool:
+        """Whether queuing *size* more bytes makes this a client too slow for *limit*
+        (``max_send_buffer``): its :attr:`firm_backlog` (within *batch*, a number, 0 for
+        none: :meth:`firm_backlog_at`) would pass the limit, or its
+        :attr:`counted_backlog` twice the limit (a hard stop, whatever conflation could
+        shrink). One call on every delivery's path."""
+        counted = self._pending + self._inflight - self._uncounted - self._uncounted_inflight
+        firm = self.firm_backlog_at(batch) if batch else counted - self._conflatable
+        return firm + size > limit or counted + size > 2 * limit
 
     def firm_backlog_at(self, batch: int) -> int:
         """:attr:`firm_backlog` as it was when *batch* (a number, never 0) began: what the

@@ -515,13 +515,10 @@ class Session:
             return True
         # outbox.size_of(message), inline: this runs once per recipient of a broadcast.
         size = len(message.event) if outbox.events else len(message.frame)
-        limit = settings.max_send_buffer
         # 1013 when what conflation cannot shrink passes the limit (within a batch: what
         # the client had not drained when the batch began); a hard stop at twice the
         # limit bounds memory even with very many distinct agents, or a batch.
-        batch = hub.batch
-        firm = outbox.firm_backlog_at(batch) if batch else outbox.firm_backlog
-        if firm + size > limit or outbox.counted_backlog + size > 2 * limit:
+        if outbox.too_slow(size, settings.max_send_buffer, hub.batch):
             hub.stats.slow_client_drops += 1
             outbox.discard_messages()
             self.close(CloseCode.TRY_AGAIN_LATER, "client too slow", now, wall)

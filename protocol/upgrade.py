@@ -150,12 +150,13 @@ class Upgrade:
         client: str | None,
         now: float,
         cookie: str | None = None,
-        address_counted: bool = False,
+        ticket: Ticket | None = None,
     ) -> None:
         """*cookie*: the name of a cookie that may hold the token (an event stream's,
-        :data:`TOKEN_COOKIE`); ``None`` for a WebSocket. *address_counted*: the
-        connection already holds its place under its address
-        (:meth:`~agentcast.protocol.admission.Admission.connect`)."""
+        :data:`TOKEN_COOKIE`); ``None`` for a WebSocket. *ticket*: the connection's place
+        under its address, taken when it was accepted
+        (:meth:`~agentcast.protocol.admission.Admission.connect`); it then counts for the
+        upgrade too."""
         headers = tuple(headers)
         self._hub = hub
         self._ticket: Ticket | None = None
@@ -168,7 +169,7 @@ class Upgrade:
         self.channels: list[str] = []
         #: The resume point the client asked for (:func:`extract_since`), or ``None``.
         self.since: str | None = None
-        decision = hub.admission.admit(headers, client, now, address_counted=address_counted)
+        decision = hub.admission.admit(headers, client, now, ticket=ticket)
         #: Set when the upgrade is refused (at the request, or by :meth:`decide`).
         self.refusal: HttpAnswer | None = None
         if isinstance(decision, HttpAnswer):

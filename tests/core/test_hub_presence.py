@@ -300,14 +300,14 @@ def _set(pair, status: str, now: float) -> None:
 def test_a_users_changes_within_the_interval_are_held_and_the_latest_goes_out(h):
     hub = Hub(Settings(presence_interval=1.0))
     woken = []
-    hub.on_deadline = lambda: woken.append(hub.next_deadline())
+    hub.on_deadline = woken.append
     watcher, _ = h.connect(hub, "watcher")
     tab, _ = h.connect(hub, "storm")  # "online" went out at 0
     watcher.messages()
     for n, status in enumerate(["busy", "away", "online", "busy", "away"]):
         _set(tab, status, 0.1 * (n + 1))
     assert only_presence(watcher.messages()) == []  # held until the interval ends
-    assert woken == [1.0]  # the adapter is told once that the hub needs waking
+    assert woken == [1.0]  # the adapter is told once when the hub needs waking
     assert hub.next_deadline() == 1.0
     hub.handle_timer(0.99, h.WALL0)
     assert only_presence(watcher.messages()) == []
