@@ -148,7 +148,12 @@ def test_the_base_install_runs_the_reference_server(base_install, tmp_path):
             pytest.fail("the server did not start:\n" + "".join(output))
         port = line.rsplit(":", 1)[1].split("/", 1)[0]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as reply:
-            assert json.load(reply) == {"status": "ok", "clients": 0, "authenticated": 0}
+            assert json.load(reply) == {
+                "status": "ok",
+                "clients": 0,
+                "authenticated": 0,
+                "unauthenticated": 0,
+            }
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
         rest = process.stdout.read()
