@@ -361,13 +361,13 @@ class Service:
         if isinstance(parsed, HttpAnswer):
             return parsed
         if self.cluster is None:
-            return published(
-                [
+            # One batch: a client is judged by what it had not drained when it began.
+            with self.hub.publishing_batch():
+                results = [
                     self.hub.publish(item, now=now, wall=wall, scope=scope)
                     for item, scope in parsed.items
-                ],
-                batch=parsed.batch,
-            )
+                ]
+            return published(results, batch=parsed.batch)
         pending = [self.cluster.send(item, wall, scope) for item, scope in parsed.items]
         for p in pending:
             await p.wait()

@@ -97,10 +97,10 @@ def answer(request: HttpRequest, hub: Hub, *, now: float, wall: float) -> HttpAn
     parsed = publish_request(request, hub)
     if isinstance(parsed, HttpAnswer):
         return parsed
-    return published(
-        [hub.publish(item, now=now, wall=wall, scope=scope) for item, scope in parsed.items],
-        batch=parsed.batch,
-    )
+    # One batch: a client is judged by what it had not drained when the batch began.
+    with hub.publishing_batch():
+        results = [hub.publish(it, now=now, wall=wall, scope=scope) for it, scope in parsed.items]
+    return published(results, batch=parsed.batch)
 
 
 def publish_request(request: HttpRequest, hub: Hub) -> HttpAnswer | PublishRequest:

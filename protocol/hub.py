@@ -30,7 +30,8 @@ faster than that. The wait is a deadline of :meth:`Hub.next_deadline`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -132,7 +133,7 @@ class Hub:
         #: may now be earlier than what the adapter's hub timer waits for (compare, O(1)).
         #: ``None`` by default.
         self.on_deadline: Callable[[float], None] | None = None
-        #: The batch being published (:meth:`publish_batch`), or 0.
+        #: The batch being published (:meth:`publishing_batch`), or 0.
         self.batch = 0
         self._batches = 0
         self._seq = 0
@@ -249,24 +250,19 @@ class Hub:
         *scope* (default: every authenticated connection)."""
         return self.deliver_local(item, self._next_id(), now=now, wall=wall, scope=scope)
 
-    def publish_batch(
-        self,
-        items: Sequence[tuple[AgentStatus | ChatMessage | Notification, Scope]],
-        *,
-        now: float,
-        wall: float,
-    ) -> list[Published]:
-        """Publish validated payloads in order, each to its scope, as one batch (the
-        publish API's arrays).
+    @contextmanager
+    def publishing_batch(self) -> Iterator[None]:
+        """Within this block, publishes are one batch (the publish API's arrays).
 
         A client is judged too slow (``1013``) by what it had not drained when the batch
         began, not by what the batch itself queued in one step: a batch that fits in a
-        reader's send buffer reaches every reader that keeps up.
+        reader's send buffer reaches every reader that keeps up. Nothing is delivered by
+        this; each publish in the block applies its own scope.
         """
         self._batches += 1
         self.batch = self._batches
         try:
-            return [self.publish(item, now=now, wall=wall, scope=scope) for item, scope in items]
+            yield
         finally:
             self.batch = 0
 

@@ -7,11 +7,10 @@ import json
 from typing import Any
 
 from agentcast.protocol import (
-    EVERYONE,
     Hub,
     Notification,
     PreparedMessage,
-    Scope,
+    Published,
     Settings,
 )
 from agentcast.protocol.outbox import Outbox
@@ -141,9 +140,10 @@ def notification(n: int, size: int = 200) -> Notification:
     return Notification(level="info", message=f"{n:04d}" + "x" * size)
 
 
-def batch_of(items: list[Notification]) -> list[tuple[Notification, Scope]]:
-    """A publish batch: every item to every authenticated connection."""
-    return [(item, EVERYONE) for item in items]
+def publish_batch(hub: Hub, items: list[Notification], now: float) -> list[Published]:
+    """Publish *items* as one batch, as the publish API does with an array."""
+    with hub.publishing_batch():
+        return [hub.publish(item, now=now, wall=W + now) for item in items]
 
 
 def test_a_presence_snapshot_past_the_send_buffer_reaches_the_newcomer_whole(h):
@@ -168,7 +168,7 @@ def test_a_batch_larger_than_the_send_buffer_reaches_a_client_that_has_drained(h
     hub = Hub(Settings(max_send_buffer=4000))
     _, reader = h.open_session(hub, "reader")
     batch = [notification(n) for n in range(20)]  # ~6 KB, past the limit
-    published = hub.publish_batch(batch_of(batch), now=1.0, wall=W + 1)
+    published = publish_batch(hub, batch, 1.0)
     assert [p.delivered for p in published] == [1] * 20
     assert reader.closed is None
     assert [m["data"]["message"][:4] for m in reader.messages()] == [f"{n:04d}" for n in range(20)]
@@ -193,7 +193,7 @@ def test_a_batch_on_top_of_what_a_client_has_not_drained_drops_it(h):
         hub.publish(notification(n), now=1.0, wall=W + 1)
     behind.outbox.take_messages()  # handed to a socket that does not take it
     reader.messages()
-    hub.publish_batch(batch_of([notification(n) for n in range(3)]), now=2.0, wall=W + 2)
+    publish_batch(hub, [notification(n) for n in range(3)], 2.0)
     assert behind.closed == (1013, "client too slow")
     assert reader.closed is None
 
@@ -201,8 +201,7 @@ def test_a_batch_on_top_of_what_a_client_has_not_drained_drops_it(h):
 def test_a_batch_stops_at_twice_the_send_buffer(h):
     hub = Hub(Settings(max_send_buffer=4000))
     _, reader = h.open_session(hub, "reader")
-    items = batch_of([notification(n) for n in range(60)])
-    published = hub.publish_batch(items, now=1.0, wall=W + 1)
+    published = publish_batch(hub, [notification(n) for n in range(60)], 1.0)
     assert reader.closed == (1013, "client too slow")
     delivered = sum(p.delivered for p in published)
     assert 20 < delivered < 30  # past 8,000 bytes (~300 bytes each), not before

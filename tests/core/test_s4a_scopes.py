@@ -646,7 +646,7 @@ class Member:
         self.subscriptions: dict[str, None] = {}
         self.got: list[Any] = []
 
-    def deliver(self, message: Any, now: float, wall: float) -> bool:
+    def deliver(self, message: Any, now: float, wall: float, *, counted: bool = True) -> bool:
         self.got.append(message)
         return True
 

@@ -48,6 +48,9 @@ HUB_PUBLIC: dict[str, bool] = {
     "presence": False,
     "next_deadline": False,
     "handle_timer": False,  # presence changes: user_presence goes to everyone (section 4)
+    "on_deadline": False,  # the adapter's callback: the hub needs waking
+    "publishing_batch": False,  # marks a batch step; each publish in it has its scope
+    "batch": False,
     "settings": False,
     "stats": False,
     "admission": False,
