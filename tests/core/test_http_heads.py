@@ -128,3 +128,15 @@ def test_a_transport_alone_reads_the_whole_request():
     [request] = transport.events_received()
     assert isinstance(request, HttpRequest)
     assert request.body == b"{}"
+
+
+def test_what_follows_a_complete_request_is_not_parsed(h):
+    hub = Hub()
+    conn = ServerConnection(hub, now=0.0, client=LOOPBACK)
+    body = b'{"level":"info","message":"hi"}'
+    conn.receive_data(head(h, "/api/notifications", length=len(body)) + body, 0.0, 0.0)
+    [request] = conn.events_received()
+    assert isinstance(request, HttpRequest)
+    conn.receive_data(b"GET /healthz HTTP/1.1\r\n\r\n", 0.0, 0.0)  # a second request
+    assert conn.events_received() == []
+    assert not conn.closed  # the first one still awaits its answer
