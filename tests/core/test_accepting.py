@@ -107,7 +107,12 @@ def test_describe():
 
 def test_healthz_says_degraded_while_a_shortage_lasts():
     hub = Hub()
-    assert json.loads(healthz(hub).body) == {"status": "ok", "clients": 0, "authenticated": 0}
+    assert json.loads(healthz(hub).body) == {
+        "status": "ok",
+        "clients": 0,
+        "authenticated": 0,
+        "unauthenticated": 0,
+    }
     hub.accepting.failed("emfile", 1.0)
     answer = healthz(hub)
     assert answer.status == 200  # a liveness probe must not restart a serving server
@@ -115,6 +120,7 @@ def test_healthz_says_degraded_while_a_shortage_lasts():
         "status": "degraded",
         "clients": 0,
         "authenticated": 0,
+        "unauthenticated": 0,
         "accepting": False,
         "acceptError": "emfile",
     }
