@@ -607,7 +607,8 @@ def report(
         "no misdelivery": totals.misdelivered == 0,
         "no unexpected close": not totals.unexpected_closes,
         "no failed connect or publish": totals.failed_connects == 0 and totals.publish_errors == 0,
-        "healthz back to 0": health == {"status": "ok", "clients": 0, "authenticated": 0},
+        "healthz back to 0": health
+        == {"status": "ok", "clients": 0, "authenticated": 0, "unauthenticated": 0},
         "RSS flat": flat,
         "exit 0 on SIGTERM": exit_code == 0,
         "no traceback logged": tracebacks == 0,

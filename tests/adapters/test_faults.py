@@ -183,7 +183,12 @@ async def test_running_out_of_file_descriptors_is_survived(
     await wait_for(lambda: count(SHORTAGE_ENDS, server.lines) == 1)
     status, _, body = await http_request(server.http_base + "/healthz")
     assert status == 200
-    assert json.loads(body) == {"status": "ok", "clients": 4, "authenticated": 4}
+    assert json.loads(body) == {
+        "status": "ok",
+        "clients": 4,
+        "authenticated": 4,
+        "unauthenticated": 0,
+    }
     await first.send({"type": "ping"})
     assert (await first.recv_until("pong"))["type"] == "pong"
 
