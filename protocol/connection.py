@@ -373,7 +373,7 @@ class ServerConnection:
             client=self._client,
             now=now,
             cookie=TOKEN_COOKIE,
-            address_counted=self._address is not None,
+            ticket=self._address,
         )
         if upgrade.refusal is not None:
             self._ws.respond(upgrade.refusal)
