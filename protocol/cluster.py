@@ -755,3 +755,7 @@ class ClusterHub(Hub):
             return
         user.status = status
         self.link.local_status_changed(user_id, status)
+        if status == "offline" and not user.sessions:
+            # Gone: the cluster's log carries the change; this process forgets the user
+            # (the base hub does so once it has announced the change itself).
+            del self._users[user_id]

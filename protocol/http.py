@@ -47,10 +47,11 @@ _json = HttpAnswer.json
 
 def healthz(hub: Hub) -> HttpAnswer:
     """``200`` with :meth:`Hub.health <agentcast.protocol.Hub.health>`: ``{"status":
-    "ok", "clients": N, "authenticated": M, "unauthenticated": U}``, ``"degraded"`` while the server cannot
-    accept connections (and, in a cluster, while it cannot reach the others), with the
-    cluster's figures in a cluster. Still ``200`` when degraded: the server serves the
-    clients it has, and a liveness probe must not restart it for that."""
+    "ok", "clients": N, "authenticated": M, "unauthenticated": U}``, ``"degraded"``
+    while the server cannot accept connections (and, in a cluster, while it cannot
+    reach the others), with the cluster's figures in a cluster. Still ``200`` when
+    degraded: the server serves the clients it has, and a liveness probe must not
+    restart it for that."""
     return _json(200, hub.health())
 
 

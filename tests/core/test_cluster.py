@@ -411,7 +411,7 @@ class Member:
         self.subscriptions: frozenset[str] = frozenset()
         self.got: list[dict[str, object]] = []
 
-    def deliver(self, message: object, now: float, wall: float) -> bool:
+    def deliver(self, message: object, now: float, wall: float, *, counted: bool = True) -> bool:
         self.got.append(json.loads(message.text))  # type: ignore[attr-defined]
         return True
 
@@ -492,6 +492,7 @@ def test_a_cluster_hub_sends_out_and_delivers_what_comes_back() -> None:
         "status": "degraded",
         "clients": 3,
         "authenticated": 2,
+        "unauthenticated": 1,
         "cluster": {"clients": 9},
     }
 
