@@ -267,6 +267,13 @@ SETTINGS_FLAGS: tuple[Option, ...] = tuple(
             "status winning (0: every change at once)",
         ),
         (
+            "--presence-window",
+            float,
+            "SECONDS",
+            "presence changes within this many seconds of the last ones sent go out "
+            "together when it ends, one write per client (0: each at once)",
+        ),
+        (
             "--max-message-size",
             int,
             "BYTES",

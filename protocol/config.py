@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_PATH",
     "DEFAULT_PRESENCE_GRACE",
     "DEFAULT_PRESENCE_INTERVAL",
+    "DEFAULT_PRESENCE_WINDOW",
     "DEFAULT_RATE_BURST",
     "DEFAULT_RATE_LIMIT",
     "DEFAULT_RATE_LIMIT_STRIKES",
@@ -56,6 +57,11 @@ DEFAULT_PRESENCE_GRACE = 5.0  # PROTOCOL.md 4: a reload must not flap offline/on
 # many tabs changing it as fast as their rate limits allow would otherwise be a message
 # to every client for every change.
 DEFAULT_PRESENCE_INTERVAL = 1.0
+# Presence changes of different users within this window of the last ones sent go out
+# together when it ends: in a reconnect storm (thousands of arrivals a second) each client
+# gets one write with many arrivals instead of one write per arrival. The first change
+# after a quiet window goes out at once.
+DEFAULT_PRESENCE_WINDOW = 0.1
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024  # PROTOCOL.md 6; client messages are tiny JSON objects
 # A message may come in fragments (RFC 6455 5.4), but browsers and the usual client
 # libraries send one frame per message; 1,024 leaves a fragmenting client 64 bytes a frame
@@ -121,6 +127,9 @@ class Settings:
     #: A user's ``user_presence`` goes out at most once per this many seconds (the latest
     #: status wins; the last one always goes out). ``0``: every change at once.
     presence_interval: float = DEFAULT_PRESENCE_INTERVAL
+    #: Presence changes within this many seconds of the last ones sent are held and sent
+    #: together when the window ends (one write per client); ``0``: each at once.
+    presence_window: float = DEFAULT_PRESENCE_WINDOW
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     #: Frames one client message may arrive in (RFC 6455 fragments); more: close 1009.
     max_message_frames: int = DEFAULT_MAX_MESSAGE_FRAMES
@@ -186,7 +195,7 @@ class Settings:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("presence_grace", "presence_interval"):
+        for name in ("presence_grace", "presence_interval", "presence_window"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         for name in (

@@ -47,6 +47,8 @@ from .messages import (
     NotificationLevel,
     PreparedMessage,
     PresenceStatus,
+    encode_data,
+    encode_with_data,
 )
 from .scope import EVERYONE, PendingVerdict, Scope, Verdict, receives
 from .stats import Stats
@@ -133,6 +135,15 @@ class Hub:
         #: may now be earlier than what the adapter's hub timer waits for (compare, O(1)).
         #: ``None`` by default.
         self.on_deadline: Callable[[float], None] | None = None
+        # Presence as the clients were told it (users not offline): presence_state is
+        # this, encoded once until the next change goes out (_snapshot).
+        self._visible: dict[str, PresenceStatus] = {}
+        self._snapshot: str | None = None
+        # Presence changes waiting for the presence window to end (user id -> latest
+        # status), when they go out together, and when the current window ends.
+        self._held: dict[str, PresenceStatus] = {}
+        self._held_until: float | None = None
+        self._window_end = -math.inf
         #: The batch being published (:meth:`publishing_batch`), or 0.
         self.batch = 0
         self._batches = 0
@@ -357,12 +368,15 @@ class Hub:
         if self._due:
             due = min(self._due.values())
             if deadline is None or due < deadline:
-                return due
+                deadline = due
+        held = self._held_until
+        if held is not None and (deadline is None or held < deadline):
+            return held
         return deadline
 
     def handle_timer(self, now: float, wall: float) -> None:
         """Turn offline every user whose grace period has ended by *now*, then send the
-        presence changes held until *now*."""
+        presence changes held until *now*, then those held for the presence window."""
         leaving = [user_id for user_id, at in self._leaving.items() if at <= now]
         for user_id in leaving:
             del self._leaving[user_id]
@@ -372,6 +386,11 @@ class Hub:
             del self._due[user_id]
             user = self._users.get(user_id) or self._gone[user_id]
             self._announce(user_id, user, now, wall)
+        if self._held_until is not None and self._held_until <= now:
+            held, self._held = self._held, {}
+            self._held_until = None
+            self._window_end = now + self.settings.presence_window
+            self._send_presence(held, now, wall)
 
     # -- presence -----------------------------------------------------------------------
 
@@ -406,10 +425,40 @@ class Hub:
             return
         user.announced = status
         user.announced_at = now
-        message = PreparedMessage.build(
-            "user_presence", {"userId": user_id, "status": status}, wall, self._next_id()
-        )
-        self._fan_out(message, now, wall)
+        if self._held_until is None and now >= self._window_end:
+            # The first change after a quiet window goes out at once, and opens a window.
+            self._window_end = now + self.settings.presence_window
+            self._send_presence({user_id: status}, now, wall)
+            return
+        # Within the window: held, and sent with the others when it ends (one write per
+        # connection for all of them). A user held already keeps its place, with the
+        # newer status: one message per user, the latest.
+        self._held[user_id] = status
+        if self._held_until is None:
+            self._held_until = self._window_end
+            if self.on_deadline is not None:
+                self.on_deadline(self._window_end)
+
+    def _send_presence(self, changes: dict[str, PresenceStatus], now: float, wall: float) -> None:
+        """Send ``user_presence`` for each of *changes* that differs from what the
+        clients were told, in order, to every authenticated connection as one delivery."""
+        visible = self._visible
+        messages = []
+        for user_id, status in changes.items():
+            if visible.get(user_id, "offline") == status:
+                continue  # changed and changed back within the window
+            if status == "offline":
+                del visible[user_id]
+            else:
+                visible[user_id] = status
+            messages.append(
+                PreparedMessage.build(
+                    "user_presence", {"userId": user_id, "status": status}, wall, self._next_id()
+                )
+            )
+        if messages:
+            self._snapshot = None
+            self._fan_out(PreparedMessage.group(messages), now, wall)
 
     def _aggregate(self, user_id: str, now: float, wall: float) -> None:
         user = self._users[user_id]
@@ -423,16 +472,19 @@ class Hub:
         counts for its user's presence; an unauthenticated one is only counted."""
         user_id = member.user_id
         if user_id is not None:
-            snapshot = [{"userId": uid, "status": st} for uid, st in self.presence().items()]
+            # What the clients were told, so that this snapshot and the user_presence
+            # messages after it make the true set; encoded once until the next change.
+            data = self._snapshot
+            if data is None:
+                users = [{"userId": uid, "status": st} for uid, st in self._visible.items()]
+                data = self._snapshot = encode_data({"users": users})
+            snapshot = PreparedMessage(
+                "presence_state", encode_with_data("presence_state", data, wall)
+            )
             self.stats.messages_out["presence_state"] += 1
             # Outside the slow-client limit: its size follows the users online, not the
             # client's speed, and a client must get it whole to know who is there.
-            member.deliver(
-                PreparedMessage.build("presence_state", {"users": snapshot}, wall),
-                now,
-                wall,
-                counted=False,
-            )
+            member.deliver(snapshot, now, wall, counted=False)
         self._sessions[member] = None
         self.stats.opened_total += 1
         if user_id is None:
@@ -519,7 +571,7 @@ class Hub:
                     delivered += 1
         finally:
             self._fanning_out = nested
-        self.stats.messages_out[message.kind] += delivered
+        self.stats.messages_out[message.kind] += delivered * message.count
         if not nested:
             while self._deferred:
                 session, at, at_wall = self._deferred.pop(0)

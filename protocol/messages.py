@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Final, Literal
@@ -432,6 +432,19 @@ def encode_server_message(
     return _dumps(obj)
 
 
+def encode_data(data: object) -> str:
+    """*data* as the JSON text a server message carries it in (for :func:`encode_with_data`)."""
+    return _dumps(data)
+
+
+def encode_with_data(kind: str, data_text: str, wall: float) -> str:
+    """:func:`encode_server_message` around *data* encoded already (``data_text``, from
+    :func:`encode_data`): a large snapshot is encoded once and stamped per recipient."""
+    return (
+        f'{{"type":{_dumps(kind)},"data":{data_text},"timestamp":{_dumps(format_timestamp(wall))}}}'
+    )
+
+
 def frame_text(payload: bytes) -> bytes:
     """One unmasked, final text frame (RFC 6455 5.2) as a server sends it."""
     n = len(payload)
@@ -454,7 +467,7 @@ class PreparedMessage:
     wherever it goes (delivery, history, another process); it is not part of the text.
     """
 
-    __slots__ = ("_event", "frame", "id", "key", "kind", "scope", "text")
+    __slots__ = ("_event", "count", "frame", "id", "key", "kind", "parts", "scope", "text")
 
     def __init__(
         self,
@@ -475,6 +488,23 @@ class PreparedMessage:
         self.id = message_id
         self.frame = frame_text(text.encode())
         self._event: bytes | None = None
+        #: The messages a group carries (:meth:`group`); empty for one message.
+        self.parts: tuple[PreparedMessage, ...] = ()
+        #: How many messages this is on the wire.
+        self.count = 1
+
+    @classmethod
+    def group(cls, messages: Sequence[PreparedMessage]) -> PreparedMessage:
+        """Messages of one kind queued as one: their frames back to back (still one
+        message each on the wire), so that a recipient costs one ``deliver`` and one
+        write for all of them. One message is returned as it is."""
+        if len(messages) == 1:
+            return messages[0]
+        group = cls(messages[0].kind, "", scope=messages[0].scope)
+        group.frame = b"".join(m.frame for m in messages)
+        group.parts = tuple(messages)
+        group.count = len(messages)
+        return group
 
     @classmethod
     def build(
@@ -496,7 +526,11 @@ class PreparedMessage:
         it has one), ``data:`` the JSON text."""
         event = self._event
         if event is None:
-            event = self._event = encode_event(self.text, event=self.kind, id=self.id)
+            if self.parts:  # a group: each message an event of its own
+                event = b"".join(part.event for part in self.parts)
+            else:
+                event = encode_event(self.text, event=self.kind, id=self.id)
+            self._event = event
         return event
 
     def __len__(self) -> int:

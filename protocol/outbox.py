@@ -206,7 +206,13 @@ class Outbox:
 
     def take_messages(self) -> list[PreparedMessage]:
         """Everything pending as messages (for transports that send text, e.g. ASGI)."""
-        messages = [item for item in self._items if isinstance(item, PreparedMessage)]
+        messages: list[PreparedMessage] = []
+        for item in self._items:
+            if isinstance(item, PreparedMessage):
+                if item.parts:
+                    messages.extend(item.parts)  # a group: each message of its own
+                else:
+                    messages.append(item)
         self._inflight = self._pending
         self._uncounted_inflight = self._uncounted
         self._reset()

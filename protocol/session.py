@@ -524,7 +524,7 @@ class Session:
             self.close(CloseCode.TRY_AGAIN_LATER, "client too slow", now, wall)
             return False
         outbox.push(message)
-        self.messages_out += 1
+        self.messages_out += message.count
         return True
 
     def _send(self, kind: str, data: object, now: float, wall: float) -> None:

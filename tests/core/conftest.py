@@ -453,7 +453,8 @@ def h() -> type[Helpers]:
 
 @pytest.fixture
 def hub() -> Hub:
-    return Hub()
+    """Each presence change at once (the presence window has its own tests)."""
+    return Hub(Settings(presence_window=0))
 
 
 @pytest.fixture

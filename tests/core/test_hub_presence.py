@@ -19,7 +19,7 @@ from agentcast.protocol import (
 def hub() -> Hub:
     """Every presence change at once: most tests here are about aggregation and order;
     the presence interval (one message a second per user) has its own tests below."""
-    return Hub(Settings(presence_interval=0))
+    return Hub(Settings(presence_interval=0, presence_window=0))
 
 
 def presence(h, user: str, status: str, ident: str, wall: float | None = None) -> dict:
@@ -180,7 +180,7 @@ def test_reconnect_after_the_grace_period_is_a_new_arrival(h, hub):
 
 
 def test_without_grace_the_last_close_is_offline_at_once(h):
-    hub = Hub(Settings(presence_grace=0, presence_interval=0))
+    hub = Hub(Settings(presence_grace=0, presence_interval=0, presence_window=0))
     bob, _ = h.connect(hub, "bob")
     alice, _ = h.connect(hub, "alice")
     bob.messages()
@@ -201,7 +201,9 @@ def test_unauthenticated_close_changes_no_presence(h, hub):
 def test_slow_client_dropped_mid_broadcast_is_announced_after_the_broadcast(h):
     # The offline change caused by dropping a client during a fan-out must not overtake
     # the broadcast itself at the other recipients.
-    hub = Hub(Settings(presence_grace=0, presence_interval=0, max_send_buffer=1000))
+    hub = Hub(
+        Settings(presence_grace=0, presence_interval=0, presence_window=0, max_send_buffer=1000)
+    )
     first, _ = h.connect(hub, "first")
     slow, _ = h.connect(hub, "slow")
     last, _ = h.connect(hub, "last")
@@ -275,7 +277,7 @@ W = 1766754000.0  # the wall clock at now == 0 (2025-12-26T13:00:00Z)
 
 
 def test_a_fractional_presence_grace_still_delays_offline(h):
-    hub = Hub(Settings(presence_grace=0.5))
+    hub = Hub(Settings(presence_grace=0.5, presence_window=0))
     leaver, _ = h.open_session(hub, "u1")
     _, watcher = h.open_session(hub, "u2")
     leaver.close(1000, "bye", 1.0, W + 1)
@@ -298,7 +300,7 @@ def _set(pair, status: str, now: float) -> None:
 
 
 def test_a_users_changes_within_the_interval_are_held_and_the_latest_goes_out(h):
-    hub = Hub(Settings(presence_interval=1.0))
+    hub = Hub(Settings(presence_interval=1.0, presence_window=0))
     woken = []
     hub.on_deadline = woken.append
     watcher, _ = h.connect(hub, "watcher")
@@ -330,7 +332,7 @@ def test_a_users_changes_within_the_interval_are_held_and_the_latest_goes_out(h)
 
 
 def test_held_changes_of_several_users_each_go_out_when_their_own_interval_ends(h):
-    hub = Hub(Settings(presence_interval=1.0))
+    hub = Hub(Settings(presence_interval=1.0, presence_window=0))
     watcher, _ = h.connect(hub, "watcher")
     a, _ = h.connect(hub, "a")
     b, _ = h.connect(hub, "b", now=0.5)
@@ -346,7 +348,7 @@ def test_held_changes_of_several_users_each_go_out_when_their_own_interval_ends(
 
 
 def test_leaving_within_the_interval_sends_offline_when_it_ends(h):
-    hub = Hub(Settings(presence_grace=0, presence_interval=1.0))
+    hub = Hub(Settings(presence_grace=0, presence_interval=1.0, presence_window=0))
     watcher, _ = h.connect(hub, "watcher")
     gone, _ = h.connect(hub, "gone", now=0.2)
     back, _ = h.connect(hub, "back", now=0.2)
@@ -364,7 +366,7 @@ def test_leaving_within_the_interval_sends_offline_when_it_ends(h):
 
 
 def test_the_grace_period_and_the_interval_together(h):
-    hub = Hub(Settings(presence_grace=0.5, presence_interval=1.0))
+    hub = Hub(Settings(presence_grace=0.5, presence_interval=1.0, presence_window=0))
     watcher, _ = h.connect(hub, "watcher")
     tab, _ = h.connect(hub, "tab", now=0.1)
     other, _ = h.connect(hub, "other", now=0.1)

@@ -147,7 +147,7 @@ def publish_batch(hub: Hub, items: list[Notification], now: float) -> list[Publi
 
 
 def test_a_presence_snapshot_past_the_send_buffer_reaches_the_newcomer_whole(h):
-    hub = Hub(Settings(max_send_buffer=2000, presence_grace=60.0))
+    hub = Hub(Settings(max_send_buffer=2000, presence_grace=60.0, presence_window=0))
     for n in range(30):  # gone, but online for their grace period
         session, _ = h.open_session(hub, f"u{n:02d}" + "x" * 60)
         session.close(1000, "bye", 0.0, W)

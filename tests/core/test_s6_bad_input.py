@@ -469,7 +469,7 @@ def test_a_strike_exactly_one_window_old_no_longer_counts(h):
 
 
 def test_oversized_text_closes_1009_and_the_user_goes_offline_after_grace(h):
-    hub = Hub(Settings(max_message_size=10))
+    hub = Hub(Settings(max_message_size=10, presence_window=0))
     s, sink = h.open_session(hub, "u1")
     _, watcher = h.open_session(hub, "u2")
     sink.messages()  # u2 came online
@@ -484,7 +484,7 @@ def test_oversized_text_closes_1009_and_the_user_goes_offline_after_grace(h):
 
 
 def test_oversized_text_counts_utf8_bytes_and_offline_is_stamped_at_the_close(h):
-    hub = Hub(Settings(max_message_size=10, presence_grace=0))
+    hub = Hub(Settings(max_message_size=10, presence_grace=0, presence_window=0))
     s, sink = h.open_session(hub, "u1")
     _, watcher = h.open_session(hub, "u2")
     sink.messages()  # u2 came online
@@ -498,7 +498,7 @@ def test_oversized_text_counts_utf8_bytes_and_offline_is_stamped_at_the_close(h)
 
 
 def test_oversized_binary_closes_1009_without_an_error_message(h):
-    hub = Hub(Settings(max_message_size=10, presence_grace=0))
+    hub = Hub(Settings(max_message_size=10, presence_grace=0, presence_window=0))
     s, sink = h.open_session(hub, "u1")
     _, watcher = h.open_session(hub, "u2")
     sink.messages()  # u2 came online

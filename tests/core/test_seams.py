@@ -73,7 +73,7 @@ class Recorder:
 
 
 def test_deliver_local_uses_the_given_id_and_the_delivery_rules(h):
-    hub = Hub()
+    hub = Hub(Settings(presence_window=0))
     alice, bob, anon = Recorder("alice"), Recorder("bob"), Recorder(None)
     for member in (alice, bob, anon):
         hub.open_session(member, 0.0, h.WALL0)
@@ -95,7 +95,7 @@ def test_deliver_local_uses_the_given_id_and_the_delivery_rules(h):
 
 
 def test_members_presence_and_close_through_the_public_seam(h):
-    hub = Hub(Settings(presence_grace=0))
+    hub = Hub(Settings(presence_grace=0, presence_window=0))
     watcher, tab = Recorder("w"), Recorder("u")
     hub.open_session(watcher, 0.0, h.WALL0)
     hub.open_session(tab, 0.0, h.WALL0)

@@ -81,6 +81,7 @@ SETTINGS = Settings(
     # Every presence change at once: the model checks aggregation, grace and order; the
     # presence interval has its own tests (tests/core/test_hub_presence.py).
     presence_interval=0,
+    presence_window=0,
     heartbeat_interval=INTERVAL,
     heartbeat_timeout=TIMEOUT,
     presence_grace=GRACE,
