@@ -196,6 +196,7 @@ def dev_settings(**overrides: Any) -> Settings:
         "max_batch": 8,
         # Every presence change at once: an input's effect is checked right after it.
         "presence_interval": 0,
+        "presence_window": 0,
     }
     base.update(overrides)
     return Settings(**base)

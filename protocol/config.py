@@ -60,8 +60,10 @@ DEFAULT_PRESENCE_INTERVAL = 1.0
 # Presence changes of different users within this window of the last ones sent go out
 # together when it ends: in a reconnect storm (thousands of arrivals a second) each client
 # gets one write with many arrivals instead of one write per arrival. The first change
-# after a quiet window goes out at once.
-DEFAULT_PRESENCE_WINDOW = 0.1
+# after a quiet window goes out at once. Each window costs a write to every client, so
+# the longer it is the cheaper a storm; a quarter of a second is still "at once" to a
+# person watching a presence list.
+DEFAULT_PRESENCE_WINDOW = 0.25
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024  # PROTOCOL.md 6; client messages are tiny JSON objects
 # A message may come in fragments (RFC 6455 5.4), but browsers and the usual client
 # libraries send one frame per message; 1,024 leaves a fragmenting client 64 bytes a frame

@@ -138,6 +138,7 @@ class Hub:
         # Presence as the clients were told it (users not offline): presence_state is
         # this, encoded once until the next change goes out (_snapshot).
         self._visible: dict[str, PresenceStatus] = {}
+        self._entries: dict[str, str] = {}  # the same, each user's entry JSON-encoded
         self._snapshot: str | None = None
         # Presence changes waiting for the presence window to end (user id -> latest
         # status), when they go out together, and when the current window ends.
@@ -449,8 +450,10 @@ class Hub:
                 continue  # changed and changed back within the window
             if status == "offline":
                 del visible[user_id]
+                del self._entries[user_id]
             else:
                 visible[user_id] = status
+                self._entries[user_id] = encode_data({"userId": user_id, "status": status})
             messages.append(
                 PreparedMessage.build(
                     "user_presence", {"userId": user_id, "status": status}, wall, self._next_id()
@@ -476,8 +479,7 @@ class Hub:
             # messages after it make the true set; encoded once until the next change.
             data = self._snapshot
             if data is None:
-                users = [{"userId": uid, "status": st} for uid, st in self._visible.items()]
-                data = self._snapshot = encode_data({"users": users})
+                data = self._snapshot = '{"users":[' + ",".join(self._entries.values()) + "]}"
             snapshot = PreparedMessage(
                 "presence_state", encode_with_data("presence_state", data, wall)
             )

@@ -77,7 +77,7 @@ def test_security_defaults():
     assert s.max_header_size == 16 * 1024
     assert (s.max_unauthenticated_connections, s.max_pending_body_bytes) == (1000, 16 << 20)
     assert (s.max_message_frames, s.presence_interval) == (1024, 1.0)
-    assert s.presence_window == 0.1
+    assert s.presence_window == 0.25
     assert config(["--presence-window", "0"]).settings.presence_window == 0
     # The CLI's copies of the JWT defaults are the modules' own.
     assert cli.DEFAULT_JWT_LEEWAY == DEFAULT_LEEWAY
