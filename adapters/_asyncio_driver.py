@@ -18,11 +18,12 @@ starve the other connections).
 
 Writes are batched per pass of the event loop by :class:`Flusher`: a broadcast, or any
 other output not caused by the connection's own input, only marks its connections, and at
-the start of the next pass each marked connection writes its whole backlog once (an answer
-to the connection's own input, a pong or the ``101``, is written at the end of that
-``data_received``). A presence storm (every new user is a message to every other one)
-therefore costs one ``send()`` per connection per pass, not one per message, and no task
-switch at all.
+the start of the next pass each marked connection writes its whole backlog once (at most
+:data:`WRITES_PER_PASS` connections a pass, the others in the passes after, so that
+input on other sockets is read in between); an answer to the connection's own input, a
+pong or the ``101``, is written at the end of that ``data_received``. A presence storm
+(every new user is a message to every other one, the hub sending a window's changes
+together) therefore costs one ``send()`` per connection per window, and no task switch.
 
 The stream driver (:mod:`._stream_driver`, two tasks on an anyio stream) behaves the
 same; both share :class:`~._driver.Driver` for everything that is not moving bytes,
@@ -43,6 +44,11 @@ from .service import Service
 __all__ = ["PASS_BYTES", "AsyncioDriver", "Flusher"]
 
 log = logging.getLogger("agentcast.connection")
+
+#: Connections :class:`Flusher` writes in one pass of the event loop at most (~10 µs each):
+#: a pass that writes a presence window's changes to 10,000 clients would otherwise keep
+#: every other socket waiting for ~0.1 s.
+WRITES_PER_PASS = 256
 
 #: Input a connection may hand the core before it yields the loop for a pass.
 PASS_BYTES = 256 * 1024
@@ -66,8 +72,16 @@ class Flusher:
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._scheduled = False
-        marked, self._marked = self._marked, []
+        marked = self._marked
+        if len(marked) > WRITES_PER_PASS:
+            # A broadcast to thousands: write a slice now and the rest in the next passes,
+            # so that the input waiting on other sockets (a ping) is read in between.
+            self._marked = marked[WRITES_PER_PASS:]
+            del marked[WRITES_PER_PASS:]
+            self._loop.call_soon(self._flush)
+        else:
+            self._scheduled = False
+            self._marked = []
         for connection in marked:
             connection.flush()
 
