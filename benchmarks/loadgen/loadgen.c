@@ -25,9 +25,14 @@
  *           most one outstanding per client, for --duration seconds; RTT = ping to pong.
  *   churn   N connections, --concurrency at a time: connect, upgrade, auth, presence_state,
  *           wait for the client's own "online" user_presence, close handshake, next.
- *   storm   N distinct users connect (at most --concurrency handshakes in flight); the
- *           window ends when every client has seen every user online (presence_state plus
- *           user_presence broadcasts): N^2 deliveries.
+ *   storm   N distinct users connect (at most --concurrency handshakes in flight). Every
+ *           client keeps its own view of who is online (its presence_state, then each
+ *           user_presence: online/away/busy add the user, offline removes it); the window
+ *           ends when every client's view is exactly the true set (the N users, plus the
+ *           probe): N(N+1)/2 presence deliveries at least. With --probe-rate R, one more
+ *           client (the probe, a user too) connects first, and during the storm sends
+ *           {"type":"ping"} R times a second (at most one outstanding): its RTTs are the
+ *           latency an already-connected client sees during the storm.
  *
  * Output: one JSON object on one line on stdout; diagnostics on stderr. With --hold, it then
  * keeps its connections open until stdin is closed (the driver stops the server first).
@@ -241,6 +246,7 @@ static struct {
     int bursts, burst_size, msg_bytes;
     int channels; /* fanout: 0 = unscoped broadcasts */
     double ping_rate, duration;
+    double probe_rate; /* storm: pings/s of the already-connected probe client (0: none) */
     double settle, timeout;
     int hold;
 } cfg = {
@@ -282,6 +288,8 @@ typedef struct conn {
     char last_id[64];
     int last_id_len;
     uint32_t presence_seen;
+    uint8_t *view; /* storm: bit u set = user u is online in this client's view */
+    uint32_t view_count;
     uint8_t authed, self_online, ping_out, close_sent, counted_ready;
     double t_start, ping_at;
 } conn_t;
@@ -299,7 +307,8 @@ static const char *type_names[] = {"auth", "presence_state", "user_presence", "n
 static uint64_t type_count[T_COUNT];
 static uint64_t n_binary, n_ws_ping, n_server_close, n_protocol_errors, n_handshake_failed,
     n_connect_failed, n_unexpected_eof, n_auth_failed, n_lost, n_dup_or_reordered,
-    n_id_not_increasing, n_foreign, n_ping_skipped, n_fragmented;
+    n_id_not_increasing, n_foreign, n_ping_skipped, n_fragmented, n_unknown_user,
+    n_view_wrong;
 static int first_close_code = -1;
 static char first_error[200];
 static double last_rx;
@@ -312,7 +321,10 @@ typedef struct {
     double *v;
     size_t n, cap;
 } samples_t;
-static samples_t rtt_samples, connect_samples;
+static samples_t rtt_samples, connect_samples, probe_samples;
+static conn_t probe;
+static int storm_users; /* storm: users in the true set (N, plus the probe) */
+static double probe_next = -1; /* when the probe sends its next ping; <0: not pinging */
 
 static void sample_add(samples_t *s, double x) {
     if (s->n == s->cap) {
@@ -547,10 +559,68 @@ static void check_id(conn_t *c, const uint8_t *p, size_t n) {
 
 static void presence_progress(conn_t *c, uint32_t seen) {
     c->presence_seen += seen;
+    if (cfg.scenario == SC_STORM) return; /* the view decides (view_set) */
     if (!cfg.same_user && !c->counted_ready && c->presence_seen >= (uint32_t)cfg.clients) {
         c->counted_ready = 1;
         n_presence_complete++;
     }
+}
+
+/* The user index of a "user_<prefix><index>" id at p (length n); -1 if it is not one. */
+static int user_index(const uint8_t *p, size_t n) {
+    size_t pl = strlen(cfg.token_prefix);
+    if (n < 5 + pl + 1 || memcmp(p, "user_", 5) != 0 || memcmp(p + 5, cfg.token_prefix, pl))
+        return -1;
+    long v = 0;
+    for (size_t i = 5 + pl; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') return -1;
+        v = v * 10 + (p[i] - '0');
+        if (v >= storm_users) return -1;
+    }
+    return (int)v;
+}
+
+/* One presence entry for client c: user id at u (length ul), present or not. */
+static void view_set(conn_t *c, const uint8_t *u, size_t ul, int present) {
+    int idx = user_index(u, ul);
+    if (idx < 0) {
+        n_unknown_user++;
+        return;
+    }
+    if (!c->view) {
+        c->view = calloc((size_t)storm_users / 8 + 1, 1);
+        if (!c->view) die("calloc");
+    }
+    uint8_t bit = (uint8_t)(1u << (idx & 7)), *b = &c->view[idx >> 3];
+    int was_complete = c->view_count == (uint32_t)storm_users;
+    if (present && !(*b & bit)) {
+        *b |= bit;
+        c->view_count++;
+    } else if (!present && (*b & bit)) {
+        *b &= (uint8_t)~bit;
+        c->view_count--;
+    }
+    int complete = c->view_count == (uint32_t)storm_users;
+    if (complete && !was_complete) n_presence_complete++;
+    if (was_complete && !complete) n_presence_complete--;
+}
+
+/* Reads the presence entries ({"userId":"...","status":"..."}) in p[0..n). */
+static uint32_t view_entries(conn_t *c, const uint8_t *p, size_t n) {
+    uint32_t entries = 0;
+    const uint8_t *q = p, *end = p + n;
+    while ((q = memmem(q, (size_t)(end - q), "\"userId\":\"", 10))) {
+        q += 10;
+        const uint8_t *e = memchr(q, '"', (size_t)(end - q));
+        if (!e) break;
+        const uint8_t *s = memmem(e, (size_t)(end - e), "\"status\":\"", 10);
+        if (!s) break;
+        s += 10;
+        entries++;
+        if (cfg.scenario == SC_STORM) view_set(c, q, (size_t)(e - q), *s != 'o' || s[1] != 'f');
+        q = s;
+    }
+    return entries;
 }
 
 /* The channel of notification seq (--channels): pseudo-random, the same on both sides. */
@@ -640,18 +710,12 @@ static void on_text(conn_t *c, const uint8_t *p, size_t n) {
             }
         }
         break;
-    case T_PRESENCE_STATE: {
-        uint32_t users = 0;
-        const uint8_t *q = p, *end = p + n;
-        while ((q = memmem(q, (size_t)(end - q), "\"userId\"", 8))) {
-            users++;
-            q += 8;
-        }
-        presence_progress(c, users);
+    case T_PRESENCE_STATE:
+        presence_progress(c, view_entries(c, p, n));
         break;
-    }
     case T_USER_PRESENCE:
         check_id(c, p, n);
+        if (cfg.scenario == SC_STORM) view_entries(c, p, n);
         if (find(p, n, "\"status\":\"online\"")) {
             presence_progress(c, 1);
             if (c->user_needle_len && !c->self_online &&
@@ -670,7 +734,7 @@ static void on_text(conn_t *c, const uint8_t *p, size_t n) {
     case T_PONG:
         if (c->ping_out) {
             c->ping_out = 0;
-            sample_add(&rtt_samples, now_s() - c->ping_at);
+            sample_add(c == &probe ? &probe_samples : &rtt_samples, now_s() - c->ping_at);
         }
         break;
     case T_ERROR:
@@ -962,12 +1026,29 @@ static double connect_all(double *t_ready) {
             client_start(&clients[n_started]);
         int ready = n_started == cfg.clients && n_authed + n_done >= cfg.clients;
         if (ready && !cfg.same_user && n_done == 0)
-            ready = n_presence_complete == cfg.clients;
+            ready = n_presence_complete == (cfg.scenario == SC_STORM ? storm_users : cfg.clients);
         if (ready) {
             if (t_last_ready < 0) t_last_ready = now_s();
             if (now_s() - last_rx >= cfg.settle) break;
         }
-        loop_once(ready ? last_rx + cfg.settle : now_s() + 0.1);
+        double until = ready ? last_rx + cfg.settle : now_s() + 0.1;
+        if (probe_next >= 0 && !ready) {
+            double t = now_s();
+            if (t >= probe_next) {
+                probe_next += 1.0 / cfg.probe_rate;
+                if (probe_next < t) probe_next = t;
+                if (probe.state != ST_OPEN) {
+                } else if (probe.ping_out) {
+                    n_ping_skipped++;
+                } else {
+                    probe.ping_out = 1;
+                    probe.ping_at = t;
+                    send_frame(&probe, 0x1, "{\"type\":\"ping\"}", 15);
+                }
+            }
+            if (probe_next < until) until = probe_next;
+        }
+        loop_once(until);
     }
     *t_ready = t_last_ready;
     return t_last_ready;
@@ -981,7 +1062,8 @@ static void usage(void) {
             "  [--host 127.0.0.1] [--path /ws] [--api-key K] [--token-prefix T] [--same-user]\n"
             "  [--clients N] [--concurrency C] [--server-pid PID]\n"
             "  [--bursts B] [--burst-size M] [--msg-bytes S] [--channels K]\n"
-            "  [--ping-rate R] [--duration D] [--settle S] [--timeout S] [--hold]\n");
+            "  [--ping-rate R] [--duration D] [--probe-rate R] [--settle S] [--timeout S]\n"
+            "  [--hold]\n");
     exit(2);
 }
 
@@ -994,6 +1076,7 @@ int main(int argc, char **argv) {
         {"burst-size", 1, 0, 'm'}, {"msg-bytes", 1, 0, 'B'},   {"ping-rate", 1, 0, 'r'},
         {"duration", 1, 0, 'd'},  {"settle", 1, 0, 'q'},       {"timeout", 1, 0, 'T'},
         {"hold", 0, 0, 'H'},      {"help", 0, 0, '?'},         {"channels", 1, 0, 'C'},
+        {"probe-rate", 1, 0, 'R'},
         {0, 0, 0, 0}};
     int o;
     const char *scen = "fanout";
@@ -1022,6 +1105,7 @@ int main(int argc, char **argv) {
         case 'T': cfg.timeout = atof(optarg); break;
         case 'H': cfg.hold = 1; break;
         case 'C': cfg.channels = atoi(optarg); break;
+        case 'R': cfg.probe_rate = atof(optarg); break;
         default: usage();
         }
     }
@@ -1032,6 +1116,8 @@ int main(int argc, char **argv) {
     if (!cfg.pub_port) cfg.pub_port = cfg.port;
     if (cfg.scenario != SC_FANOUT) cfg.burst_size = 0;
     if (cfg.scenario != SC_FANOUT || cfg.channels < 0) cfg.channels = 0;
+    if (cfg.scenario != SC_STORM || cfg.probe_rate < 0) cfg.probe_rate = 0;
+    storm_users = cfg.clients + (cfg.probe_rate > 0);
 
     signal(SIGPIPE, SIG_IGN);
     struct rlimit rl;
@@ -1070,6 +1156,21 @@ int main(int argc, char **argv) {
     }
 
     long rss0 = proc_status_kb("VmRSS:");
+    if (cfg.probe_rate > 0) {
+        /* the probe: connected (and quiet) before the storm begins */
+        probe.idx = cfg.clients;
+        probe.fd = -1;
+        client_start(&probe);
+        n_started--; /* not one of the N */
+        while (!timed_out() && !(probe.authed && probe.view_count) && probe.state != ST_DONE)
+            loop_once(now_s() + 0.1);
+        if (probe.state != ST_OPEN) {
+            note_error("%s", "the probe client did not connect", 32);
+            n_connect_failed++;
+        }
+        n_authed--;
+        probe_next = now_s();
+    }
     double t0 = now_s();
     long long cpu0 = proc_cpu_ticks();
     double self0 = self_cpu_s();
@@ -1170,8 +1271,14 @@ int main(int argc, char **argv) {
         delivered = type_count[T_NOTIFICATION] - deliveries0;
         expected = expected_deliveries;
     } else if (cfg.scenario == SC_STORM) {
+        /* each arrival announced to everyone connected by then (the newcomer included),
+           and to the probe: what the clients must learn one message at a time */
         delivered = type_count[T_USER_PRESENCE];
-        expected = (uint64_t)cfg.clients * (uint64_t)(cfg.clients + 1) / 2;
+        expected = (uint64_t)cfg.clients * (uint64_t)(cfg.clients + 1) / 2 +
+                   (cfg.probe_rate > 0 ? (uint64_t)cfg.clients : 0);
+        for (int i = 0; i < cfg.clients; i++)
+            if (clients[i].view_count != (uint32_t)storm_users) n_view_wrong++;
+        if (cfg.probe_rate > 0 && probe.view_count != (uint32_t)storm_users) n_view_wrong++;
     } else if (cfg.scenario == SC_RTT) {
         delivered = rtt_samples.n;
         expected = rtt_sent;
@@ -1189,13 +1296,17 @@ int main(int argc, char **argv) {
     int zero_loss = !n_lost && !n_dup_or_reordered && !n_id_not_increasing && !not_delivered &&
                     !n_foreign;
     int ok = !timeout_hit && !n_connect_failed && !n_handshake_failed && !n_auth_failed &&
-             !n_protocol_errors && !n_server_close && !pub_bad_status && zero_loss &&
-             delivered == expected;
+             !n_protocol_errors && !n_server_close && !pub_bad_status && zero_loss;
+    if (cfg.scenario == SC_STORM) /* the views decide; coalescing may merge deliveries */
+        ok = ok && !n_view_wrong && !n_unknown_user;
+    else
+        ok = ok && delivered == expected;
     if (cfg.scenario == SC_CHURN) ok = ok && (uint64_t)n_authed == expected;
     if (cfg.scenario == SC_FANOUT) ok = ok && pub_delivered_reported == expected;
 
     qsort(rtt_samples.v, rtt_samples.n, sizeof(double), cmp_double);
     qsort(connect_samples.v, connect_samples.n, sizeof(double), cmp_double);
+    qsort(probe_samples.v, probe_samples.n, sizeof(double), cmp_double);
 
     printf("{\"scenario\":\"%s\",\"clients\":%d,\"ok\":%s,\"timeout\":%s,\"zero_loss\":%s,",
            scenario_names[cfg.scenario], cfg.clients, ok ? "true" : "false",
@@ -1214,6 +1325,12 @@ int main(int argc, char **argv) {
            percentile(&rtt_samples, 0.9) * 1e6, percentile(&rtt_samples, 0.99) * 1e6,
            rtt_samples.n ? rtt_samples.v[rtt_samples.n - 1] * 1e6 : -1.0,
            (unsigned long long)n_ping_skipped);
+    printf("\"probe_rtt_us\":{\"n\":%zu,\"p50\":%.1f,\"p99\":%.1f,\"max\":%.1f},"
+           "\"views_wrong\":%llu,\"unknown_users\":%llu,",
+           probe_samples.n, percentile(&probe_samples, 0.5) * 1e6,
+           percentile(&probe_samples, 0.99) * 1e6,
+           probe_samples.n ? probe_samples.v[probe_samples.n - 1] * 1e6 : -1.0,
+           (unsigned long long)n_view_wrong, (unsigned long long)n_unknown_user);
     printf("\"connect_ms\":{\"n\":%zu,\"p50\":%.3f,\"p99\":%.3f,\"max\":%.3f},",
            connect_samples.n, percentile(&connect_samples, 0.5) * 1e3,
            percentile(&connect_samples, 0.99) * 1e3,
