@@ -49,6 +49,8 @@ log = logging.getLogger("agentcast.connection")
 #: a pass that writes a presence window's changes to 10,000 clients would otherwise keep
 #: every other socket waiting for ~0.1 s.
 WRITES_PER_PASS = 256
+#: HTTP requests (WebSocket upgrades) read in one pass at most; the others wait a pass.
+REQUESTS_PER_PASS = 16
 
 #: Input a connection may hand the core before it yields the loop for a pass.
 PASS_BYTES = 256 * 1024
@@ -58,12 +60,27 @@ class Flusher:
     """Writes the output of the connections woken during one pass of the event loop:
     once each, from one callback at the start of the next pass."""
 
-    __slots__ = ("_loop", "_marked", "_scheduled")
+    __slots__ = ("_loop", "_marked", "_requests", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._marked: list[AsyncioDriver] = []
         self._scheduled = False
+        self._requests = 0  # HTTP requests (upgrades) read in this pass
+
+    def may_read_request(self) -> bool:
+        """Whether a connection may read its HTTP request (an upgrade) in this pass: at
+        most :data:`REQUESTS_PER_PASS`, so that a reconnect storm's handshakes (each
+        ~0.5 ms with its presence snapshot) leave room for the open connections."""
+        if self._requests >= REQUESTS_PER_PASS:
+            return False
+        if not self._requests:
+            self._loop.call_soon(self._new_pass)
+        self._requests += 1
+        return True
+
+    def _new_pass(self) -> None:
+        self._requests = 0
 
     def mark(self, connection: AsyncioDriver) -> None:
         self._marked.append(connection)
@@ -96,6 +113,7 @@ class AsyncioDriver(Driver, asyncio.Protocol):
         "_finishing",
         "_flusher",
         "_give_up_at",
+        "_held",
         "_loop",
         "_marked",
         "_paused",
@@ -126,6 +144,7 @@ class AsyncioDriver(Driver, asyncio.Protocol):
         self._paused = False
         self._reading = True  # the transport reads (not paused by us)
         self._burst = 0  # bytes read since the connection last yielded the loop
+        self._held = b""  # a request read in a pass that had read enough of them
         self._yielding = False  # reading paused until the next pass
         self._marked = False
         self._timer: asyncio.TimerHandle | None = None
@@ -155,6 +174,14 @@ class AsyncioDriver(Driver, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._finishing:
             return  # lingering after an HTTP answer: discard what the client still sends
+        if self.conn.session is None and not self._flusher.may_read_request():
+            # Enough requests read in this pass: this one in the next, reading paused.
+            self._held += data
+            if not self._yielding:
+                self._yielding = True
+                self._follow_core()
+                self._loop.call_soon(self._read_held)
+            return
         now, wall = self._loop.time(), time.time()
         try:
             self.conn.receive_data(data, now, wall)
@@ -202,6 +229,14 @@ class AsyncioDriver(Driver, asyncio.Protocol):
     def _next_pass(self) -> None:
         self._burst = 0
         self._yielding = False
+        self._follow_core()
+
+    def _read_held(self) -> None:
+        data, self._held = self._held, b""
+        self._yielding = False
+        if self._transport is None:
+            return  # the socket went away meanwhile
+        self.data_received(data)
         self._follow_core()
 
     def _read_again(self) -> None:
