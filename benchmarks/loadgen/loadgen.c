@@ -324,7 +324,7 @@ typedef struct {
 static samples_t rtt_samples, connect_samples, probe_samples;
 static conn_t probe;
 static int storm_users; /* storm: users in the true set (N, plus the probe) */
-static double probe_next = -1; /* when the probe sends its next ping; <0: not pinging */
+static int probe_down = -1; /* storm: the pipe that tells the probe process to stop */
 
 static void sample_add(samples_t *s, double x) {
     if (s->n == s->cap) {
@@ -1016,6 +1016,55 @@ static double deadline;
 
 static int timed_out(void) { return now_s() > deadline; }
 
+/* The probe (--probe-rate), in a child process of its own so that its RTTs are the
+   server's, not this busy loop's: connects, says 'R' on up once it is online, pings until
+   down says stop, writes "n p50 p99 max view_count" (µs) on up, then keeps its connection
+   open until down is closed (the parent exits), so that nobody sees it leave. */
+static void run_probe(int up, int down) {
+    close(ep);
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0) die("epoll_create1");
+    probe.idx = cfg.clients;
+    probe.fd = -1;
+    client_start(&probe);
+    while (!timed_out() && !(probe.authed && probe.view_count) && probe.state != ST_DONE)
+        loop_once(now_s() + 0.1);
+    char r = probe.state == ST_OPEN ? 'R' : 'F';
+    if (write(up, &r, 1) != 1) _exit(1);
+    fcntl(down, F_SETFL, O_NONBLOCK);
+    double next = now_s(), interval = 1.0 / cfg.probe_rate;
+    char buf[16];
+    while (!timed_out()) {
+        ssize_t k = read(down, buf, sizeof buf);
+        if (k >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) break; /* stop */
+        double t = now_s();
+        if (t >= next) {
+            next += interval;
+            if (next < t) next = t;
+            if (probe.state != ST_OPEN) {
+            } else if (probe.ping_out) {
+                n_ping_skipped++;
+            } else {
+                probe.ping_out = 1;
+                probe.ping_at = t;
+                send_frame(&probe, 0x1, "{\"type\":\"ping\"}", 15);
+            }
+        }
+        loop_once(next);
+    }
+    qsort(probe_samples.v, probe_samples.n, sizeof(double), cmp_double);
+    char out[256];
+    int n = snprintf(out, sizeof out, "%zu %.1f %.1f %.1f %u\n", probe_samples.n,
+                     percentile(&probe_samples, 0.5) * 1e6, percentile(&probe_samples, 0.99) * 1e6,
+                     probe_samples.n ? probe_samples.v[probe_samples.n - 1] * 1e6 : -1.0,
+                     probe.view_count);
+    if (write(up, out, (size_t)n) != n) _exit(1);
+    fcntl(down, F_SETFL, 0);
+    while (read(down, buf, sizeof buf) > 0) {
+    }
+    _exit(0);
+}
+
 /* Opens N clients (at most --concurrency handshakes in flight) and waits until each is
    authenticated and, for distinct users, has seen every user online; then until no message
    has arrived for --settle seconds. Returns the time the last of them was ready. */
@@ -1028,27 +1077,13 @@ static double connect_all(double *t_ready) {
         if (ready && !cfg.same_user && n_done == 0)
             ready = n_presence_complete == (cfg.scenario == SC_STORM ? storm_users : cfg.clients);
         if (ready) {
-            if (t_last_ready < 0) t_last_ready = now_s();
+            if (t_last_ready < 0) {
+                t_last_ready = now_s();
+                if (probe_down >= 0 && write(probe_down, "S", 1) != 1) probe_down = -1;
+            }
             if (now_s() - last_rx >= cfg.settle) break;
         }
-        double until = ready ? last_rx + cfg.settle : now_s() + 0.1;
-        if (probe_next >= 0 && !ready) {
-            double t = now_s();
-            if (t >= probe_next) {
-                probe_next += 1.0 / cfg.probe_rate;
-                if (probe_next < t) probe_next = t;
-                if (probe.state != ST_OPEN) {
-                } else if (probe.ping_out) {
-                    n_ping_skipped++;
-                } else {
-                    probe.ping_out = 1;
-                    probe.ping_at = t;
-                    send_frame(&probe, 0x1, "{\"type\":\"ping\"}", 15);
-                }
-            }
-            if (probe_next < until) until = probe_next;
-        }
-        loop_once(until);
+        loop_once(ready ? last_rx + cfg.settle : now_s() + 0.1);
     }
     *t_ready = t_last_ready;
     return t_last_ready;
@@ -1156,20 +1191,28 @@ int main(int argc, char **argv) {
     }
 
     long rss0 = proc_status_kb("VmRSS:");
+    int probe_up = -1;
     if (cfg.probe_rate > 0) {
         /* the probe: connected (and quiet) before the storm begins */
-        probe.idx = cfg.clients;
-        probe.fd = -1;
-        client_start(&probe);
-        n_started--; /* not one of the N */
-        while (!timed_out() && !(probe.authed && probe.view_count) && probe.state != ST_DONE)
-            loop_once(now_s() + 0.1);
-        if (probe.state != ST_OPEN) {
+        int up[2], down[2];
+        if (pipe(up) < 0 || pipe(down) < 0) die("pipe");
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid < 0) die("fork");
+        if (pid == 0) {
+            close(up[0]);
+            close(down[1]);
+            run_probe(up[1], down[0]);
+        }
+        close(up[1]);
+        close(down[0]);
+        probe_up = up[0];
+        probe_down = down[1];
+        char r = 0;
+        if (read(probe_up, &r, 1) != 1 || r != 'R') {
             note_error("%s", "the probe client did not connect", 32);
             n_connect_failed++;
         }
-        n_authed--;
-        probe_next = now_s();
     }
     double t0 = now_s();
     long long cpu0 = proc_cpu_ticks();
@@ -1261,6 +1304,18 @@ int main(int argc, char **argv) {
         self_w1 = self_cpu_s();
     }
 
+    size_t probe_n = 0;
+    double probe_p50 = -1, probe_p99 = -1, probe_max = -1;
+    unsigned probe_view = 0;
+    if (probe_up >= 0) {
+        if (probe_down >= 0 && t_ready < 0 && write(probe_down, "S", 1) != 1) probe_down = -1;
+        char line[256];
+        ssize_t k = read(probe_up, line, sizeof line - 1);
+        line[k > 0 ? k : 0] = 0;
+        if (sscanf(line, "%zu %lf %lf %lf %u", &probe_n, &probe_p50, &probe_p99, &probe_max,
+                   &probe_view) != 5)
+            note_error("%s", "no answer from the probe", 24);
+    }
     long hwm = proc_status_kb("VmHWM:");
     long rss_end = proc_status_kb("VmRSS:");
     double tck = (double)sysconf(_SC_CLK_TCK);
@@ -1278,7 +1333,7 @@ int main(int argc, char **argv) {
                    (cfg.probe_rate > 0 ? (uint64_t)cfg.clients : 0);
         for (int i = 0; i < cfg.clients; i++)
             if (clients[i].view_count != (uint32_t)storm_users) n_view_wrong++;
-        if (cfg.probe_rate > 0 && probe.view_count != (uint32_t)storm_users) n_view_wrong++;
+        if (cfg.probe_rate > 0 && probe_view != (uint32_t)storm_users) n_view_wrong++;
     } else if (cfg.scenario == SC_RTT) {
         delivered = rtt_samples.n;
         expected = rtt_sent;
@@ -1306,7 +1361,6 @@ int main(int argc, char **argv) {
 
     qsort(rtt_samples.v, rtt_samples.n, sizeof(double), cmp_double);
     qsort(connect_samples.v, connect_samples.n, sizeof(double), cmp_double);
-    qsort(probe_samples.v, probe_samples.n, sizeof(double), cmp_double);
 
     printf("{\"scenario\":\"%s\",\"clients\":%d,\"ok\":%s,\"timeout\":%s,\"zero_loss\":%s,",
            scenario_names[cfg.scenario], cfg.clients, ok ? "true" : "false",
@@ -1327,9 +1381,7 @@ int main(int argc, char **argv) {
            (unsigned long long)n_ping_skipped);
     printf("\"probe_rtt_us\":{\"n\":%zu,\"p50\":%.1f,\"p99\":%.1f,\"max\":%.1f},"
            "\"views_wrong\":%llu,\"unknown_users\":%llu,",
-           probe_samples.n, percentile(&probe_samples, 0.5) * 1e6,
-           percentile(&probe_samples, 0.99) * 1e6,
-           probe_samples.n ? probe_samples.v[probe_samples.n - 1] * 1e6 : -1.0,
+           probe_n, probe_p50, probe_p99, probe_max,
            (unsigned long long)n_view_wrong, (unsigned long long)n_unknown_user);
     printf("\"connect_ms\":{\"n\":%zu,\"p50\":%.3f,\"p99\":%.3f,\"max\":%.3f},",
            connect_samples.n, percentile(&connect_samples, 0.5) * 1e3,
