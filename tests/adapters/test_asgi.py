@@ -140,7 +140,8 @@ async def test_without_lifespan_the_presence_timer_outlives_the_connection_it_ra
 ):
     """With no lifespan the presence timer runs inside an open WebSocket: when that one
     closes, another takes it over; with none open, a request catches up first."""
-    settings = Settings(presence_grace=0.2)
+    # No presence window: each offline goes out as soon as the timer runs.
+    settings = Settings(presence_grace=0.2, presence_window=0)
     realtime = create_app(settings=settings)
     hub = realtime.service.hub
     address = base(await serve_asgi(Starlette(routes=[Mount("/rt", app=realtime)]), settings))

@@ -33,8 +33,10 @@ def token(sub: str, channels: list[str] | None = TEAM) -> str:
 
 
 async def jwt_server(start_server, **options: Any):
+    # No presence window: each arrival reaches everyone at once, in the order these
+    # tests read (a held arrival would come after the subscribe answers).
     return await start_server(
-        Settings(api_key=KEY),
+        Settings(api_key=KEY, presence_window=0),
         authenticator=JwtAuthenticator(JwtKeySet.from_secret(SECRET)),
         **options,
     )
