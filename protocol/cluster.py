@@ -54,6 +54,7 @@ from .messages import (
     Notification,
     PreparedMessage,
     PresenceStatus,
+    encode_data,
 )
 from .scope import EVERYONE, Scope
 from .timestamps import format_timestamp, is_iso_timestamp
@@ -721,6 +722,10 @@ class ClusterHub(Hub):
 
     def presence(self) -> dict[str, PresenceStatus]:
         return self.link.cluster_presence()
+
+    def _snapshot_data(self) -> str:
+        users = [{"userId": uid, "status": st} for uid, st in self.presence().items()]
+        return encode_data({"users": users})
 
     def local_presence(self) -> dict[str, PresenceStatus]:
         """This process's own status of every user it holds (grace periods included)."""

@@ -440,6 +440,14 @@ class Hub:
             if self.on_deadline is not None:
                 self.on_deadline(self._window_end)
 
+    def _snapshot_data(self) -> str:
+        """The ``data`` of ``presence_state``, JSON-encoded: what the clients were told,
+        joined from each user's entry once until the next change goes out."""
+        data = self._snapshot
+        if data is None:
+            data = self._snapshot = '{"users":[' + ",".join(self._entries.values()) + "]}"
+        return data
+
     def _send_presence(self, changes: dict[str, PresenceStatus], now: float, wall: float) -> None:
         """Send ``user_presence`` for each of *changes* that differs from what the
         clients were told, in order, to every authenticated connection as one delivery."""
@@ -477,11 +485,8 @@ class Hub:
         if user_id is not None:
             # What the clients were told, so that this snapshot and the user_presence
             # messages after it make the true set; encoded once until the next change.
-            data = self._snapshot
-            if data is None:
-                data = self._snapshot = '{"users":[' + ",".join(self._entries.values()) + "]}"
             snapshot = PreparedMessage(
-                "presence_state", encode_with_data("presence_state", data, wall)
+                "presence_state", encode_with_data("presence_state", self._snapshot_data(), wall)
             )
             self.stats.messages_out["presence_state"] += 1
             # Outside the slow-client limit: its size follows the users online, not the
