@@ -39,6 +39,7 @@ from typing import Any, TypeAlias
 import anyio
 from anyio.abc import ByteStream, TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.tls import TLSStream
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
@@ -346,18 +347,20 @@ class Client:
     async def _open(self, target: Target) -> ByteStream:
         """TCP (and TLS), then the WebSocket handshake; the open stream."""
         with anyio.fail_after(self._open_timeout):
-            stream: ByteStream
+            stream: ByteStream = await anyio.connect_tcp(target.host, target.port)
             if target.secure:
                 context = self._ssl_context or ssl.create_default_context()
-                stream = await anyio.connect_tcp(
-                    target.host,
-                    target.port,
-                    tls=True,
-                    ssl_context=context,
-                    tls_standard_compatible=False,
-                )
-            else:
-                stream = await anyio.connect_tcp(target.host, target.port)
+                try:
+                    stream = await TLSStream.wrap(
+                        _SerialSend(stream),
+                        hostname=target.host,
+                        ssl_context=context,
+                        standard_compatible=False,
+                    )
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await stream.aclose()
+                    raise
             try:
                 ws = WSConnection(ConnectionType.CLIENT)
                 request = Request(
@@ -527,6 +530,33 @@ class Client:
             await self._write(data)
 
 
+class _SerialSend(ByteStream):
+    """One writer at a time on the socket under TLS: anyio's TLS stream also writes from
+    ``receive()`` (TLS records of its own) while another task may be sending."""
+
+    def __init__(self, stream: ByteStream) -> None:
+        self._stream = stream
+        self._lock = anyio.Lock()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return await self._stream.receive(max_bytes)
+
+    async def send(self, item: bytes) -> None:
+        async with self._lock:
+            await self._stream.send(item)
+
+    async def send_eof(self) -> None:
+        async with self._lock:
+            await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._stream.extra_attributes
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text[:200]
@@ -591,21 +621,33 @@ async def connect(
         iterate=iterate,
         rng=rng,
     )
-    async with anyio.create_task_group() as tg:
-        await tg.start(client._run, tg)
-        try:
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(client._run, tg)
             with anyio.fail_after(open_timeout):
                 await client._ready.wait()
-        except BaseException:
-            tg.cancel_scope.cancel()
+            stop = session.stopped
+            if stop is not None and client.user_id is None:
+                raise ConnectionStopped(stop.code, stop.reason, stop.status)
+            try:
+                yield client
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await client.close()
+                tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The task group wraps what its body raised: give the application its own
+        # exception (or the client's), as if there were no task group.
+        leaf = _single(group)
+        if leaf is None:
             raise
-        stop = session.stopped
-        if stop is not None and client.user_id is None:
-            tg.cancel_scope.cancel()
-            raise ConnectionStopped(stop.code, stop.reason, stop.status)
-        try:
-            yield client
-        finally:
-            with anyio.CancelScope(shield=True):
-                await client.close()
-            tg.cancel_scope.cancel()
+        raise leaf from None
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
