@@ -1,0 +1,173 @@
+"""Broadcast ids and the history a reconnecting client resumes from (PROTOCOL.md 3 and 7).
+
+**Ids** are ``<epoch>-<sequence>``, both zero-padded decimal of fixed width
+(``1764441600000-000000000042``), so they increase when compared as strings. The epoch is
+given by the adapter when the process starts (the wall clock in milliseconds): a process
+restarted without a shared history issues ids that sort after every id it issued before,
+and an id of an earlier epoch is answered ``complete: false``, never with messages the
+client did not miss. The shape is that of a Redis stream id (``<ms>-<seq>``) padded to a
+fixed width, so a cluster-wide history can use the same form.
+
+**History** is anything with the small :class:`History` interface: issue the next id,
+append a published message, read what followed an id. :class:`MemoryHistory` is the
+bounded in-memory ring of one process (default 1,000 messages or 5 minutes, whichever
+is smaller). Each entry keeps the message's :class:`Scope` (who may receive it), so a
+replay applies the delivery rules exactly as the live fan-out does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from .messages import PreparedMessage
+
+__all__ = [
+    "DEFAULT_HISTORY_SIZE",
+    "DEFAULT_HISTORY_TTL",
+    "History",
+    "HistoryEntry",
+    "MemoryHistory",
+    "Scope",
+    "format_id",
+    "parse_id",
+]
+
+DEFAULT_HISTORY_SIZE: Final = 1000
+DEFAULT_HISTORY_TTL: Final = 300.0
+_EPOCH_DIGITS = 13  # milliseconds since 1970, until the year 2286
+_SEQ_DIGITS = 12
+_MAX_EPOCH = 10**_EPOCH_DIGITS - 1
+_MAX_SEQ = 10**_SEQ_DIGITS - 1
+_ID = re.compile(rf"(\d{{{_EPOCH_DIGITS}}})-(\d{{{_SEQ_DIGITS}}})", re.ASCII)
+
+
+def format_id(epoch: int, seq: int) -> str:
+    return f"{epoch:0{_EPOCH_DIGITS}d}-{seq:0{_SEQ_DIGITS}d}"
+
+
+def parse_id(text: str) -> tuple[int, int] | None:
+    """``(epoch, sequence)`` of a well-formed id, or ``None``."""
+    match = _ID.fullmatch(text)
+    if match is None:
+        return None
+    return int(match[1]), int(match[2])
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Who may receive a broadcast: ``user_ids`` ``None`` is every authenticated
+    connection, otherwise the connections of those users only."""
+
+    user_ids: frozenset[str] | None = None
+
+
+EVERYONE: Final = Scope()
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One published broadcast as history keeps it."""
+
+    id: str
+    message: PreparedMessage
+    scope: Scope
+    #: When it was published (monotonic), for the age bound.
+    at: float
+
+
+class History(Protocol):
+    """What the hub needs from a history (in memory here; a Redis stream in a cluster)."""
+
+    def next_id(self) -> str:
+        """The id of the next message (every broadcast, ``user_presence`` included)."""
+        ...
+
+    def append(self, entry: HistoryEntry) -> None:
+        """Keep a published message for replay (called in publish order)."""
+        ...
+
+    def since(self, message_id: str, now: float) -> list[HistoryEntry] | None:
+        """Every kept message after *message_id*, oldest first, or ``None`` when the
+        history cannot say what followed it (unknown or malformed id, or messages after it
+        no longer kept). An empty list: nothing was missed."""
+        ...
+
+
+class MemoryHistory:
+    """The last ``size`` messages of the last ``ttl`` seconds of one process, in memory."""
+
+    __slots__ = ("_entries", "_epoch", "_floor", "_seq", "size", "ttl")
+
+    def __init__(
+        self,
+        size: int = DEFAULT_HISTORY_SIZE,
+        ttl: float = DEFAULT_HISTORY_TTL,
+        *,
+        epoch: int = 0,
+    ) -> None:
+        if size < 0:
+            raise ValueError("history size must not be negative")
+        if not ttl >= 0:
+            raise ValueError("history ttl must not be negative")
+        if not 0 <= epoch <= _MAX_EPOCH:
+            raise ValueError(f"epoch must be from 0 to {_MAX_EPOCH}")
+        self.size = size
+        self.ttl = ttl
+        self._epoch = epoch
+        self._seq = 0
+        self._entries: deque[HistoryEntry] = deque()
+        # The sequence number up to which messages may have been dropped: a client that
+        # saw this one or a later one misses nothing that is not kept.
+        self._floor = 0
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def next_id(self) -> str:
+        if self._seq >= _MAX_SEQ:  # a trillion messages: start a new epoch, never wrap
+            self._epoch += 1
+            self._seq = 0
+            self._floor = 0
+            self._entries.clear()
+        self._seq += 1
+        return format_id(self._epoch, self._seq)
+
+    def append(self, entry: HistoryEntry) -> None:
+        self._entries.append(entry)
+        self._expire(entry.at)
+        while len(self._entries) > self.size:
+            self._drop_oldest()
+
+    def since(self, message_id: str, now: float) -> list[HistoryEntry] | None:
+        parsed = parse_id(message_id)
+        if parsed is None:
+            return None
+        epoch, seq = parsed
+        if epoch != self._epoch or seq > self._seq:
+            return None  # another process's (or a future) id: we cannot know
+        self._expire(now)
+        if seq < self._floor:
+            return None  # messages after it are gone
+        entries = self._entries
+        # Ids increase along the deque: skip from the left until past the client's id.
+        # (A binary search would be O(log n); a resume is rare next to broadcasts.)
+        return [entry for entry in entries if entry.id > message_id]
+
+    def _expire(self, now: float) -> None:
+        entries = self._entries
+        horizon = now - self.ttl
+        while entries and entries[0].at <= horizon:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        entry = self._entries.popleft()
+        parsed = parse_id(entry.id)
+        assert parsed is not None
+        self._floor = parsed[1]
