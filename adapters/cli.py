@@ -1,4 +1,6 @@
-"""``agentcast serve`` and ``agentcast token``: the reference server from the command line.
+"""``agentcast serve``, ``agentcast token`` and ``agentcast connect``: the command line.
+
+``agentcast connect URL --token T`` is a terminal client (:mod:`agentcast.adapters.terminal`).
 
 Every flag can also come from the environment, as ``AGENTCAST_`` + the flag in upper snake
 case (``--heartbeat-interval`` is ``AGENTCAST_HEARTBEAT_INTERVAL``; a repeatable flag takes
@@ -48,6 +50,7 @@ from .options import (
     parse_duration,
 )
 from .server import Server
+from .terminal import add_connect_command, connect_command
 
 __all__ = [
     "DEFAULT_JWT_LEEWAY",
@@ -288,7 +291,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="aud claim [env AGENTCAST_JWT_AUDIENCE, its first value]",
     )
     _add_options(token, TOKEN_OPTIONS[3:], environ)
-    parser.commands = {"serve": serve, "token": token}
+    connect = add_connect_command(commands)
+    parser.commands = {"serve": serve, "token": token, "connect": connect}
     return parser
 
 
@@ -379,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "token":
         return _token_command(args)
+    if args.command == "connect":
+        return connect_command(args)
     try:
         config = build_config(args)
         _check_backend(config.backend)
