@@ -20,6 +20,8 @@ __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_HEARTBEAT_INTERVAL",
     "DEFAULT_HEARTBEAT_TIMEOUT",
+    "DEFAULT_HISTORY_SIZE",
+    "DEFAULT_HISTORY_TTL",
     "DEFAULT_MAX_BATCH",
     "DEFAULT_MAX_BODY_SIZE",
     "DEFAULT_MAX_CONNECTIONS",
@@ -51,6 +53,8 @@ DEFAULT_EVENTS_PATH = "/events"  # PROTOCOL.md 11: the same session as Server-Se
 DEFAULT_EVENTS_RETRY = 3.0
 DEFAULT_HEARTBEAT_INTERVAL = 30.0  # seed: "Server sends ping every 30 seconds"
 DEFAULT_HEARTBEAT_TIMEOUT = 60.0  # seed: "Clients that don't respond within 60 seconds"
+DEFAULT_HISTORY_SIZE = 1000  # PROTOCOL.md 7: 1,000 messages or 5 minutes, the smaller
+DEFAULT_HISTORY_TTL = 300.0
 DEFAULT_PRESENCE_GRACE = 5.0  # PROTOCOL.md 4: a reload must not flap offline/online
 # A user's presence goes out at most once per interval (the latest status wins, the last
 # one always goes out): a person changes status a few times a minute, while one user's
@@ -152,6 +156,10 @@ class Settings:
     #: Bytes of request bodies being received at once, over every connection; a request
     #: whose body would pass it is answered 503 after its head.
     max_pending_body_bytes: int = DEFAULT_MAX_PENDING_BODY_BYTES
+    #: Broadcasts kept for clients that resume (``since``, PROTOCOL.md 7): at most this
+    #: many, none older than ``history_ttl`` seconds. ``0``: no resume (``complete: false``).
+    history_size: int = DEFAULT_HISTORY_SIZE
+    history_ttl: float = DEFAULT_HISTORY_TTL
     #: Refuse the upgrade with 401 when the token is missing or invalid (PROTOCOL.md 2).
     require_auth: bool = False
     #: The publish API key. ``None``: the publish API answers loopback clients only.
@@ -197,8 +205,14 @@ class Settings:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("presence_grace", "presence_interval", "presence_window"):
-            if getattr(self, name) < 0:
+        for name in (
+            "presence_grace",
+            "presence_interval",
+            "presence_window",
+            "history_size",
+            "history_ttl",
+        ):
+            if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must not be negative")
         for name in (
             "max_message_size",

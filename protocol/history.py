@@ -11,8 +11,8 @@ fixed width, so a cluster-wide history can use the same form.
 **History** is anything with the small :class:`History` interface: issue the next id,
 append a published message, read what followed an id. :class:`MemoryHistory` is the
 bounded in-memory ring of one process (default 1,000 messages or 5 minutes, whichever
-is smaller). Each entry keeps the message's :class:`Scope` (who may receive it), so a
-replay applies the delivery rules exactly as the live fan-out does.
+is smaller). Each entry is the prepared message, which carries its scope (who may receive
+it), so a replay applies the delivery rule exactly as the live fan-out does.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ __all__ = [
     "History",
     "HistoryEntry",
     "MemoryHistory",
-    "Scope",
     "format_id",
     "parse_id",
 ]
@@ -57,23 +56,12 @@ def parse_id(text: str) -> tuple[int, int] | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Scope:
-    """Who may receive a broadcast: ``user_ids`` ``None`` is every authenticated
-    connection, otherwise the connections of those users only."""
-
-    user_ids: frozenset[str] | None = None
-
-
-EVERYONE: Final = Scope()
-
-
-@dataclass(frozen=True, slots=True)
 class HistoryEntry:
     """One published broadcast as history keeps it."""
 
     id: str
+    #: The message as it was sent, its scope included (``message.scope``).
     message: PreparedMessage
-    scope: Scope
     #: When it was published (monotonic), for the age bound.
     at: float
 
@@ -140,6 +128,10 @@ class MemoryHistory:
         return format_id(self._epoch, self._seq)
 
     def append(self, entry: HistoryEntry) -> None:
+        parsed = parse_id(entry.id)
+        last = self._entries[-1].id if self._entries else ""
+        if parsed is None or parsed[0] != self._epoch or parsed[1] > self._seq or entry.id <= last:
+            raise ValueError(f"not the next id this history issued: {entry.id[:40]!r}")
         self._entries.append(entry)
         self._expire(entry.at)
         while len(self._entries) > self.size:
@@ -168,6 +160,4 @@ class MemoryHistory:
 
     def _drop_oldest(self) -> None:
         entry = self._entries.popleft()
-        parsed = parse_id(entry.id)
-        assert parsed is not None
-        self._floor = parsed[1]
+        self._floor = int(entry.id[-_SEQ_DIGITS:])  # append checked its form

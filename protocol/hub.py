@@ -16,6 +16,10 @@ work in proportion to its recipients; which connections receive it is
 may subscribe is asked through :meth:`Hub.authorize`: the in-process authorizer if there
 is one, else the identity's grant.
 
+Every broadcast gets its id from the hub's :class:`~agentcast.protocol.history.History`,
+which keeps it (with its scope) for clients that resume (section 7): :meth:`Hub.resume`
+replays what a reconnecting session missed, through the same rule.
+
 Presence (section 4) is per user, aggregated over that user's connections: the strongest
 connection status wins (``busy`` > ``online`` > ``away`` > ``offline``); when the last
 connection goes, the user turns ``offline`` only after ``presence_grace`` seconds, so a
@@ -39,6 +43,7 @@ from .accepting import AcceptGuard
 from .admission import Admission
 from .auth import ChannelAuthorizer, Identity
 from .config import Settings
+from .history import History, HistoryEntry, MemoryHistory
 from .messages import (
     AgentState,
     AgentStatus,
@@ -109,9 +114,25 @@ class Hub:
     """Registry of sessions and users; delivery rules; presence; broadcast ids."""
 
     def __init__(
-        self, settings: Settings | None = None, *, authorizer: ChannelAuthorizer | None = None
+        self,
+        settings: Settings | None = None,
+        *,
+        authorizer: ChannelAuthorizer | None = None,
+        history: History | None = None,
+        epoch: int = 0,
     ) -> None:
+        """*history*: where ids come from and broadcasts are kept for resuming (default:
+        an in-memory ring of ``settings.history_size`` / ``history_ttl``). *epoch*: the
+        first part of every id of the default history; an adapter passes the wall clock
+        in milliseconds at start, so that the ids of a restarted process sort after every
+        id it issued before (PROTOCOL.md 7)."""
         self.settings = settings if settings is not None else Settings()
+        #: Issues broadcast ids and keeps what a resuming client may have missed.
+        self.history: History = (
+            history
+            if history is not None
+            else MemoryHistory(self.settings.history_size, self.settings.history_ttl, epoch=epoch)
+        )
         #: Who may subscribe to what, asked instead of the identity's grant (``None``: the
         #: grant decides). See :class:`~agentcast.protocol.scope.ChannelAuthorizer`.
         self.authorizer = authorizer
@@ -148,7 +169,6 @@ class Hub:
         #: The batch being published (:meth:`publishing_batch`), or 0.
         self.batch = 0
         self._batches = 0
-        self._seq = 0
         self._fanning_out = False
         self._deferred: list[tuple[Member, float, float]] = []
 
@@ -259,8 +279,12 @@ class Hub:
         scope: Scope = EVERYONE,
     ) -> Published:
         """Publish one validated payload (what the typed methods and the HTTP API use) to
-        *scope* (default: every authenticated connection)."""
-        return self.deliver_local(item, self._next_id(), now=now, wall=wall, scope=scope)
+        *scope* (default: every authenticated connection): the next id, kept in the
+        history for resuming clients, delivered to this process's recipients."""
+        message_id = self._next_id()
+        message = self._prepare(item, message_id, wall, scope)
+        self.history.append(HistoryEntry(message_id, message, now))
+        return Published(message_id, self._fan_out(message, now, wall))
 
     @contextmanager
     def publishing_batch(self) -> Iterator[None]:
@@ -292,7 +316,16 @@ class Hub:
         a message whose id was given elsewhere (another process, through a backplane,
         which must carry the scope along). *wall* is the publishing time, the message's
         ``timestamp``. A notification's ``user_id`` is its one-user audience; with an
-        audience in *scope* as well it is a :class:`ValueError`."""
+        audience in *scope* as well it is a :class:`ValueError`. It is not appended to
+        this hub's history: the history that issued the id keeps it."""
+        message = self._prepare(item, message_id, wall, scope)
+        return Published(message_id, self._fan_out(message, now, wall))
+
+    @staticmethod
+    def _prepare(
+        item: AgentStatus | ChatMessage | Notification, message_id: str, wall: float, scope: Scope
+    ) -> PreparedMessage:
+        """The message, encoded once, carrying its scope."""
         if isinstance(item, Notification) and item.user_id is not None:
             if scope.user_ids is not None:
                 raise ValueError("give userId or userIds, not both")
@@ -309,7 +342,48 @@ class Hub:
             message = PreparedMessage.build(
                 "notification", item.to_data(), wall, message_id, scope=scope
             )
-        return Published(message_id, self._fan_out(message, now, wall))
+        return message
+
+    # -- resuming (PROTOCOL.md 7) -------------------------------------------------------
+
+    def resume(
+        self, member: Member, since: str, now: float, wall: float, *, complete: bool = True
+    ) -> None:
+        """Queue for *member* (an open, authenticated session, its ``channels=`` already
+        subscribed) what it missed after *since*, then ``resume``.
+
+        Each kept message is replayed only if :func:`~agentcast.protocol.scope.receives`
+        admits the member for the message's own scope, as the live fan-out does. Called
+        in the same step as the session's opening, so nothing is published in between:
+        replay and live traffic meet without gap or duplicate. ``complete=False`` (a
+        subscription of the URL still waits for its verdict, so the replay could miss its
+        channel) answers ``complete: false`` without a replay.
+        """
+        user_id = member.user_id
+        if user_id is None or member not in self._sessions:
+            return  # unauthenticated (it receives no broadcast), or already closed
+        entries = self.history.since(since, now) if complete else None
+        self._replay(member, entries, now, wall)
+        if member in self._sessions:  # else closing it (1013) updated the presence
+            self._aggregate(user_id, now, wall)
+
+    def _replay(
+        self, member: Member, entries: list[HistoryEntry] | None, now: float, wall: float
+    ) -> None:
+        data: dict[str, object] = {"complete": False}
+        if entries is not None:
+            replayed = 0
+            user_id, subscriptions = member.user_id, member.subscriptions
+            for entry in entries:
+                message = entry.message
+                if receives(message.scope, user_id, subscriptions):
+                    if not member.deliver(message, now, wall):
+                        return  # closed 1013: the backlog did not fit
+                    self.stats.messages_out[message.kind] += 1
+                    replayed += 1
+            data = {"complete": True, "replayed": replayed}
+        self.stats.messages_out["resume"] += 1
+        member.deliver(PreparedMessage.build("resume", data, wall), now, wall)
 
     # -- channels (PROTOCOL.md 4a) ------------------------------------------------------
 
@@ -478,9 +552,13 @@ class Hub:
 
     # -- the seam for sessions (agentcast.protocol.session.Host) ------------------------
 
-    def open_session(self, member: Member, now: float, wall: float) -> None:
+    def open_session(
+        self, member: Member, now: float, wall: float, *, resuming: bool = False
+    ) -> None:
         """A session opened. An authenticated one gets ``presence_state`` first, then
-        counts for its user's presence; an unauthenticated one is only counted."""
+        counts for its user's presence; an unauthenticated one is only counted. With
+        *resuming*, :meth:`resume` follows in the same step, and the user's presence
+        update waits for it: a resumed client gets its replay before live traffic."""
         user_id = member.user_id
         if user_id is not None:
             # What the clients were told, so that this snapshot and the user_presence
@@ -503,7 +581,8 @@ class Hub:
             user = self._users[user_id] = _User() if held is None else held
         self._leaving.pop(user_id, None)
         user.sessions[member] = None
-        self._aggregate(user_id, now, wall)
+        if not resuming:
+            self._aggregate(user_id, now, wall)
 
     def presence_changed(self, member: Member, now: float, wall: float) -> None:
         """An authenticated session set its own presence status: re-aggregate its user."""
@@ -587,5 +666,4 @@ class Hub:
 
     def _next_id(self) -> str:
         # Opaque, strictly increasing as a string too (fixed width), PROTOCOL.md 3.
-        self._seq += 1
-        return f"{self._seq:016x}"
+        return self.history.next_id()

@@ -96,8 +96,11 @@ class Host(Protocol):
         judged by what it had not drained when the batch began."""
         ...
 
-    def open_session(self, member: Session, now: float, wall: float) -> None:
-        """The session is open (its ``auth`` message is queued): register it."""
+    def open_session(
+        self, member: Session, now: float, wall: float, *, resuming: bool = False
+    ) -> None:
+        """The session is open (its ``auth`` message is queued): register it. With
+        *resuming*, :meth:`resume` follows."""
         ...
 
     def presence_changed(self, member: Session, now: float, wall: float) -> None:
@@ -106,6 +109,13 @@ class Host(Protocol):
 
     def close_session(self, member: Session, now: float, wall: float) -> None:
         """The session is closed: deliver nothing more to it. Idempotent."""
+        ...
+
+    def resume(
+        self, member: Session, since: str, now: float, wall: float, *, complete: bool = True
+    ) -> None:
+        """The session asked to resume after *since* (PROTOCOL.md 7): replay, then
+        ``resume``."""
         ...
 
     def authorize(self, identity: Identity, channel: str) -> Verdict:
@@ -187,6 +197,7 @@ class Session:
         wall: float,
         close_silent: bool = True,
         channels: Iterable[str] = (),
+        since: str | None = None,
     ) -> None:
         settings = hub.settings
         self._hub = hub
@@ -236,11 +247,16 @@ class Session:
         elif settings.unauthenticated_timeout is not None:
             self._auth_deadline = now + settings.unauthenticated_timeout
         self._send_auth(result, now, wall)
-        hub.open_session(self, now, wall)
+        resuming = since is not None and self.user_id is not None
+        hub.open_session(self, now, wall, resuming=resuming)
         # channels= in the URL: each one as a `subscribe`, answered right after the above.
         # Past the limit, one more is tried (and refused) so the client learns why.
         for channel in list(dict.fromkeys(channels))[: settings.max_subscriptions + 1]:
             self._handle_subscription(channel, True, now, wall)
+        # since= in the URL: what the client missed, now that its channels are in place.
+        if resuming:
+            assert since is not None
+            hub.resume(self, since, now, wall, complete=not self._pending)
 
     # -- state --------------------------------------------------------------------------
 

@@ -231,6 +231,7 @@ class Upgrade:
             wall=wall,
             close_silent=close_silent,
             channels=self.channels,
+            since=self.since,
         )
 
     def release(self) -> None:

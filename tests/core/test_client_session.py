@@ -37,6 +37,7 @@ from agentcast.protocol.client_messages import (
     Resume,
     Subscribed,
     Unknown,
+    Unsubscribed,
     UserPresence,
     parse_server_message,
 )
@@ -498,3 +499,80 @@ def test_sending_needs_a_connection():
         '{"type":"ping"}',
         '{"type":"user_presence","data":"é"}',
     ]
+
+
+def test_token_placement_must_be_known():
+    with pytest.raises(ValueError, match="token_in"):
+        ClientSession("ws://h/ws", token_in="cookie")  # type: ignore[arg-type]
+
+
+def test_before_and_between_connections_nothing_is_due():
+    session = ClientSession("ws://h/ws", token="t", idle_timeout=10.0, can_refresh=True)
+    assert session.token == "t"
+    assert session.next_deadline() is None
+    assert session.handle_timer(100.0) is None
+    session.touch(5.0)
+    # A message read after the connection ended changes nothing.
+    message = session.receive_text(envelope("chat_message", {}, "0001"), 1.0, WALL0)
+    assert message.id == "0001"
+    assert session.last_id is None
+    session.refresh("fresh", 1.0, WALL0)  # remembered for the next connection
+    assert session.token == "fresh"
+    assert session.texts_to_send() == []
+    session.close()
+    session.close()
+    assert session.stopped == Stop(1000, "closed by the client")
+
+
+def test_a_refused_refresh_waits_for_the_4001():
+    session = ClientSession("ws://h/ws", token=jwt(WALL0 + 3600), can_refresh=True)
+    connected(session, now=0.0)
+    assert session.handle_timer(3570.0) == "refresh"
+    session.refresh(jwt(WALL0 + 7200, sub="someone else"), 3570.0, WALL0 + 3570)
+    refused = envelope("auth", {"success": False, "error": "Token is for another user"})
+    message = session.receive_text(refused, 3570.1, WALL0 + 3570.1)
+    assert isinstance(message, AuthResult)
+    assert not message.success
+    assert session.next_deadline() is None  # no retry on this connection
+    decision = session.connection_lost(4001, "token expired", 3600.0, 0.5)
+    assert isinstance(decision, Reconnect)
+    assert decision.refresh_token
+
+
+@pytest.mark.parametrize(
+    ("kind", "data"),
+    [
+        ("auth", {"success": True, "userId": 5}),
+        ("auth", {"success": "yes"}),
+        ("presence_state", {"users": {"u": "online"}}),
+        ("resume", {"complete": True, "replayed": "3"}),
+        ("resume", {"complete": True, "replayed": True}),
+        ("subscribed", {"channel": "c", "complete": "no"}),
+        ("unsubscribed", {"channel": 5}),
+        ("agent_state", {"agents": "none"}),
+    ],
+)
+def test_wrong_shapes_are_unknown(kind: str, data: object):
+    message = parse_server_message(envelope(kind, data))
+    assert isinstance(message, Unknown)
+    assert message.kind == kind
+    assert message.data == data
+
+
+def test_unsubscribed():
+    message = parse_server_message(envelope("unsubscribed", {"channel": "c:1"}))
+    assert message == Unsubscribed(channel="c:1", timestamp="2026-01-01T00:00:00.000Z")
+
+
+def test_a_refused_token_leaves_the_client_connected_unauthenticated():
+    session = ClientSession("ws://h/ws", token=jwt(WALL0 + 3600), can_refresh=True)
+    session.set_presence("away")
+    session.opened(0.0, WALL0)
+    refused = envelope("auth", {"success": False, "error": "Invalid token"})
+    message = session.receive_text(refused, 0.0, WALL0)
+    assert message == AuthResult(
+        success=False, error="Invalid token", timestamp="2026-01-01T00:00:00.000Z"
+    )
+    assert session.connected
+    assert session.next_deadline() is None  # no refresh scheduled for a refused token
+    assert session.texts_to_send() == []  # and no presence: it is not authenticated

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from agentcast.protocol.history import (
     HistoryEntry,
     MemoryHistory,
-    Scope,
     format_id,
     parse_id,
 )
@@ -19,7 +18,7 @@ from agentcast.protocol.messages import PreparedMessage
 def publish(history: MemoryHistory, at: float, text: str = "m") -> str:
     message_id = history.next_id()
     message = PreparedMessage.build("notification", {"level": "info", "message": text}, 0.0)
-    history.append(HistoryEntry(message_id, message, Scope(), at))
+    history.append(HistoryEntry(message_id, message, at))
     return message_id
 
 
@@ -158,3 +157,44 @@ def test_replay_is_exact_or_refused(ops, size, ttl, data):
         assert replay is None
     else:
         assert ids(replay) == [i[0] for i in later]
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"size": -1}, "size"),
+        ({"ttl": -1.0}, "ttl"),
+        ({"ttl": float("nan")}, "ttl"),
+        ({"epoch": -1}, "epoch"),
+        ({"epoch": 10**13}, "epoch"),
+    ],
+)
+def test_bad_bounds_are_refused(options, match):
+    with pytest.raises(ValueError, match=match):
+        MemoryHistory(**options)
+
+
+def test_only_its_own_ids_in_order_are_appended():
+    history = MemoryHistory(epoch=7)
+    assert history.epoch == 7
+    message = PreparedMessage.build("notification", {"level": "info", "message": "m"}, 0.0)
+    first = history.next_id()
+    for bad in ["0000000000000001", format_id(8, 1), format_id(7, 2)]:
+        with pytest.raises(ValueError, match="not the next id"):
+            history.append(HistoryEntry(bad, message, 0.0))
+    history.append(HistoryEntry(first, message, 0.0))
+    with pytest.raises(ValueError, match="not the next id"):
+        history.append(HistoryEntry(first, message, 0.0))  # twice
+
+
+def test_the_sequence_never_wraps_a_new_epoch_begins():
+    history = MemoryHistory(epoch=5)
+    seen = publish(history, 0.0)
+    history._seq = 10**12 - 2  # a trillion messages later (as if; no other way to get there)
+    last = history.next_id()
+    after = history.next_id()
+    assert last == format_id(5, 10**12 - 1)
+    assert after == format_id(6, 1)
+    assert after > last
+    assert history.epoch == 6
+    assert history.since(seen, now=0.0) is None

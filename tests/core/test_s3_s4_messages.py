@@ -21,8 +21,17 @@ from agentcast.protocol import (
     encode_server_message,
     format_timestamp,
 )
+from agentcast.protocol.history import parse_id
 from agentcast.protocol.messages import MAX_FIELD_LENGTH, frame_text
 from agentcast.protocol.timestamps import is_iso_timestamp
+
+
+def seq(message_id: str) -> int:
+    """The sequence number of a broadcast id (the part after the epoch)."""
+    parsed = parse_id(message_id)
+    assert parsed is not None, message_id
+    return parsed[1]
+
 
 # -- timestamps: exactly JavaScript's Date.prototype.toISOString() -------------------------
 
@@ -371,7 +380,7 @@ def test_invalid_publish_sends_nothing_and_uses_no_id(h, hub, crowd):
         hub.send_notification("loud", "b", **W)
     second = hub.send_notification("info", "c", **W).id
     assert [m["data"]["message"] for m in crowd["bob"].messages()] == ["a", "c"]
-    assert int(second, 16) == int(first, 16) + 1
+    assert seq(second) == seq(first) + 1
 
 
 @pytest.mark.parametrize(

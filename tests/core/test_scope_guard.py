@@ -51,6 +51,10 @@ HUB_PUBLIC: dict[str, bool] = {
     "on_deadline": False,  # the adapter's callback: the hub needs waking
     "publishing_batch": False,  # marks a batch step; each publish in it has its scope
     "batch": False,
+    # A resume replays kept messages, each through `receives` with its own scope
+    # (test_a_replay_keeps_each_message_s_scope below); `history` only keeps them.
+    "resume": False,
+    "history": False,
     "settings": False,
     "stats": False,
     "admission": False,
@@ -64,6 +68,7 @@ HUB_PUBLIC: dict[str, bool] = {
 ALLOWED_DELIVERY_SITES = {
     ("protocol/hub.py", "_fan_out"),  # broadcasts, through the scope rule
     ("protocol/hub.py", "open_session"),  # presence_state, to the new session only
+    ("protocol/hub.py", "_replay"),  # a resume: kept messages through `receives`
     ("protocol/session.py", "_send"),  # the session's answers to its own client
 }
 DELIVERY_METHODS = {"_deliver", "deliver"}
@@ -250,3 +255,36 @@ def test_an_identity_defaults_to_every_channel():
     """An application's own authenticator that knows nothing of channels keeps the
     seed's openness; restricting is the authenticator's (or authorizer's) decision."""
     assert Identity(user_id="u").channels.allows("any:channel")
+
+
+def test_a_replay_keeps_each_message_s_scope(h):
+    """A resume replays a kept message to exactly the connections ``receives`` admits for
+    that message's own scope, as the live fan-out would have."""
+    hub = Hub()
+    seen = hub.broadcast_chat_message("c", "m", "before", "s", **W).id
+    scopes = [
+        EVERYONE,
+        Scope.of(user_ids=["user_alice"]),
+        Scope.of(user_ids=["user_bob"]),
+        Scope.of(channel="room:1"),
+        Scope.of(channel="room:2"),
+        Scope.of(user_ids=["user_alice"], channel="room:1"),
+    ]
+    ids = {
+        hub.publish(
+            agentcast.protocol.Notification(level="info", message="m"), scope=scope, **W
+        ).id: scope
+        for scope in scopes
+    }
+    for user, channels in [("alice", "room:1"), ("bob", "room:1"), ("alice", None)]:
+        query = f"token={user}&since={seen}" + (f"&channels={channels}" if channels else "")
+        pair = h.Pair(hub)
+        messages = pair.handshake(f"/ws?{query}")
+        session = pair.server.session
+        replayed = [m["id"] for m in messages if m["type"] == "notification"]
+        expected = [
+            i for i, s in ids.items() if receives(s, session.user_id, session.subscriptions)
+        ]
+        assert replayed == expected, (user, channels)
+        [resume] = [m for m in messages if m["type"] == "resume"]
+        assert resume["data"] == {"complete": True, "replayed": len(expected)}

@@ -18,6 +18,7 @@ from agentcast.protocol import (
     Settings,
     Stats,
 )
+from agentcast.protocol.history import format_id
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "protocol"
 
@@ -91,7 +92,10 @@ def test_deliver_local_uses_the_given_id_and_the_delivery_rules(h):
     assert hub.deliver_local(status, "0000000000000100", now=1.0, wall=h.WALL0).delivered == 2
     assert anon.got == []
     # An id given elsewhere does not move the hub's own sequence.
-    assert hub.publish(status, now=2.0, wall=h.WALL0).id == "0000000000000003"
+    assert hub.publish(status, now=2.0, wall=h.WALL0).id == format_id(0, 3)
+    # ... and is not kept for a resume: this hub's history did not issue it.
+    assert hub.history.since(format_id(0, 2), now=2.0) is not None
+    assert [e.id for e in hub.history.since(format_id(0, 0), now=2.0) or []] == [format_id(0, 3)]
 
 
 def test_members_presence_and_close_through_the_public_seam(h):
@@ -118,8 +122,15 @@ class Host:
         self.batch = 0
         self.calls: list[str] = []
 
-    def open_session(self, member: Session, now: float, wall: float) -> None:
-        self.calls.append("open")
+    def open_session(
+        self, member: Session, now: float, wall: float, *, resuming: bool = False
+    ) -> None:
+        self.calls.append("open, resuming" if resuming else "open")
+
+    def resume(
+        self, member: Session, since: str, now: float, wall: float, *, complete: bool = True
+    ) -> None:
+        self.calls.append(f"resume after {since}")
 
     def presence_changed(self, member: Session, now: float, wall: float) -> None:
         self.calls.append(f"presence {member.presence}")
@@ -159,3 +170,13 @@ def test_a_member_may_publish_while_receiving_and_everyone_gets_both_once(h):
     assert hub.broadcast_agent_status("a", "idle", now=1.0, wall=h.WALL0).delivered == 2
     assert [m.kind for m in relay.got] == ["agent_status", "notification"]
     assert sorted(m.kind for m in other.got) == ["agent_status", "notification"]
+
+
+def test_the_resume_point_reaches_the_host(h):
+    host = Host()
+    Session(host, h.ListSink(), Identity(user_id="u"), now=0.0, wall=h.WALL0, since="0042")
+    assert host.calls == ["open, resuming", "resume after 0042"]
+    # Unauthenticated: nothing to resume.
+    host = Host()
+    Session(host, h.ListSink(), None, now=0.0, wall=h.WALL0, since="0042")
+    assert host.calls == ["open"]
