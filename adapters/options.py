@@ -274,6 +274,13 @@ SETTINGS_FLAGS: tuple[Option, ...] = tuple(
             "together when it ends, one write per client (0: each at once)",
         ),
         (
+            "--history-size",
+            int,
+            "MESSAGES",
+            "broadcasts kept for clients that reconnect with ?since= (0: no resume)",
+        ),
+        ("--history-ttl", float, "SECONDS", "seconds a broadcast is kept for resuming clients"),
+        (
             "--max-message-size",
             int,
             "BYTES",

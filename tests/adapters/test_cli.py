@@ -31,6 +31,8 @@ DOCUMENTED_FLAGS = [
     "--heartbeat-interval",
     "--heartbeat-timeout",
     "--presence-grace",
+    "--history-size",
+    "--history-ttl",
     "--max-message-size",
     "--max-send-buffer",
     "--rate-limit",
@@ -126,6 +128,15 @@ def test_the_asgi_app_reads_the_environment_as_agentcast_serve_does():
             config_from_environment(bad)
     with pytest.raises(ConfigError, match="--token is for --auth static"):
         config_from_environment({"AGENTCAST_TOKEN": "t=u"})
+
+
+def test_history_bounds():
+    c = config([])
+    assert (c.settings.history_size, c.settings.history_ttl) == (1000, 300.0)
+    c = config(["--history-size", "50"], {"AGENTCAST_HISTORY_TTL": "60"})
+    assert (c.settings.history_size, c.settings.history_ttl) == (50, 60.0)
+    with pytest.raises(ConfigError, match="history_size must not be negative"):
+        config(["--history-size", "-1"])
 
 
 def test_uvloop_is_the_default_on_asyncio_when_installed(monkeypatch):
