@@ -91,6 +91,9 @@ class Recorder:
             while not predicate(self.items):
                 await self._changed.wait()
 
+    def resumes(self) -> list[Resume]:
+        return [i for i in self.items if isinstance(i, Resume)]
+
     def chats(self) -> list[ChatMessage]:
         return [i for i in self.items if isinstance(i, ChatMessage)]
 
@@ -203,13 +206,9 @@ async def test_server_killed_and_restarted(spawn_server: Any):
                 await rec.until(lambda items, last=ids[-1]: any(m.id == last for m in rec.chats()))
                 server.process.send_signal(signal.SIGTERM)
             await server.process.wait()
+            resumed = len(rec.resumes())
             server = await spawn_server("--port", port)
-            await rec.until(
-                lambda items, n=len([i for i in rec.items if isinstance(i, Resume)]): (
-                    sum(isinstance(i, Resume) for i in items) > n
-                ),
-                timeout=TIMEOUT * 3,
-            )
+            await rec.until(lambda items, n=resumed: len(rec.resumes()) > n, timeout=3 * TIMEOUT)
         last = max(published)
         await rec.until(lambda items: any(m.id == last for m in rec.chats()))
 
