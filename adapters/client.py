@@ -37,7 +37,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeAlias
 
 import anyio
-from anyio.abc import ByteStream, TaskGroup, TaskStatus
+from anyio.abc import ByteStream, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from anyio.streams.tls import TLSStream
 from wsproto import ConnectionType, WSConnection
@@ -192,7 +192,7 @@ class Client:
         self._closing = False
         self._parts: list[str] = []  # a fragmented text message being received
         self._size = 0
-        self._tg: TaskGroup | None = None
+        self._run_scope = anyio.CancelScope()
 
     # -- state ----------------------------------------------------------------------------
 
@@ -220,7 +220,9 @@ class Client:
     def on(self, kind: str, callback: Callback) -> Callback:
         """Call *callback* with every item of type *kind* (``"chat_message"``,
         ``"resume"``, ``"connected"``, ``"disconnected"``, … or ``"*"`` for all).
-        Returns *callback*, so it works as a decorator factory's result."""
+        Callbacks run in the order registered, before the item is queued for ``async for``;
+        the first items (``connected``, ``auth``) arrive before :func:`connect` returns,
+        so only the iterator sees them."""
         self._callbacks.setdefault(kind, []).append(callback)
         return callback
 
@@ -278,41 +280,45 @@ class Client:
         if ws is not None and ws.state is ConnectionState.OPEN:
             with suppress(*_STREAM_ERRORS):
                 await self._write(ws.send(CloseConnection(code=1000, reason="")))
+        if self._ws is None:  # not connected (waiting to reconnect): stop at once
+            self._run_scope.cancel()
         with anyio.move_on_after(CLOSE_TIMEOUT):
             await self._done.wait()
-        if not self._done.is_set() and self._tg is not None:
-            self._tg.cancel_scope.cancel()
+        self._run_scope.cancel()
 
     # -- the connection loop --------------------------------------------------------------
 
-    async def _run(self, tg: TaskGroup, *, task_status: TaskStatus[None]) -> None:
-        self._tg = tg
+    async def _run(self, *, task_status: TaskStatus[None]) -> None:
         task_status.started()
         refresh = False
         try:
-            while True:
-                if refresh:
-                    self.session.set_token(await self._fresh_token())
-                decision = await self._connection()
-                if decision is None:  # closed by the application
-                    break
-                reconnect_in = decision.delay if isinstance(decision, Reconnect) else None
-                await self._emit(
-                    Disconnected(
-                        code=decision.code,
-                        reason=decision.reason,
-                        reconnect_in=reconnect_in,
-                        status=decision.status if isinstance(decision, Stop) else None,
-                    )
-                )
-                if isinstance(decision, Stop):
-                    break
-                refresh = decision.refresh_token
-                await anyio.sleep(decision.delay)
+            with self._run_scope:
+                await self._loop(refresh)
         finally:
             self._done.set()
             self._ready.set()
             self._queue_in.close()
+
+    async def _loop(self, refresh: bool) -> None:
+        while True:
+            if refresh:
+                self.session.set_token(await self._fresh_token())
+            decision = await self._connection()
+            if decision is None:  # closed by the application
+                break
+            reconnect_in = decision.delay if isinstance(decision, Reconnect) else None
+            await self._emit(
+                Disconnected(
+                    code=decision.code,
+                    reason=decision.reason,
+                    reconnect_in=reconnect_in,
+                    status=decision.status if isinstance(decision, Stop) else None,
+                )
+            )
+            if isinstance(decision, Stop):
+                break
+            refresh = decision.refresh_token
+            await anyio.sleep(decision.delay)
 
     async def _connection(self) -> Decision | None:
         """One connection, from opening to its end; what to do next."""
@@ -623,7 +629,7 @@ async def connect(
     )
     try:
         async with anyio.create_task_group() as tg:
-            await tg.start(client._run, tg)
+            await tg.start(client._run)
             with anyio.fail_after(open_timeout):
                 await client._ready.wait()
             stop = session.stopped

@@ -37,6 +37,7 @@ from agentcast.adapters.client import (
     connect,
 )
 from agentcast.protocol import Settings
+from agentcast.protocol.client import Backoff, Stop
 
 from .conftest import TIMEOUT, StartServer, ws_url
 
@@ -190,6 +191,19 @@ async def test_reconnects_after_server_restart(start_server: StartServer):
         again.broadcast_chat_message("c", "m", "after", "bot")
         assert (await next_of(client, ChatMessage)).content == "after"
         again.shutdown()
+
+
+async def test_close_while_waiting_to_reconnect_is_immediate(start_server: StartServer):
+    server = await start_server()
+    slow = Backoff(base=60.0, cap=60.0)
+    async with connect(ws_url(server), token="abc", backoff=slow, rng=lambda: 0.5) as client:
+        server.shutdown()
+        gone = await next_of(client, Disconnected)
+        assert gone.reconnect_in == 30.0
+        with anyio.fail_after(3):  # not the 30 s back-off, nor the 5 s close timeout
+            await client.close()
+        assert client.stopped == Stop(1000, "closed by the client")
+        assert await client.wait_closed() == client.stopped
 
 
 # -- a scripted `websockets` server --------------------------------------------------------
