@@ -38,7 +38,7 @@ import base64
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
@@ -214,11 +214,6 @@ class _Connection:
     refreshing: bool = False
 
 
-@dataclass(slots=True)
-class _Outgoing:
-    texts: list[str] = field(default_factory=list)
-
-
 class ClientSession:
     """One logical client over successive connections. See the module doc for the rules.
 
@@ -274,7 +269,7 @@ class ClientSession:
         #: The id of the last broadcast received: where the next connection resumes.
         self.last_id: str | None = since
         self._conn: _Connection | None = None
-        self._out = _Outgoing()
+        self._out: list[str] = []
         self._presence: str | None = None
         self._stopped: Stop | None = None
         self._pending_expiry: float | None = None
@@ -334,7 +329,7 @@ class ClientSession:
         """The WebSocket is open (``101`` received)."""
         attempt = self.backoff.attempt
         self._conn = _Connection(opened_at=now, last_received=now)
-        self._out.texts.clear()
+        self._out.clear()
         # The token this connection authenticates with; its expiry applies once auth succeeds.
         self._pending_expiry = None if self._token is None else jwt_expiry(self._token)
         return Connected(since=self.last_id, attempt=attempt)
@@ -351,7 +346,7 @@ class ClientSession:
         if message.id is not None:
             self.last_id = message.id
         if isinstance(message, Ping):
-            self._out.texts.append('{"type":"pong"}')
+            self._out.append('{"type":"pong"}')
         elif isinstance(message, AuthResult):
             refresh = conn.refreshing
             conn.refreshing = False
@@ -374,8 +369,8 @@ class ClientSession:
 
     def texts_to_send(self) -> list[str]:
         """Messages to send now, in order."""
-        texts = self._out.texts
-        self._out.texts = []
+        texts = self._out
+        self._out = []
         return texts
 
     def set_presence(self, status: str) -> None:
@@ -388,12 +383,12 @@ class ClientSession:
 
     def send_ping(self) -> None:
         self._require_connection()
-        self._out.texts.append('{"type":"ping"}')
+        self._out.append('{"type":"ping"}')
 
     def send_json(self, message: Any) -> None:
         """Send any JSON value as it is (a terminal client's typed line)."""
         self._require_connection()
-        self._out.texts.append(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
+        self._out.append(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
 
     def refresh(self, token: str, now: float, wall: float) -> None:
         """Send a fresh token in band (the answer to a due refresh)."""
@@ -492,7 +487,7 @@ class ClientSession:
         return self._stopped
 
     def _queue(self, kind: str, data: Any) -> None:
-        self._out.texts.append(
+        self._out.append(
             json.dumps({"type": kind, "data": data}, separators=(",", ":"), ensure_ascii=False)
         )
 

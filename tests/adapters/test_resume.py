@@ -108,6 +108,7 @@ async def recording(url: str, **options: Any) -> AsyncIterator[Recorder]:
             tg.cancel_scope.cancel()
 
 
+@pytest.mark.servers("reference", "uvicorn", "hypercorn")
 async def test_network_cut_resumes_without_loss(start_server: StartServer):
     server = await start_server(Settings(presence_grace=0))
     async with anyio.create_task_group() as tg:
