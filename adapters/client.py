@@ -118,6 +118,9 @@ TokenProvider: TypeAlias = Callable[[], Awaitable[str] | str]
 DEFAULT_OPEN_TIMEOUT = 10.0
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 CLOSE_TIMEOUT = 5.0
+#: Each attempt's TCP connect, TLS and upgrade must finish within this (a server that
+#: accepts and says nothing is retried like a refused one).
+HANDSHAKE_TIMEOUT = 10.0
 _READ_SIZE = 65536
 
 
@@ -164,7 +167,6 @@ class Client:
         *,
         token_provider: TokenProvider | None,
         ssl_context: ssl.SSLContext | None,
-        open_timeout: float | None,
         max_message_size: int,
         queue_size: int,
         iterate: bool,
@@ -173,7 +175,6 @@ class Client:
         self.session = session
         self._token_provider = token_provider
         self._ssl_context = ssl_context
-        self._open_timeout = open_timeout
         self._max_message_size = max_message_size
         self._rng = rng
         self._callbacks: dict[str, list[Callback]] = {}
@@ -352,7 +353,7 @@ class Client:
 
     async def _open(self, target: Target) -> ByteStream:
         """TCP (and TLS), then the WebSocket handshake; the open stream."""
-        with anyio.fail_after(self._open_timeout):
+        with anyio.fail_after(HANDSHAKE_TIMEOUT):
             stream: ByteStream = await anyio.connect_tcp(target.host, target.port)
             if target.secure:
                 context = self._ssl_context or ssl.create_default_context()
@@ -621,7 +622,6 @@ async def connect(
         session,
         token_provider=token_provider,
         ssl_context=ssl_context,
-        open_timeout=open_timeout,
         max_message_size=max_message_size,
         queue_size=queue_size,
         iterate=iterate,
