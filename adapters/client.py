@@ -221,9 +221,9 @@ class Client:
     def on(self, kind: str, callback: Callback) -> Callback:
         """Call *callback* with every item of type *kind* (``"chat_message"``,
         ``"resume"``, ``"connected"``, ``"disconnected"``, … or ``"*"`` for all).
-        Callbacks run in the order registered, before the item is queued for ``async for``;
-        the first items (``connected``, ``auth``) arrive before :func:`connect` returns,
-        so only the iterator sees them."""
+        Callbacks run in the order registered, before the item is queued for ``async for``.
+        The first items (``connected``, ``auth``) arrive before :func:`connect` returns:
+        to see them in a callback, pass it as ``connect(on={...})``."""
         self._callbacks.setdefault(kind, []).append(callback)
         return callback
 
@@ -266,9 +266,7 @@ class Client:
     async def wait_closed(self) -> Stop:
         """Wait until the client has stopped for good; why."""
         await self._done.wait()
-        stop = self.session.stopped
-        assert stop is not None
-        return stop
+        return self.session.stopped or Stop(None, "the client's task ended")
 
     async def close(self) -> None:
         """Close the connection (``1000``) and stop reconnecting."""
@@ -565,6 +563,15 @@ class _SerialSend(ByteStream):
 
 
 def _describe(exc: BaseException) -> str:
+    """Why a connection could not be opened, in one line: the first underlying error
+    (anyio says "All connection attempts failed" and chains each address's error)."""
+    while True:
+        if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        elif exc.__cause__ is not None:
+            exc = exc.__cause__
+        else:
+            break
     text = str(exc) or type(exc).__name__
     return text[:200]
 
@@ -587,6 +594,7 @@ async def connect(
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     queue_size: int = 1024,
     iterate: bool = True,
+    on: Mapping[str, Callback] | None = None,
     rng: Callable[[], float] = _random.random,
 ) -> AsyncIterator[Client]:
     """Connect to the agentcast server at *url* (``ws://`` or ``wss://``, any path).
@@ -600,7 +608,9 @@ async def connect(
     ever), then ``TimeoutError``. A refused connection raises
     :class:`ConnectionStopped`. *queue_size* bounds the messages waiting for ``async
     for`` (when full, the client stops reading the socket); with ``iterate=False`` only
-    callbacks receive them. *idle_timeout*: a server silent that long (it pings every
+    callbacks receive them (*on*: ``{kind: callback}``, registered before the first
+    connection, so they also see the first items and every failed attempt).
+    *idle_timeout*: a server silent that long (it pings every
     30 s by default) is presumed gone and the client reconnects.
     """
     if token is None and token_provider is not None:
@@ -627,6 +637,8 @@ async def connect(
         iterate=iterate,
         rng=rng,
     )
+    for kind, callback in (on or {}).items():
+        client.on(kind, callback)
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(client._run)

@@ -141,19 +141,16 @@ async def _main(args: argparse.Namespace, context: ssl.SSLContext | None, out: _
             ssl_context=context,
             reconnect=not args.no_reconnect,
             open_timeout=None,
+            iterate=False,
+            on={"*": out.show},  # from the first attempt on
         ) as client:
-            stopped: ConnectionStopped | None = None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_input, client, out)
-                try:
-                    async for item in client:
-                        out.show(item)
-                except ConnectionStopped as exc:
-                    stopped = exc
+                stop = await client.wait_closed()
                 tg.cancel_scope.cancel()
-            if out.quit or stopped is None:
+            if out.quit:
                 return 0
-            out.fail(f"connection ended: {_reason(stopped.code, stopped.reason, stopped.status)}")
+            out.fail(f"connection ended: {_reason(stop.code, stop.reason, stop.status)}")
             return 1
     except ConnectionStopped as exc:
         out.fail(f"connection refused: {_reason(exc.code, exc.reason, exc.status)}")
@@ -164,7 +161,12 @@ async def _main(args: argparse.Namespace, context: ssl.SSLContext | None, out: _
 
 
 def _reason(code: int | None, reason: str, status: int | None) -> str:
-    what = f"HTTP {status}" if status is not None else f"close {code}"
+    if status is not None:
+        what = f"HTTP {status}"
+    elif code is not None:
+        what = f"close {code}"
+    else:  # no connection at all: the reason says why (refused, DNS, TLS)
+        return reason or "no connection"
     return f"{what} {reason}" if reason else what
 
 

@@ -164,3 +164,21 @@ def test_piped_output_is_one_json_message_per_line(server: ServerCommand):
         process.stdin.close()
         assert process.stderr is not None
         process.stderr.close()
+
+
+def test_waits_for_a_server_that_is_not_up_yet():
+    later = ServerCommand()
+    later.start()
+    port = later.port
+    later.stop()
+    child = spawn_connect(f"ws://127.0.0.1:{port}/ws", "--token", "early")
+    try:
+        child.expect(r"disconnected \(.*(refused|failed).*\); reconnecting in")
+        later.start(port)
+        child.expect("authenticated as user_early", timeout=3 * TIMEOUT)  # after a back-off
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+        later.stop(signal.SIGKILL)
+    assert child.exitstatus == 0
