@@ -102,7 +102,7 @@ def test_publisher_publishes_on_a_timer_and_stops_on_ctrl_c(spawn):
 
 def test_publisher_runs_on_trio_and_exits_0(spawn):
     program = spawn([sys.executable, "examples/publisher.py", "--port", "0", "--backend", "trio"])
-    program.wait_for(r"agent_status +0% id=\w+ delivered=0 clients=0 authenticated=0")
+    program.wait_for(r"agent_status +0% id=[\w-]+ delivered=0 clients=0 authenticated=0")
     assert program.interrupt() == 0
 
 
@@ -201,6 +201,10 @@ def test_the_readme_interactive_client_session_is_what_a_user_sees(serve, spawn)
             received.append(json.loads(ws.recv(timeout=10)))
     for message in (*shown, *received):
         message.pop("timestamp", None)
+        if "id" in message:  # <epoch>-<sequence>: the epoch is the server's start time
+            epoch, _, sequence = message["id"].partition("-")
+            assert len(epoch) == 13
+            message["id"] = sequence
     assert received == shown
     # And the command itself connects and prints what arrives (it ends at end of input).
     url = f"ws://127.0.0.1:{port}/ws?token=abc123"
