@@ -85,7 +85,7 @@ def add_connect_command(commands: Any) -> argparse.ArgumentParser:
         "connect",
         help="connect to a server and print its messages (reconnects and resumes)",
         description="Connect to an agentcast server, print every message, send what you "
-        f"type. {HELP}. Reconnects with back-off and resumes from the last message seen.",
+        f"type ({HELP}). Reconnects with back-off and resumes from the last message seen.",
     )
     parser.add_argument("url", help="ws:// or wss:// URL, e.g. ws://127.0.0.1:3000/ws")
     parser.add_argument(
