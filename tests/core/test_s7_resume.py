@@ -263,4 +263,3 @@ def test_every_message_exactly_once_in_order_across_reconnects(h, ops):
     for user in ("alice", "bob"):
         read(user)
     assert got == expected
-
