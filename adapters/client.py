@@ -245,6 +245,16 @@ class Client:
         self.session.set_presence(status)
         await self._flush()
 
+    async def subscribe(self, channel: str) -> None:
+        """Subscribe to *channel* (answered ``subscribed``, or an :class:`Error` naming it);
+        the subscription is asked for again on every reconnect, before any replay."""
+        self.session.subscribe(channel)
+        await self._flush()
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.session.unsubscribe(channel)
+        await self._flush()
+
     async def ping(self, timeout: float = DEFAULT_OPEN_TIMEOUT) -> float:
         """Send a JSON ``ping`` and wait for the ``pong``; the round trip in seconds."""
         with anyio.fail_after(timeout):

@@ -30,6 +30,10 @@ draws no random number: ``now`` (monotonic), ``wall`` (Unix seconds) and ``rando
   (``{"type":"auth","data":{"token":…}}``), so a long session is never closed ``4001``.
 * **Presence**: the status the application last set is sent again after every
   successful ``auth``, since a new connection starts ``online``.
+* **Channels**: the subscriptions hold across reconnects: they go in the URL
+  (``channels=a,b``, so they are in place before a replay), and ``subscribe`` /
+  ``unsubscribe`` are sent for changes while connected. One the server refuses (an
+  ``error`` naming the channel) is dropped, not asked for again.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from .client_messages import AuthResult, Ping, ServerMessage, parse_server_message
+from .client_messages import AuthResult, Error, Ping, ServerMessage, parse_server_message
 from .errors import LocalProtocolError
 
 __all__ = [
@@ -64,6 +68,10 @@ __all__ = [
 TokenPlacement = Literal["query", "header", "subprotocol"]
 SUBPROTOCOL: Final = "agentcast.v1"
 PRESENCE_STATUSES: Final = frozenset({"online", "away", "busy", "offline"})
+#: Error codes that end a subscription the client asked for (it is not asked again).
+REFUSED_SUBSCRIPTION: Final = frozenset(
+    {"invalid_channel", "forbidden_channel", "too_many_subscriptions"}
+)
 
 #: Close codes after which a client reconnects (besides 4000-4499), PROTOCOL.md 9.
 #: 1005 (no status) and 1006 (no close frame) mean the connection died without a word.
@@ -252,10 +260,19 @@ class ClientSession:
         host = f"[{self._host}]" if ":" in self._host else self._host
         self._host_header = host if self._port == default_port else f"{host}:{self._port}"
         self._path = parts.path or "/"
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        #: The channels this client is subscribed to (or asks for), kept across reconnects.
+        self.channels: dict[str, None] = {
+            name.strip(): None
+            for k, v in query
+            if k == "channels"
+            for name in v.split(",")
+            if name.strip()
+        }
         self._query = [
             (k, v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-            if k != "since" and not (k == "token" and token is not None)
+            for k, v in query
+            if k not in ("since", "channels") and not (k == "token" and token is not None)
         ]
         self._token = token
         self._token_in: TokenPlacement = token_in
@@ -310,6 +327,8 @@ class ClientSession:
                 headers.append(("Authorization", f"Bearer {token}"))
             else:
                 subprotocols = (SUBPROTOCOL, f"bearer.{token}")
+        if self.channels:
+            query.append(("channels", ",".join(self.channels)))
         if self.last_id is not None:
             query.append(("since", self.last_id))
         resource = quote(self._path, safe="/:@!$&'()*+,;=-._~%")
@@ -347,6 +366,9 @@ class ClientSession:
             self.last_id = message.id
         if isinstance(message, Ping):
             self._out.append('{"type":"pong"}')
+        elif isinstance(message, Error):
+            if message.code in REFUSED_SUBSCRIPTION and message.channel is not None:
+                self.channels.pop(message.channel, None)
         elif isinstance(message, AuthResult):
             refresh = conn.refreshing
             conn.refreshing = False
@@ -380,6 +402,17 @@ class ClientSession:
         self._presence = status
         if self._conn is not None:
             self._queue("user_presence", status)
+
+    def subscribe(self, channel: str) -> None:
+        """Subscribe to *channel*: now if connected, and on every reconnect."""
+        self.channels[channel] = None
+        if self._conn is not None:
+            self._queue("subscribe", {"channel": channel})
+
+    def unsubscribe(self, channel: str) -> None:
+        self.channels.pop(channel, None)
+        if self._conn is not None:
+            self._queue("unsubscribe", {"channel": channel})
 
     def send_ping(self) -> None:
         self._require_connection()

@@ -143,6 +143,8 @@ class Error(_Base):
     type: ClassVar[str] = "error"
     error: str
     code: str | None = None
+    #: The channel a subscription error is about (``invalid_channel``, ...).
+    channel: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -282,7 +284,12 @@ def _build(kind: str, data: Any, common: dict[str, Any]) -> ServerMessage:
         return Resume(complete=complete, replayed=replayed, **common)
     if kind == "error":
         d = _obj(data)
-        return Error(error=_str(d, "error"), code=_opt_str(d, "code"), **common)
+        return Error(
+            error=_str(d, "error"),
+            code=_opt_str(d, "code"),
+            channel=_opt_str(d, "channel"),
+            **common,
+        )
     if kind in ("subscribed", "unsubscribed"):
         d = _obj(data)
         if kind == "unsubscribed":

@@ -25,6 +25,7 @@ from agentcast.adapters.client import (
     Disconnected,
     Notification,
     Resume,
+    Subscribed,
     connect,
 )
 from agentcast.protocol import Settings
@@ -161,6 +162,29 @@ async def test_replay_keeps_the_delivery_rules(start_server: StartServer):
             assert (resume.complete, resume.replayed) == (True, 2)
             missed = [i for i in rec.items if isinstance(i, ChatMessage | Notification)]
             assert [m.id for m in missed] == [first, mine, second]
+        tg.cancel_scope.cancel()
+
+
+async def test_channel_subscriptions_hold_across_a_reconnect(start_server: StartServer):
+    """A channel subscribed while connected is asked for again in the URL on reconnect, so
+    the replay brings that channel's missed messages (and no other channel's)."""
+    server = await start_server()
+    async with anyio.create_task_group() as tg:
+        proxy = Proxy(tg, server.addresses[0])
+        await proxy.start()
+        async with recording(f"ws://127.0.0.1:{proxy.port}/ws") as rec:
+            await rec.client.subscribe("room:1")
+            await rec.until(lambda items: any(isinstance(i, Subscribed) for i in items))
+            first = server.broadcast_chat_message("c", "m", "in", "bot", channel="room:1").id
+            await rec.until(lambda items: len(rec.chats()) == 1)
+            await proxy.cut()
+            await rec.until(lambda items: any(isinstance(i, Disconnected) for i in items))
+            server.broadcast_chat_message("c", "m", "elsewhere", "bot", channel="room:2")
+            missed = server.broadcast_chat_message("c", "m", "missed", "bot", channel="room:1").id
+            await rec.until(lambda items: bool(rec.resumes()))
+            [resume] = rec.resumes()
+            assert (resume.complete, resume.replayed) == (True, 1)
+            assert [m.id for m in rec.chats()] == [first, missed]
         tg.cancel_scope.cancel()
 
 

@@ -576,3 +576,30 @@ def test_a_refused_token_leaves_the_client_connected_unauthenticated():
     assert session.connected
     assert session.next_deadline() is None  # no refresh scheduled for a refused token
     assert session.texts_to_send() == []  # and no presence: it is not authenticated
+
+
+def test_channels_hold_across_reconnects_and_refused_ones_are_dropped():
+    session = ClientSession("ws://h/ws?channels=room:1,%20room:2,,room:1", token="t")
+    assert list(session.channels) == ["room:1", "room:2"]
+    assert query_of(session.target().resource)["channels"] == "room:1,room:2"
+    session.subscribe("room:3")  # not connected: only remembered
+    session.unsubscribe("room:9")  # likewise
+    connected(session)
+    assert session.texts_to_send() == []
+    session.subscribe("secret")
+    session.unsubscribe("room:2")
+    assert [json.loads(t) for t in session.texts_to_send()] == [
+        {"type": "subscribe", "data": {"channel": "secret"}},
+        {"type": "unsubscribe", "data": {"channel": "room:2"}},
+    ]
+    refused = {"error": "Channel not allowed", "code": "forbidden_channel", "channel": "secret"}
+    message = session.receive_text(envelope("error", refused), 1.0, WALL0)
+    assert message == Error(
+        error="Channel not allowed",
+        code="forbidden_channel",
+        channel="secret",
+        timestamp="2026-01-01T00:00:00.000Z",
+    )
+    session.receive_text(envelope("error", {"error": "Rate limit exceeded"}), 1.0, WALL0)
+    session.connection_lost(1006, "", 2.0, 0.5)
+    assert query_of(session.target().resource)["channels"] == "room:1,room:3"
