@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from agentcast.protocol import Hub, Identity, Session, Settings
 from agentcast.protocol.history import format_id
+from agentcast.protocol.scope import PendingVerdict
 
 W = {"now": 0.0, "wall": 1_800_000_000.0}
 BROADCASTS = {"agent_status", "chat_message", "notification", "user_presence"}
@@ -263,3 +264,32 @@ def test_every_message_exactly_once_in_order_across_reconnects(h, ops):
     for user in ("alice", "bob"):
         read(user)
     assert got == expected
+
+
+def test_a_channel_still_waiting_for_its_verdict_makes_the_resume_incomplete(h):
+    verdicts: list[PendingVerdict] = []
+
+    def authorizer(identity: Identity, channel: str) -> PendingVerdict:
+        verdicts.append(PendingVerdict())
+        return verdicts[-1]
+
+    hub = Hub(authorizer=authorizer)
+    seen = chat(hub, "seen")
+    hub.broadcast_chat_message("c", "m", "missed", "bot", channel="room:1", **W)
+    pair = h.Pair(hub)
+    messages = pair.handshake(f"/ws?token=abc&channels=room:1&since={seen}")
+    assert resume_of(messages) == {"complete": False}
+    assert "chat_message" not in [m["type"] for m in messages]
+    verdicts[0].complete(True, **W)  # the verdict comes: subscribed, live from now on
+    assert [m["type"] for m in pair.messages()] == ["subscribed"]
+
+
+def test_resume_for_a_closed_or_unauthenticated_member_does_nothing(h, hub):
+    chat(hub, "m")
+    anon = Session(hub, h.ListSink(), None, **W)
+    hub.resume(anon, format_id(0, 0), **W)
+    closed, sink = join(h, hub, "alice")
+    sink.messages()
+    closed.close(1000, "bye", **W)
+    hub.resume(closed, format_id(0, 0), **W)
+    assert sink.messages() == []
