@@ -279,3 +279,27 @@ def epoch_of(message_id: str) -> int:
     parsed = parse_id(message_id)
     assert parsed is not None
     return parsed[0]
+
+
+@pytest.mark.servers("reference", "uvicorn", "hypercorn")
+async def test_an_event_stream_resumes_from_last_event_id(start_server: StartServer):
+    """An ``EventSource`` reconnects with ``Last-Event-ID``: the server replays what it
+    missed as events, then a ``resume`` event, exactly as for a WebSocket."""
+    from .test_sse import events_url, open_stream
+
+    server = await start_server(Settings())
+    async with open_stream(events_url(server, "token=reader")) as stream:
+        await stream.until("presence_state")
+        seen = server.broadcast_chat_message("c", "m", "seen", "bot").id
+        assert (await stream.until("chat_message"))["id"] == seen
+    missed = server.broadcast_chat_message("c", "m", "missed", "bot").id
+    server.send_notification("info", "not for the reader", user_id="user_other")
+    note = server.send_notification("info", "for the reader", user_id="user_reader").id
+    async with open_stream(events_url(server, "token=reader"), **{"Last-Event-ID": seen}) as again:
+        await again.until("presence_state")
+        replayed = []
+        while (message := await again.message())["type"] != "resume":
+            if "id" in message and message["type"] != "user_presence":
+                replayed.append(message["id"])
+        assert replayed == [missed, note]
+        assert message["data"] == {"complete": True, "replayed": 2}
