@@ -18,9 +18,10 @@ draws no random number: ``now`` (monotonic), ``wall`` (Unix seconds) and ``rando
   the connection and it counts as ``1006``.
 * **Close codes** (section 9): ``4000``–``4499`` and ``1001``, ``1005``, ``1006``,
   ``1011``, ``1012``, ``1013`` reconnect; ``4001`` first asks the token provider for a
-  fresh token; ``1008``, ``4500``+ and every other code stop, with the code and reason
-  surfaced. A refused handshake: ``401`` reconnects with a fresh token when a provider
-  exists and stops otherwise, ``429`` and ``5xx`` reconnect, other statuses stop. A
+  fresh token (without a provider it stops: the same token would be refused); ``1008``,
+  ``4500``+ and every other code stop, with the code and reason surfaced. A refused
+  handshake: ``401`` reconnects with a fresh token when a provider exists and stops
+  otherwise, ``429`` and ``5xx`` reconnect, other statuses stop. A
   connection that could not be opened at all (refused, reset, DNS, TLS) reconnects.
 * **Back-off**: full jitter, ``random * min(cap, base * 2**attempt)`` (0.5 s base, 20 s
   cap); the attempt count starts again once a connection has stayed open for a stable
@@ -473,7 +474,7 @@ class ClientSession:
         if code is None:
             code, reason = ABNORMAL, reason or "connection lost"
         verdict = close_decision(code)
-        if verdict == "stop":
+        if verdict == "stop" or (verdict == "refresh" and not self.can_refresh):
             return self._stop(Stop(code, reason))
         return self._retry(code, reason, random, refresh=verdict == "refresh")
 

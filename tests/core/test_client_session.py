@@ -370,10 +370,9 @@ def test_token_expired_asks_the_provider_for_a_fresh_token():
     assert decision == Reconnect(0.25, 4001, "token expired", refresh_token=True)
     with_provider.set_token("new")
     assert query_of(with_provider.target().resource)["token"] == "new"
+    # Without a provider the same expired token would be refused: stop, with the reason.
     without = connected(ClientSession("ws://h/ws", token="old"))
-    assert without.connection_lost(4001, "token expired", 1.0, 0.5) == Reconnect(
-        0.25, 4001, "token expired", refresh_token=False
-    )
+    assert without.connection_lost(4001, "token expired", 1.0, 0.5) == Stop(4001, "token expired")
 
 
 @pytest.mark.parametrize(
