@@ -189,7 +189,7 @@ def test_a_batch_on_top_of_what_a_client_has_not_drained_drops_it(h):
     _, behind = h.open_session(hub, "behind")
     _, reader = h.open_session(hub, "reader")
     reader.messages()
-    for n in range(12):  # ~4 KB the client has not read (331 bytes each)
+    for n in range(11):  # ~3.8 KB the client has not read (341 bytes each)
         hub.publish(notification(n), now=1.0, wall=W + 1)
     behind.outbox.take_messages()  # handed to a socket that does not take it
     reader.messages()

@@ -35,7 +35,7 @@ def resume_of(messages: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_replay_after_presence_state_then_resume_then_live(h):
-    hub = Hub(Settings(presence_grace=0))
+    hub = Hub(Settings(presence_grace=0, presence_interval=0))  # every change at once
     first, sink = join(h, hub, "alice")
     seen = [m for m in sink.messages() if "id" in m][-1]["id"]  # alice's own arrival
     first.close(1006, "gone", **W)
