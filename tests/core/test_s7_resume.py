@@ -35,7 +35,7 @@ def resume_of(messages: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_replay_after_presence_state_then_resume_then_live(h):
-    hub = Hub(Settings(presence_grace=0, presence_interval=0))  # every change at once
+    hub = Hub(Settings(presence_grace=0, presence_interval=0, presence_window=0))  # at once
     first, sink = join(h, hub, "alice")
     seen = [m for m in sink.messages() if "id" in m][-1]["id"]  # alice's own arrival
     first.close(1006, "gone", **W)
@@ -71,7 +71,7 @@ def test_nothing_missed(h, hub):
 
 
 def test_a_presence_id_is_a_resume_point_but_presence_is_not_replayed(h):
-    hub = Hub(Settings(presence_grace=0))
+    hub = Hub(Settings(presence_grace=0, presence_interval=0, presence_window=0))
     chat(hub, "before")
     bob, _ = join(h, hub, "bob")  # user_presence bob online
     bob.close(1000, "", **W)  # user_presence bob offline
@@ -226,7 +226,7 @@ def test_every_message_exactly_once_in_order_across_reconnects(h, ops):
     """Whatever the interleaving of publishing, reading and resuming, each user's client
     receives every broadcast meant for it exactly once and in publish order. A dropped
     connection loses what its client had not read yet; the resume brings it back."""
-    hub = Hub(Settings(presence_grace=0))
+    hub = Hub(Settings(presence_grace=0, presence_interval=0, presence_window=0))
     expected: dict[str, list[str]] = {"alice": [], "bob": []}
     got: dict[str, list[str]] = {"alice": [], "bob": []}
     seen: dict[str, str | None] = {"alice": None, "bob": None}
