@@ -52,6 +52,7 @@ SERVER_TYPES = frozenset(
         "notification",
         "user_presence",
         "presence_state",
+        "agent_state",
         "error",
         "resume",
     }

@@ -18,6 +18,7 @@ Time enters only as arguments: a monotonic ``now`` for deadlines and a wall-cloc
 ``wall`` for the ``timestamp`` field.
 """
 
+from .agent_state import AgentStates
 from .answers import HttpAnswer
 from .auth import (
     Authenticator,
@@ -63,6 +64,7 @@ from .websocket import TransportState, WebSocketTransport
 __all__ = [
     "EVERYONE",
     "SUBPROTOCOL",
+    "AgentStates",
     "AgentStatus",
     "AuthFailure",
     "AuthRequested",

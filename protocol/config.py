@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .agent_state import DEFAULT_AGENT_STATE_MAX, DEFAULT_AGENT_STATE_TTL
 from .origin import OriginAllowList
 from .scope import DEFAULT_MAX_SUBSCRIPTIONS
 
 __all__ = [
+    "DEFAULT_AGENT_STATE_MAX",
+    "DEFAULT_AGENT_STATE_TTL",
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_CONFLATION_THRESHOLD",
     "DEFAULT_CONNECTION_RATE",
@@ -186,6 +189,12 @@ class Settings:
     #: Serve the live dashboard at ``GET /`` and its files (the page, its style sheet and
     #: script, the browser client ``/agentcast.js`` and its ``.d.ts``). Off: all ``404``.
     dashboard: bool = True
+    #: Seconds after which an agent that sent no ``agent_status`` is left out of the
+    #: ``agent_state`` snapshot (PROTOCOL.md 4).
+    agent_state_ttl: float = DEFAULT_AGENT_STATE_TTL
+    #: Agent statuses kept for the snapshot (one per agent and scope); past it the one
+    #: updated longest ago is dropped.
+    agent_state_max: int = DEFAULT_AGENT_STATE_MAX
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
@@ -202,6 +211,7 @@ class Settings:
             "handshake_timeout",
             "close_timeout",
             "events_retry",
+            "agent_state_ttl",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
@@ -226,6 +236,7 @@ class Settings:
             "max_subscriptions",
             "max_message_frames",
             "max_pending_body_bytes",
+            "agent_state_max",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -20,6 +20,11 @@ Every broadcast gets its id from the hub's :class:`~agentcast.protocol.history.H
 which keeps it (with its scope) for clients that resume (section 7): :meth:`Hub.resume`
 replays what a reconnecting session missed, through the same rule.
 
+Late joiners (section 4): every ``agent_status`` delivered here is recorded in
+:attr:`Hub.agent_states`, and a new authenticated connection receives its
+``agent_state`` snapshot right after ``presence_state``, built with the same rule
+(:class:`~agentcast.protocol.agent_state.AgentStates`).
+
 Presence (section 4) is per user, aggregated over that user's connections: the strongest
 connection status wins (``busy`` > ``online`` > ``away`` > ``offline``); when the last
 connection goes, the user turns ``offline`` only after ``presence_grace`` seconds, so a
@@ -41,6 +46,7 @@ from typing import Protocol
 
 from .accepting import AcceptGuard
 from .admission import Admission
+from .agent_state import AgentStates
 from .auth import ChannelAuthorizer, Identity
 from .config import Settings
 from .history import History, HistoryEntry, MemoryHistory
@@ -142,6 +148,12 @@ class Hub:
         #: The adapter's accept() back-off and shortages of file descriptors (``/healthz``
         #: and ``/metrics`` report them).
         self.accepting = AcceptGuard()
+        #: The latest status of every agent, for the ``agent_state`` snapshot a new
+        #: connection receives (PROTOCOL.md 4). Every ``agent_status`` delivered here is
+        #: recorded, whichever process published it.
+        self.agent_states = AgentStates(
+            self.settings.agent_state_ttl, self.settings.agent_state_max
+        )
         self._sessions: dict[Member, None] = {}
         self._authenticated: dict[Member, None] = {}
         self._users: dict[str, _User] = {}
@@ -331,6 +343,7 @@ class Hub:
                 raise ValueError("give userId or userIds, not both")
             scope = Scope.of(user_id=item.user_id, channel=scope.channel)
         if isinstance(item, AgentStatus):
+            self.agent_states.record(item, scope, now)
             message = PreparedMessage.build(
                 "agent_status", item.to_data(), wall, message_id, key=item.agent_name, scope=scope
             )
@@ -555,10 +568,12 @@ class Hub:
     def open_session(
         self, member: Member, now: float, wall: float, *, resuming: bool = False
     ) -> None:
-        """A session opened. An authenticated one gets ``presence_state`` first, then
-        counts for its user's presence; an unauthenticated one is only counted. With
-        *resuming*, :meth:`resume` follows in the same step, and the user's presence
-        update waits for it: a resumed client gets its replay before live traffic."""
+        """A session opened. An authenticated one gets ``presence_state`` and
+        ``agent_state`` first (the latter with the scopes of its user and of the
+        subscriptions it already holds: ``channels=`` in the URL), then counts for its
+        user's presence; an unauthenticated one is only counted. With *resuming*,
+        :meth:`resume` follows in the same step, and the user's presence update waits
+        for it: a resumed client gets its replay before live traffic."""
         user_id = member.user_id
         if user_id is not None:
             # What the clients were told, so that this snapshot and the user_presence
@@ -570,6 +585,10 @@ class Hub:
             # Outside the slow-client limit: its size follows the users online, not the
             # client's speed, and a client must get it whole to know who is there.
             member.deliver(snapshot, now, wall, counted=False)
+            self.stats.messages_out["agent_state"] += 1
+            member.deliver(
+                self.agent_states.snapshot(user_id, member.subscriptions, now, wall), now, wall
+            )
         self._sessions[member] = None
         self.stats.opened_total += 1
         if user_id is None:

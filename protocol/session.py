@@ -169,6 +169,7 @@ class Session:
         "_closed",
         "_events",
         "_expires_at",
+        "_held",
         "_hub",
         "_last_seen",
         "_late_looks",
@@ -239,6 +240,8 @@ class Session:
         self.messages_out = 0
         #: Closed for a flood over the rate limit (1008): its input is worth nothing now.
         self.flooded = False
+        # Answers held back while the session opens (see below); None once it is open.
+        self._held: list[tuple[str, object]] | None = None
         result = auth if auth is not None else AuthFailure("Missing token")
         if isinstance(result, Identity):
             self.user_id = result.user_id
@@ -248,11 +251,18 @@ class Session:
             self._auth_deadline = now + settings.unauthenticated_timeout
         self._send_auth(result, now, wall)
         resuming = since is not None and self.user_id is not None
-        hub.open_session(self, now, wall, resuming=resuming)
-        # channels= in the URL: each one as a `subscribe`, answered right after the above.
-        # Past the limit, one more is tried (and refused) so the client learns why.
+        # channels= in the URL: each one as a `subscribe`. The subscriptions hold before
+        # the hub opens the session, so that its `agent_state` snapshot shows the agents
+        # of those channels; the answers are held back and follow `presence_state`,
+        # `agent_state` and the user's own `user_presence`. Past the limit, one more is
+        # tried (and refused) so the client learns why.
+        self._held = []
         for channel in list(dict.fromkeys(channels))[: settings.max_subscriptions + 1]:
             self._handle_subscription(channel, True, now, wall)
+        held, self._held = self._held, None
+        hub.open_session(self, now, wall, resuming=resuming)
+        for kind, data in held:
+            self._send(kind, data, now, wall)
         # since= in the URL: what the client missed, now that its channels are in place.
         if resuming:
             assert since is not None
@@ -544,6 +554,9 @@ class Session:
         return True
 
     def _send(self, kind: str, data: object, now: float, wall: float) -> None:
+        if self._held is not None:  # answers to channels= while the session opens
+            self._held.append((kind, data))
+            return
         self._hub.stats.messages_out[kind] += 1
         self.deliver(PreparedMessage.build(kind, data, wall), now, wall)
 

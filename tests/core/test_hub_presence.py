@@ -47,15 +47,16 @@ def only_presence(msgs):
 def test_presence_state_snapshot_then_own_arrival(h, hub):
     alice, first = h.connect(hub, "alice")
     assert first[1] == {"type": "presence_state", "data": {"users": []}, "timestamp": h.TS0}
-    assert first[2] == presence(h, "user_alice", "online", first[2]["id"])
+    assert first[2] == {"type": "agent_state", "data": {"agents": []}, "timestamp": h.TS0}
+    assert first[3] == presence(h, "user_alice", "online", first[3]["id"])
     alice.send_json({"type": "user_presence", "data": "busy"})
     alice.messages()
     _bob, first = h.connect(hub, "bob")
-    assert [m["type"] for m in first] == ["auth", "presence_state", "user_presence"]
+    assert [m["type"] for m in first] == ["auth", "presence_state", "agent_state", "user_presence"]
     assert first[1]["data"] == {"users": [{"userId": "user_alice", "status": "busy"}]}
-    assert first[2]["data"] == {"userId": "user_bob", "status": "online"}
+    assert first[3]["data"] == {"userId": "user_bob", "status": "online"}
     # The sender's own change reaches it, and everyone else.
-    assert alice.messages() == [first[2]]
+    assert alice.messages() == [first[3]]
 
 
 def test_unauthenticated_gets_no_presence_state(h, hub):
@@ -155,7 +156,7 @@ def test_reconnect_within_the_grace_period_broadcasts_nothing(h, hub):
     alice.eof()  # the TCP connection just dropped (a reload)
     assert hub.next_deadline() == 15.0
     _again, first = h.connect(hub, "alice", now=12.0)
-    assert [m["type"] for m in first] == ["auth", "presence_state"]
+    assert [m["type"] for m in first] == ["auth", "presence_state", "agent_state"]
     assert first[1]["data"] == {
         "users": [
             {"userId": "user_bob", "status": "online"},

@@ -516,6 +516,7 @@ def test_permessage_deflate_is_never_accepted_and_a_compressed_frame_is_1002() -
     assert [json.loads(e.data)["type"] for e in events[1:] if isinstance(e, TextMessage)] == [
         "auth",
         "presence_state",
+        "agent_state",
         "user_presence",
     ]
     # A "compressed" text frame (RSV1 set), masked with a zero key: a protocol error.

@@ -79,12 +79,17 @@ def test_a_conflated_agent_status_still_counts_as_delivered(h):
     assert latest["data"] == {"agentName": "a1", "state": "idle"}
 
 
+#: A notification long enough that three of them leave room for the welcome messages
+#: (auth, presence_state, agent_state, user_presence) a new session gets first.
+LONG = "m" * 100
+
+
 def notifications_until_closed(h: Any, max_send_buffer: int) -> tuple[int, Any, Hub]:
     """Send four equal notifications to one client that reads nothing after the welcome."""
     hub = Hub(Settings(max_send_buffer=max_send_buffer))
     _, sink = h.open_session(hub, "u1")
     for sent in range(4):
-        hub.send_notification("info", "m", now=1.0, wall=W + 1)
+        hub.send_notification("info", LONG, now=1.0, wall=W + 1)
         if sink.closed is not None:
             return sent, sink, hub
     return 4, sink, hub
@@ -93,7 +98,7 @@ def notifications_until_closed(h: Any, max_send_buffer: int) -> tuple[int, Any, 
 def test_a_backlog_of_exactly_max_send_buffer_is_kept_and_one_byte_more_is_1013(h):
     hub = Hub()
     _, probe = h.open_session(hub, "u1")
-    hub.send_notification("info", "m", now=1.0, wall=W + 1)
+    hub.send_notification("info", LONG, now=1.0, wall=W + 1)
     size = probe.outbox.backlog
     sent, sink, hub = notifications_until_closed(h, 3 * size)  # room for the welcome too
     assert sent == 3  # three fit exactly; the fourth is one too many

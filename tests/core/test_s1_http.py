@@ -412,7 +412,13 @@ def test_frames_arriving_while_auth_is_pending_are_processed_after_it(h, hub):
     assert p.server.data_to_send() == b""
     p.answer_auth()
     msgs = p.messages()
-    assert [m["type"] for m in msgs] == ["auth", "presence_state", "user_presence", "pong"]
+    assert [m["type"] for m in msgs] == [
+        "auth",
+        "presence_state",
+        "agent_state",
+        "user_presence",
+        "pong",
+    ]
     assert msgs[0]["data"] == {"success": True, "userId": "user_abc123"}
 
 

@@ -214,7 +214,7 @@ def test_auth_is_the_first_message(h, hub):
         "data": {"success": True, "userId": "user_abc123"},
         "timestamp": h.TS0,
     }
-    assert [m["type"] for m in msgs] == ["auth", "presence_state", "user_presence"]
+    assert [m["type"] for m in msgs] == ["auth", "presence_state", "agent_state", "user_presence"]
 
 
 # -- in-band refresh ---------------------------------------------------------------------

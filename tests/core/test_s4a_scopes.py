@@ -481,6 +481,7 @@ def test_channels_in_the_url_are_subscribed_right_after_auth(h, hub):
     assert strip(first) == [
         {"type": "auth", "data": {"success": True, "userId": "alice"}},
         {"type": "presence_state", "data": {"users": []}},
+        {"type": "agent_state", "data": {"agents": []}},
         {"type": "user_presence", "data": {"userId": "alice", "status": "online"}},
         subscribed("conversation:team-1"),
         {"type": "error", "data": h.error("Invalid channel name", "invalid_channel")},

@@ -232,6 +232,7 @@ def test_close_frame_pipelined_with_the_upgrade(h, hub):
         "TextMessage",
         "TextMessage",
         "TextMessage",
+        "TextMessage",
         "CloseConnection",
     ]
     assert closed_events(p) == [ConnectionClosed(code=1000, reason="bye")]

@@ -217,7 +217,12 @@ def test_session_works_on_decoded_text_without_a_transport(h):
     hub = Hub(Settings(presence_grace=0))
     sink = h.ListSink()
     session = Session(hub, sink, Identity(user_id="u1"), now=0.0, wall=h.WALL0)
-    assert [m["type"] for m in sink.messages()] == ["auth", "presence_state", "user_presence"]
+    assert [m["type"] for m in sink.messages()] == [
+        "auth",
+        "presence_state",
+        "agent_state",
+        "user_presence",
+    ]
     session.receive_text('{"type":"ping"}', 1.0, h.WALL0 + 1)
     session.receive_text('{"type":"user_presence","data":"busy"}', 1.0, h.WALL0 + 1)
     session.receive_text("nope", 1.0, h.WALL0 + 1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 from pathlib import Path
 
 import pytest
@@ -61,13 +62,18 @@ HUB_PUBLIC: dict[str, bool] = {
     "accepting": False,  # the accept() back-off and its counters: delivers nothing
     "authorizer": False,
     "health": False,  # the body of /healthz
+    # The agent_state snapshot's store: it delivers nothing itself; open_session queues
+    # its snapshot, built through the scope rule (test_the_agent_state_snapshot_keeps_...).
+    "agent_states": False,
 }
 
 #: Where a message may be queued on a session: the hub's fan-out (broadcasts, through the
 #: scope rule) and the session's own answers to its client.
 ALLOWED_DELIVERY_SITES = {
     ("protocol/hub.py", "_fan_out"),  # broadcasts, through the scope rule
-    ("protocol/hub.py", "open_session"),  # presence_state, to the new session only
+    # presence_state and agent_state, to the new session only; the agent_state snapshot
+    # holds only statuses whose scope admits that session (tests below).
+    ("protocol/hub.py", "open_session"),
     ("protocol/hub.py", "_replay"),  # a resume: kept messages through `receives`
     ("protocol/session.py", "_send"),  # the session's answers to its own client
 }
@@ -288,3 +294,42 @@ def test_a_replay_keeps_each_message_s_scope(h):
         assert replayed == expected, (user, channels)
         [resume] = [m for m in messages if m["type"] == "resume"]
         assert resume["data"] == {"complete": True, "replayed": len(expected)}
+def test_the_agent_state_snapshot_keeps_the_scope(h):
+    """The snapshot a new connection receives is a delivery path too: a status is in it
+    only for the connections that would have received the status itself."""
+    hub, inside, outside = _hub_with_three_connections(h)
+    hub.broadcast_agent_status("public", "idle", **W)
+    hub.broadcast_agent_status("scoped", "working", user_ids=["user_alice"], channel="room:1", **W)
+    for pair in (inside, *outside):
+        session = pair.server.session
+        message = hub.agent_states.snapshot(session.user_id, session.subscriptions, 0.0, 0.0)
+        names = [a["agentName"] for a in json.loads(message.text)["data"]["agents"]]
+        assert names == (["public", "scoped"] if pair is inside else ["public"])
+
+
+def test_receives_is_the_rule_the_agent_state_snapshot_applies():
+    """Over every combination of users, subscriptions and a set of scopes, a status is
+    in a connection's snapshot exactly when ``receives`` admits its scope."""
+    hub = Hub()
+    scopes = [
+        EVERYONE,
+        Scope.of(user_ids=["alice"]),
+        Scope.of(user_ids=["bob", "x"]),
+        Scope.of(channel="room:1"),
+        Scope.of(channel="room:2"),
+        Scope.of(user_ids=["alice"], channel="room:1"),
+        Scope.of(user_ids=["bob"], channel="room:1"),
+    ]
+    for index, scope in enumerate(scopes):
+        hub.publish(
+            agentcast.protocol.AgentStatus(agent_name=f"a{index}", state="idle"),
+            scope=scope,
+            **W,
+        )
+    for user in ("alice", "bob", "carol"):
+        for subscriptions in ((), ("room:1",), ("room:2",), ("room:1", "room:2")):
+            agents = hub.agent_states.agents(user, subscriptions, 0.0)
+            expected = [
+                f"a{i}" for i, scope in enumerate(scopes) if receives(scope, user, subscriptions)
+            ]
+            assert [a["agentName"] for a in agents] == expected, (user, subscriptions)

@@ -78,7 +78,12 @@ def test_deliver_local_uses_the_given_id_and_the_delivery_rules(h):
     alice, bob, anon = Recorder("alice"), Recorder("bob"), Recorder(None)
     for member in (alice, bob, anon):
         hub.open_session(member, 0.0, h.WALL0)
-    assert [m.kind for m in alice.got] == ["presence_state", "user_presence", "user_presence"]
+    assert [m.kind for m in alice.got] == [
+        "presence_state",
+        "agent_state",
+        "user_presence",
+        "user_presence",
+    ]
     assert anon.got == []
     for member in (alice, bob):
         member.got.clear()

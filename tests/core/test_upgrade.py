@@ -36,7 +36,7 @@ def test_a_token_is_verified_then_the_session_opens_and_release_gives_the_place_
     assert upgrade.decide(identity) is None
     sink = h.ListSink()
     session = upgrade.open(sink, identity, now=0.0, wall=h.WALL0)
-    assert sink.types() == ["auth", "presence_state", "user_presence"]
+    assert sink.types() == ["auth", "presence_state", "agent_state", "user_presence"]
     assert session.user_id == "user_tok"
     assert hub.admission.connections_of("user_tok") == 1
     upgrade.release()

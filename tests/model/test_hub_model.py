@@ -14,7 +14,10 @@ Scoped delivery (section 4a) is part of it: clients subscribe and unsubscribe (w
 in-process authorizer (whose answer for one channel changes, so that a refreshed token
 revokes it), the per-connection limit is small, and every broadcast may name an
 audience and a channel; the model says exactly who receives each one, so no message
-ever reaches a connection outside its scope.
+ever reaches a connection outside its scope. Every new connection's ``agent_state``
+snapshot (section 4) is checked against the statuses published so far: the latest per
+agent and scope, within a small TTL and bound, only those the connection would have
+received.
 
 A plain-Python model next to it says what each client must have received, message by
 message (type, data, timestamp, broadcast id), which close code it must have seen and
@@ -73,6 +76,12 @@ BURST = 8
 STRIKES = 3
 WINDOW = 60.0
 MAX_SUBSCRIPTIONS = 2
+# The agent_state snapshot forgets statuses not updated for this long, and keeps at most
+# this many (agent, scope) entries: small, so that both limits are reached.
+AGENT_STATE_TTL = 45.0
+AGENT_STATE_MAX = 4
+# A snapshot's encoding is reused for up to a second: its timestamp may be that old.
+SNAPSHOT_REUSE = 1.0
 # "secret": user_alice only, and only while it is open (the machine's authorizer; a rule
 # closes and reopens it, and a refreshed token then loses it).
 CHANNELS = ["c1", "c2", "secret"]
@@ -93,6 +102,8 @@ SETTINGS = Settings(
     rate_limit_strikes=STRIKES,
     rate_limit_window=WINDOW,
     max_subscriptions=MAX_SUBSCRIPTIONS,
+    agent_state_ttl=AGENT_STATE_TTL,
+    agent_state_max=AGENT_STATE_MAX,
 )
 
 
@@ -214,6 +225,8 @@ class Model:
         self.log: list[str | None] = []  # broadcast ids, in publish order
         self.queue: list[tuple[MConn, str]] = []  # client answers still to process
         self.secret_open = True
+        # (agent, audience, channel) -> (data, audience, channel, when), in update order.
+        self.statuses: dict[tuple[Any, ...], tuple[Any, frozenset[str] | None, Any, float]] = {}
 
     # -- views -------------------------------------------------------------------------
 
@@ -297,6 +310,25 @@ class Model:
                 "user_presence", {"userId": uid, "status": status}, self.authenticated(), None
             )
 
+    def record_status(self, data: Any, user_ids: list[str] | None, channel: str | None) -> None:
+        audience = None if user_ids is None else frozenset(user_ids)
+        key = (data["agentName"], audience, channel)
+        self.statuses.pop(key, None)
+        self.statuses[key] = (data, audience, channel, self.now)
+
+    def agent_state(self, m: MConn) -> list[Any]:
+        """PROTOCOL.md 4: of the newest AGENT_STATE_MAX statuses (per agent and scope)
+        updated within the TTL, those *m* would have received; the latest per agent, in
+        the order of their last update."""
+        latest: dict[str, Any] = {}
+        for data, audience, channel, when in list(self.statuses.values())[-AGENT_STATE_MAX:]:
+            if when + AGENT_STATE_TTL <= self.now:
+                continue
+            if (audience is None or m.user in audience) and (channel is None or channel in m.subs):
+                latest.pop(data["agentName"], None)
+                latest[data["agentName"]] = data
+        return list(latest.values())
+
     def join(self, m: MConn) -> None:
         assert m.user is not None
         snapshot = sorted(
@@ -304,6 +336,7 @@ class Model:
             key=lambda item: item["userId"],
         )
         self.send(m, "presence_state", {"users": snapshot})
+        self.send(m, "agent_state", {"agents": self.agent_state(m)})
         user = self.users.setdefault(m.user, MUser())
         if self.leaving.pop(m.user, None) is not None:
             note("reconnect within the presence grace")
@@ -331,13 +364,20 @@ class Model:
             return
         if m.user is not None:
             self.send(m, "auth", {"success": True, "userId": m.user})
-            self.join(m)
         else:
             reason = "Missing token" if token is None else "Invalid token"
             self.send(m, "auth", {"success": False, "error": reason})
             m.auth_deadline = self.now + UNAUTH_TIMEOUT
+        # channels= subscribes before the session opens (the agent_state snapshot sees
+        # those channels); the answers follow the session's first messages.
+        before = len(m.expected)
         for channel in channels:
             self.subscription(m, "subscribe", channel)
+        answers = m.expected[before:]
+        del m.expected[before:]
+        if m.user is not None:
+            self.join(m)
+        m.expected += answers
         self.drain()
 
     def subscription(self, m: MConn, verb: str, channel: str) -> None:
@@ -858,6 +898,7 @@ class HubMachine(RuleBasedStateMachine):
             data["currentTask"] = task
         if progress is not None:
             data["progress"] = progress
+        self.model.record_status(data, user_ids, channel)
         self._published("agent_status", data, result, self.model.in_scope(user_ids, channel))
 
     @rule(
@@ -1008,7 +1049,10 @@ class HubMachine(RuleBasedStateMachine):
                 if w.kind == "presence_state":
                     data = {"users": sorted(data["users"], key=lambda u: u["userId"])}
                 assert data == w.data, (m.index, w.kind, data, w.data)
-                assert g["timestamp"] == iso(w.at), (m.index, w.kind, g["timestamp"], w.at)
+                if w.kind == "agent_state":  # built at most SNAPSHOT_REUSE ago
+                    assert iso(w.at - SNAPSHOT_REUSE) < g["timestamp"] <= iso(w.at)
+                else:
+                    assert g["timestamp"] == iso(w.at), (m.index, w.kind, g["timestamp"], w.at)
                 if w.entry is None:
                     assert "id" not in g
                     continue
