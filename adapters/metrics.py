@@ -16,6 +16,11 @@ Exported (``agentcast_`` prefix):
 ``send_backlog_bytes``                     gauge   output pending over all connections
 ``channel_subscriptions``                  gauge   channel subscriptions over all connections
 ``channels_subscribed``                    gauge   channels with at least one subscriber
+``agent_states``                           gauge   agent statuses kept for the ``agent_state``
+                                                   snapshot (one per agent and scope)
+``agent_states_dropped_total{reason}``     counter statuses dropped from it: ``limit``
+                                                   (``agent_state_max``, oldest first) or
+                                                   ``ttl`` (``agent_state_ttl``)
 ``connections_opened_total``               counter WebSocket connections opened
 ``connections_closed_total{code}``         counter closed, by close code (1006: no close frame)
 ``messages_received_total{type}``          counter client messages accepted, by type
@@ -133,6 +138,19 @@ class _HubCollector(Collector):
             p + "channels_subscribed",
             "Channels with at least one subscribed connection.",
             value=hub.channels_count(),
+        )
+        agent_states = hub.agent_states
+        yield GaugeMetricFamily(
+            p + "agent_states",
+            "Agent statuses kept for the agent_state snapshot (one per agent and scope).",
+            value=len(agent_states),
+        )
+        yield _labelled(
+            p + "agent_states_dropped",
+            "Agent statuses dropped from the snapshot state: over agent_state_max (oldest "
+            "first) or after agent_state_ttl.",
+            "reason",
+            {"limit": agent_states.evicted, "ttl": agent_states.expired},
         )
         yield CounterMetricFamily(
             p + "connections_opened", "WebSocket connections opened.", value=stats.opened_total

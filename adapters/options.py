@@ -359,6 +359,19 @@ SETTINGS_FLAGS: tuple[Option, ...] = tuple(
             "request bodies being received at once, over every connection; a request past "
             "it gets 503 after its head",
         ),
+        (
+            "--agent-state-ttl",
+            float,
+            "SECONDS",
+            "leave an agent out of the agent_state snapshot after this long without a status",
+        ),
+        (
+            "--agent-state-max",
+            int,
+            "N",
+            "agent statuses kept for the agent_state snapshot (one per agent and scope; "
+            "past it the oldest update is dropped)",
+        ),
     )
 )
 

@@ -41,7 +41,7 @@ async def session(start_server, clients, http_request, wait_for):
     stranger = await clients.connect(f"{server.urls[0]}?token=wrong-{TOKEN}")
     for _ in range(3):
         await alice.send({"type": "ping"})
-    await alice.recv_many(6)  # auth, presence_state, user_presence, 3 pongs
+    await alice.recv_many(7)  # auth, presence_state, agent_state, user_presence, 3 pongs
     host, port = server.addresses[0]
     await http_request(f"http://{host}:{port}/healthz?token={TOKEN}")
     await alice.close()
@@ -66,7 +66,7 @@ async def test_one_json_line_per_open_and_close_without_tokens(
     assert by_peer[alice_peer, "open"]["user"] == "alice"
     close = by_peer[alice_peer, "close"]
     assert (close["user"], close["code"], close["messages_in"]) == ("alice", 1000, 3)
-    assert close["messages_out"] == 6
+    assert close["messages_out"] == 7
     assert close["duration"] >= 0
     assert close["level"] == "info"
     assert by_peer[stranger_peer, "open"]["user"] == "-"
@@ -83,4 +83,4 @@ async def test_text_format_is_one_readable_line_each(
     assert TOKEN not in stream.getvalue()
     close = next(line for line in lines if "user=alice" in line and "closed" in line)
     assert "code=1000" in close
-    assert "in=3 out=6" in close
+    assert "in=3 out=7" in close

@@ -15,18 +15,32 @@ pytestmark = [pytest.mark.anyio, pytest.mark.servers("reference", "uvicorn", "hy
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
+class _Iso:
+    """Equal to any ISO 8601 timestamp of the server's form."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and ISO.match(other) is not None
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+ISO_ANY = _Iso()
+
+
 def url(server, query=""):
     base = server.urls[0]
     return f"{base}?{query}" if query else base
 
 
 async def join(clients, server, token):
-    """Connect with *token* and read the greeting: auth, presence_state, own presence."""
+    """Connect with *token* and read the greeting: auth, presence_state, agent_state,
+    own presence."""
     peer = await clients.connect(url(server, f"token={token}"))
     auth = await peer.recv()
     assert auth["type"] == "auth"
     assert auth["data"] == {"success": True, "userId": f"user_{token}"}
     assert (await peer.recv())["type"] == "presence_state"
+    assert (await peer.recv())["type"] == "agent_state"
     presence = await peer.recv()
     assert presence["type"] == "user_presence"
     assert presence["data"] == {"userId": f"user_{token}", "status": "online"}
@@ -46,12 +60,15 @@ async def test_auth_is_the_first_message_then_presence_state(start_server, clien
         "data": {"users": []},
         "timestamp": state["timestamp"],
     }
+    agents = await first.recv()
+    assert agents == {"type": "agent_state", "data": {"agents": []}, "timestamp": ISO_ANY}
     assert (await first.recv())["data"] == {"userId": "user_abc123", "status": "online"}
 
     second = await clients.connect(url(server, "token=other"))
     await second.recv()  # auth
     state = await second.recv()
     assert state["data"] == {"users": [{"userId": "user_abc123", "status": "online"}]}
+    assert (await second.recv())["type"] == "agent_state"
     # The newcomer's arrival reaches everyone, itself included.
     assert (await first.recv())["data"] == {"userId": "user_other", "status": "online"}
     assert (await second.recv())["data"] == {"userId": "user_other", "status": "online"}
@@ -101,7 +118,7 @@ async def test_notification_to_one_user_reaches_all_of_its_connections_only(star
     alice_1 = await join(clients, server, "alice")
     alice_2 = await clients.connect(url(server, "token=alice"))
     assert (await alice_2.recv())["data"]["userId"] == "user_alice"
-    await alice_2.recv()  # presence_state (no presence change: alice was online already)
+    await alice_2.recv_many(2)  # presence_state, agent_state (alice was online already)
     bob = await join(clients, server, "bob")
     await alice_1.recv()  # bob's arrival
     await alice_2.recv()
@@ -122,7 +139,7 @@ async def test_presence_is_per_user_and_offline_after_the_grace_period(start_ser
     u1 = await join(clients, server, "u")
     assert (await watcher.recv())["data"] == {"userId": "user_u", "status": "online"}
     u2 = await clients.connect(url(server, "token=u"))
-    await u2.recv_many(2)  # auth, presence_state: no change, so no user_presence
+    await u2.recv_many(3)  # auth, presence_state, agent_state: no user_presence
 
     await u2.send({"type": "user_presence", "data": "busy"})
     assert (await watcher.recv())["data"] == {"userId": "user_u", "status": "busy"}
@@ -143,7 +160,7 @@ async def test_reconnect_within_the_grace_period_does_not_flap(start_server, cli
     await watcher.recv()  # u online
     await first.close()
     again = await clients.connect(url(server, "token=u"))
-    await again.recv_many(2)
+    await again.recv_many(3)  # auth, presence_state, agent_state
     assert await watcher.nothing_pending()  # neither offline nor online went out
     assert server.hub.presence()["user_u"] == "online"
 

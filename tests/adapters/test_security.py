@@ -77,8 +77,8 @@ def status_of(head):
 async def connect_good(clients, server, name="good"):
     """A well-behaved client from its own address, past its greeting messages."""
     peer = await clients.connect(f"{server.urls[0]}?token={name}", local_addr=(GOOD_ADDRESS, 0))
-    kinds = [m["type"] for m in await peer.recv_many(3)]
-    assert kinds == ["auth", "presence_state", "user_presence"]
+    kinds = [m["type"] for m in await peer.recv_many(4)]
+    assert kinds == ["auth", "presence_state", "agent_state", "user_presence"]
     return peer
 
 
@@ -423,7 +423,7 @@ async def test_unauthenticated_connections_are_closed_after_the_timeout(start_se
     stranger = await clients.connect(f"{server.urls[0]}?token=no%20spaces%20allowed")
     assert (await stranger.recv())["data"]["success"] is False
     member = await clients.connect(f"{server.urls[0]}?token=member")
-    await member.recv_many(3)  # auth, presence_state, user_presence
+    await member.recv_many(4)  # auth, presence_state, agent_state, user_presence
     assert await stranger.closed_by_server(timeout=5) == (1008, "authentication required")
     assert await member.nothing_pending()  # the authenticated one stays
 

@@ -105,6 +105,8 @@ async def test_the_stream_carries_the_session_as_a_websocket_does(start_server, 
         presence = await stream.message()
         assert presence["type"] == "presence_state"
         assert presence["data"]["users"] == [{"userId": "user_ws", "status": "online"}]
+        snapshot = await stream.message()  # every agent's latest status, as on a WebSocket
+        assert (snapshot["type"], snapshot["data"]) == ("agent_state", {"agents": []})
         await ws.recv_until("user_presence")  # its own
         await ws.recv_until("user_presence")  # the stream's user
         status = server.broadcast_agent_status("A", "working", "build", 40)
