@@ -62,6 +62,7 @@ SERVER_ONLY_TYPES: Final = frozenset(
         "notification",
         "error",
         "presence_state",
+        "agent_state",
         "resume",
         "subscribed",
         "unsubscribed",

@@ -84,7 +84,8 @@ def test_unknown_type_is_echoed_truncated_to_64(h, pair, kind, echoed):
 
 
 @pytest.mark.parametrize(
-    "kind", ["agent_status", "chat_message", "notification", "error", "presence_state"]
+    "kind",
+    ["agent_status", "chat_message", "notification", "error", "presence_state", "agent_state"],
 )
 def test_server_only_types_are_not_allowed(h, pair, kind):
     pair.send_json({"type": kind, "data": {"agentName": "x", "state": "idle"}})
