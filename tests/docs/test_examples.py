@@ -193,9 +193,12 @@ def test_the_readme_interactive_client_session_is_what_a_user_sees(serve, spawn)
     assert "pip install websockets" in session
     typed = [line[2:] for line in session.splitlines() if line.startswith("> ")]
     shown = [json.loads(line[2:]) for line in session.splitlines() if line.startswith("< ")]
+    lines = session.splitlines()
+    typed_at = next(i for i, line in enumerate(lines) if line.startswith("> "))
+    greeting = sum(line.startswith("< ") for line in lines[:typed_at])
     _, port = serve()
     with connect(f"ws://127.0.0.1:{port}/ws?token=abc123") as ws:
-        received = [json.loads(ws.recv(timeout=10)) for _ in range(3)]
+        received = [json.loads(ws.recv(timeout=10)) for _ in range(greeting)]
         for text in typed:
             ws.send(text)
             received.append(json.loads(ws.recv(timeout=10)))
