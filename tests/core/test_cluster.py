@@ -450,7 +450,12 @@ def test_a_cluster_hub_sends_out_and_delivers_what_comes_back() -> None:
             "type": "presence_state",
             "data": {"users": [{"userId": "remote_user", "status": "busy"}]},
             "timestamp": "2025-12-26T13:00:00.000Z",
-        }
+        },
+        {
+            "type": "agent_state",
+            "data": {"agents": []},
+            "timestamp": "2025-12-26T13:00:00.000Z",
+        },
     ]
     assert link.statuses == [("alice", "online"), ("bob", "online")]
     assert hub.local_presence() == {"alice": "online", "bob": "online"}
@@ -473,7 +478,7 @@ def test_a_cluster_hub_sends_out_and_delivers_what_comes_back() -> None:
     delivered = hub.deliver_message(prepare(entry, "0000000000001-000000-000000"), 1.0, WALL)
     assert delivered == 2
     assert alice2.got[-1]["id"] == "0000000000001-000000-000000"
-    assert bob.got[-1]["type"] == "presence_state"
+    assert bob.got[-1]["type"] == "agent_state"  # the greeting only: not in scope
     everyone = replace(entry, user_ids=None)
     assert hub.deliver_message(prepare(everyone, "0000000000001-000001-000000"), 1.0, WALL) == 3
     change = PresenceChange(ClusterId(2, 0, 0), "remote_user", "away")
