@@ -586,8 +586,12 @@ class Hub:
             # client's speed, and a client must get it whole to know who is there.
             member.deliver(snapshot, now, wall, counted=False)
             self.stats.messages_out["agent_state"] += 1
+            # Likewise: its size follows the agents (bounded by agent_state_max).
             member.deliver(
-                self.agent_states.snapshot(user_id, member.subscriptions, now, wall), now, wall
+                self.agent_states.snapshot(user_id, member.subscriptions, now, wall),
+                now,
+                wall,
+                counted=False,
             )
         self._sessions[member] = None
         self.stats.opened_total += 1

@@ -157,7 +157,12 @@ def test_a_presence_snapshot_past_the_send_buffer_reaches_the_newcomer_whole(h):
         session, _ = h.open_session(hub, f"u{n:02d}" + "x" * 60)
         session.close(1000, "bye", 0.0, W)
     pair, first = h.connect(hub, "newcomer")
-    assert [m["type"] for m in first] == ["auth", "presence_state", "user_presence"]
+    assert [m["type"] for m in first] == [
+        "auth",
+        "presence_state",
+        "agent_state",
+        "user_presence",
+    ]
     assert len(json.dumps(first[1])) > 2000
     assert len(first[1]["data"]["users"]) == 30
     assert not pair.server.transport.closed
