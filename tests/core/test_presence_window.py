@@ -99,7 +99,7 @@ def test_held_changes_reach_each_connection_as_one_delivery(h):
     texts = [json.loads(p.text)["data"]["userId"] for p in group.parts]
     assert texts == [f"u{n}" for n in range(5)]
     assert [m["data"]["userId"] for m in sink.messages()] == texts
-    assert session.messages_out == 2 + 5  # auth, presence_state, then each message
+    assert session.messages_out == 3 + 5  # auth, presence_state, agent_state, then each
 
 
 def test_a_users_changes_within_the_window_send_only_the_latest_in_its_place(h):
