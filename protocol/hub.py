@@ -294,7 +294,7 @@ class Hub:
         *scope* (default: every authenticated connection): the next id, kept in the
         history for resuming clients, delivered to this process's recipients."""
         message_id = self._next_id()
-        message = self._prepare(item, message_id, wall, scope)
+        message = self._prepare(item, message_id, now, wall, scope)
         self.history.append(HistoryEntry(message_id, message, now))
         return Published(message_id, self._fan_out(message, now, wall))
 
@@ -330,14 +330,19 @@ class Hub:
         ``timestamp``. A notification's ``user_id`` is its one-user audience; with an
         audience in *scope* as well it is a :class:`ValueError`. It is not appended to
         this hub's history: the history that issued the id keeps it."""
-        message = self._prepare(item, message_id, wall, scope)
+        message = self._prepare(item, message_id, now, wall, scope)
         return Published(message_id, self._fan_out(message, now, wall))
 
-    @staticmethod
     def _prepare(
-        item: AgentStatus | ChatMessage | Notification, message_id: str, wall: float, scope: Scope
+        self,
+        item: AgentStatus | ChatMessage | Notification,
+        message_id: str,
+        now: float,
+        wall: float,
+        scope: Scope,
     ) -> PreparedMessage:
-        """The message, encoded once, carrying its scope."""
+        """The message, encoded once, carrying its scope; an agent's status is also kept
+        for the ``agent_state`` snapshot."""
         if isinstance(item, Notification) and item.user_id is not None:
             if scope.user_ids is not None:
                 raise ValueError("give userId or userIds, not both")

@@ -46,6 +46,7 @@ def test_replay_after_presence_state_then_resume_then_live(h):
     assert [m["type"] for m in messages] == [
         "auth",
         "presence_state",
+        "agent_state",
         "chat_message",
         "chat_message",
         "chat_message",
@@ -53,13 +54,13 @@ def test_replay_after_presence_state_then_resume_then_live(h):
         "resume",
         "user_presence",  # alice online again: live, after the replay
     ]
-    assert [m["id"] for m in messages[2:6]] == [*missed, note]
-    assert [m["data"]["content"] for m in messages[2:5]] == ["m0", "m1", "m2"]
-    assert messages[6]["data"] == {"complete": True, "replayed": 4}
-    assert "id" not in messages[6]
+    assert [m["id"] for m in messages[3:7]] == [*missed, note]
+    assert [m["data"]["content"] for m in messages[3:6]] == ["m0", "m1", "m2"]
+    assert messages[7]["data"] == {"complete": True, "replayed": 4}
+    assert "id" not in messages[7]
     live = chat(hub, "live")
     [after] = sink.messages()
-    assert after["id"] == live > messages[7]["id"] > note
+    assert after["id"] == live > messages[8]["id"] > note
 
 
 def test_nothing_missed(h, hub):
@@ -67,7 +68,7 @@ def test_nothing_missed(h, hub):
     _, sink = join(h, hub, "alice", since=last)
     messages = sink.messages()
     assert resume_of(messages) == {"complete": True, "replayed": 0}
-    assert [m["type"] for m in messages][:3] == ["auth", "presence_state", "resume"]
+    assert [m["type"] for m in messages][:4] == ["auth", "presence_state", "agent_state", "resume"]
 
 
 def test_a_presence_id_is_a_resume_point_but_presence_is_not_replayed(h):

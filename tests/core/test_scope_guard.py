@@ -294,6 +294,8 @@ def test_a_replay_keeps_each_message_s_scope(h):
         assert replayed == expected, (user, channels)
         [resume] = [m for m in messages if m["type"] == "resume"]
         assert resume["data"] == {"complete": True, "replayed": len(expected)}
+
+
 def test_the_agent_state_snapshot_keeps_the_scope(h):
     """The snapshot a new connection receives is a delivery path too: a status is in it
     only for the connections that would have received the status itself."""
