@@ -145,13 +145,18 @@ def test_piped_output_is_one_json_message_per_line(server: ServerCommand):
     assert process.stdin is not None
     assert process.stdout is not None
     try:
-        lines = [json.loads(process.stdout.readline()) for _ in range(3)]
-        assert [m["type"] for m in lines] == ["auth", "presence_state", "user_presence"]
+        lines = [json.loads(process.stdout.readline()) for _ in range(4)]
+        assert [m["type"] for m in lines] == [
+            "auth",
+            "presence_state",
+            "agent_state",
+            "user_presence",
+        ]
         server.publish_chat("piped")
         chat = json.loads(process.stdout.readline())
         assert chat["type"] == "chat_message"
         assert chat["data"]["content"] == "piped"
-        assert chat["id"] > lines[2]["id"]
+        assert chat["id"] > lines[3]["id"]
         process.stdin.write('{"type":"ping"}\n/quit\n')
         process.stdin.flush()
         assert json.loads(process.stdout.readline())["type"] == "pong"
