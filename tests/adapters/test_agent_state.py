@@ -63,7 +63,8 @@ async def test_a_late_joiner_sees_every_agent_at_its_latest_state(
 
 
 async def test_a_scoped_status_never_appears_in_another_user_s_snapshot(start_server, clients):
-    server = await start_server()
+    # Every presence change at once (no window), so the arrivals below come in order.
+    server = await start_server(Settings(presence_window=0))
     server.broadcast_agent_status("public", "idle")
     server.broadcast_agent_status(
         "alices-agent", "working", "private task", user_ids=["user_alice"]
@@ -83,10 +84,9 @@ async def test_a_scoped_status_never_appears_in_another_user_s_snapshot(start_se
     member, snapshot = await greeting(clients, server, "token=carol&channels=team:red")
     assert names(snapshot) == ["public", "team-agent"]
     after = await member.recv_many(2)
-    # (her arrival may be held for the presence window, so either may come first)
-    assert sorted(((m["type"], m["data"]) for m in after), key=lambda pair: pair[0]) == [
-        ("subscribed", {"channel": "team:red"}),
+    assert [(m["type"], m["data"]) for m in after] == [
         ("user_presence", {"userId": "user_carol", "status": "online"}),
+        ("subscribed", {"channel": "team:red"}),
     ]
     # Bob got nothing else: arrivals only (his own, alice's, carol's).
     arrivals = [m["data"]["userId"] for m in await bob.recv_many(3)]
