@@ -691,8 +691,8 @@ async def test_a_newcomer_gets_the_whole_presence_snapshot(start_server, clients
     assert len(json.dumps(snapshot)) > limit
     assert len(snapshot["data"]["users"]) == users
     server.broadcast_agent_status("watchdog", "working")
-    kinds = [(await newcomer.recv())["type"] for _ in range(2)]
-    assert kinds == ["user_presence", "agent_status"]
+    kinds = [(await newcomer.recv())["type"] for _ in range(3)]
+    assert kinds == ["agent_state", "user_presence", "agent_status"]
     assert server.hub.stats.slow_client_drops == 0
 
 
