@@ -85,6 +85,8 @@ from agentcast.protocol.client_messages import (
 from agentcast.protocol.client_messages import Ping as ServerPing
 from agentcast.protocol.client_messages import Pong as ServerPong
 
+from ._serial import SerialSend
+
 __all__ = [
     "AgentState",
     "AgentStatus",
@@ -367,7 +369,7 @@ class Client:
                 context = self._ssl_context or ssl.create_default_context()
                 try:
                     stream = await TLSStream.wrap(
-                        _SerialSend(stream),
+                        SerialSend(stream),
                         hostname=target.host,
                         ssl_context=context,
                         standard_compatible=False,
@@ -543,33 +545,6 @@ class Client:
         # A write to a connection that just died: the reader sees the end and decides.
         with suppress(*_STREAM_ERRORS):
             await self._write(data)
-
-
-class _SerialSend(ByteStream):
-    """One writer at a time on the socket under TLS: anyio's TLS stream also writes from
-    ``receive()`` (TLS records of its own) while another task may be sending."""
-
-    def __init__(self, stream: ByteStream) -> None:
-        self._stream = stream
-        self._lock = anyio.Lock()
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        return await self._stream.receive(max_bytes)
-
-    async def send(self, item: bytes) -> None:
-        async with self._lock:
-            await self._stream.send(item)
-
-    async def send_eof(self) -> None:
-        async with self._lock:
-            await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._stream.extra_attributes
 
 
 def _describe(exc: BaseException) -> str:

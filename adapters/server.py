@@ -34,7 +34,7 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -69,6 +69,7 @@ from agentcast.protocol.scope import EVERYONE, PendingVerdict, Scope
 
 from ._asyncio_driver import AsyncioDriver, Flusher
 from ._driver import IO_ERRORS, format_peer
+from ._serial import SerialSend
 from ._stream_driver import StreamDriver
 from .metrics import Metrics
 from .service import DEFAULT_DRAIN_TIMEOUT, Service, clock
@@ -88,33 +89,6 @@ _ACCEPT_BATCH = 64
 #: listen() backlog (the kernel caps it at net.core.somaxconn): a connect storm must not
 #: find the queue full (a dropped SYN costs the client a second or more).
 _BACKLOG = 65535
-
-
-class _SerialSend(ByteStream):
-    """Serializes sends on the socket under a TLS stream: anyio's TLSStream may write
-    from ``receive()`` (TLS control records) while our writer task is sending."""
-
-    def __init__(self, stream: SocketStream) -> None:
-        self._stream = stream
-        self._lock = anyio.Lock()
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        return await self._stream.receive(max_bytes)
-
-    async def send(self, item: bytes) -> None:
-        async with self._lock:
-            await self._stream.send(item)
-
-    async def send_eof(self) -> None:
-        async with self._lock:
-            await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._stream.extra_attributes
 
 
 class Server:
@@ -495,7 +469,7 @@ class Server:
         try:
             with anyio.fail_after(self.settings.handshake_timeout):
                 return await TLSStream.wrap(
-                    _SerialSend(raw),
+                    SerialSend(raw),
                     server_side=True,
                     ssl_context=self.ssl_context,
                     standard_compatible=False,
