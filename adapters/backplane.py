@@ -13,10 +13,16 @@ What is in Redis, for a stream named ``S`` (``--redis-stream``, default ``agentc
 * ``S:procs``: a hash, process id -> ``"<position> <ref> <clients> <authenticated>
   <leaving>"``: where the process last wrote, its sequence number and counts.
 * ``S:presence:<process>``: a hash, user id -> that process's status for the user.
+* ``S:agents``: a hash, one row per agent and scope -> ``"<position> <status>"``: the
+  latest ``agent_status`` of each (:mod:`agentcast.protocol.cluster_agents`), written with
+  the broadcast, read by a process that joins (stale rows are deleted then).
 
 Each write is one Lua script that appends the entry and updates the two hashes, so the
 hashes always describe the stream up to its last entry: a process that joins reads the
-hashes and the last position in one script and reads the stream from there. A batch of
+hashes and the last position in one script and reads the stream from there. Before it
+serves, it also reads the stream backwards from that position to fill its history (the
+broadcasts a reconnecting client may have missed, :mod:`agentcast.protocol.cluster_history`),
+so a resume works on every process and survives the restart of all of them. A batch of
 writes is one pipeline, one round trip.
 
 When Redis is unreachable, entries wait in a bounded buffer (the oldest dropped beyond
@@ -63,6 +69,8 @@ from agentcast.protocol.cluster import (
     decode_entry,
     encode_entry,
 )
+from agentcast.protocol.cluster_agents import row_field, row_value
+from agentcast.protocol.cluster_history import HistoryLoader
 from agentcast.protocol.messages import PresenceStatus
 
 from .cluster_options import DEFAULT_BUFFER, DEFAULT_LEASE, DEFAULT_STREAM, BackplaneUnavailable
@@ -86,8 +94,9 @@ DEFAULT_MAXLEN: Final = 10_000
 _BATCH: Final = 500
 _READ_BLOCK_MS: Final = 2_000
 
-# KEYS: stream, procs, presence:<origin>
+# KEYS: stream, procs, presence:<origin>, agents
 # ARGV: maxlen, origin, op, ref, clients, authenticated, nfields, fields..., op args...
+# (op args of 'm': nothing, or an agent's row field and value)
 _WRITE: Final = """
 local nf = tonumber(ARGV[7])
 local fields = {}
@@ -107,6 +116,8 @@ elseif op == 's' then
   for i = rest, #ARGV - 1, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
 elseif op == 'x' then
   leaving = '1'
+elseif op == 'm' and ARGV[rest] then
+  redis.call('HSET', KEYS[4], ARGV[rest], id .. ' ' .. ARGV[rest + 1])
 end
 if op == 'm' or op == 'p' then
   local old = redis.call('HGET', KEYS[2], ARGV[2])
@@ -120,7 +131,7 @@ redis.call('HSET', KEYS[2], ARGV[2],
 return id
 """
 
-# KEYS: stream, procs; ARGV: the presence key prefix
+# KEYS: stream, procs, agents; ARGV: the presence key prefix
 _SNAPSHOT: Final = """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local position = '0-0'
@@ -128,7 +139,7 @@ if #last > 0 then position = last[1][1] end
 local procs = redis.call('HGETALL', KEYS[2])
 local rows = {}
 for i = 1, #procs, 2 do rows[#rows + 1] = redis.call('HGETALL', ARGV[1] .. procs[i]) end
-return {position, procs, rows}
+return {position, procs, rows, redis.call('HGETALL', KEYS[3])}
 """
 
 # KEYS: procs, presence:<process>; ARGV: process, the position it was last seen at
@@ -172,6 +183,19 @@ class ClusterHandler(Protocol):
 
     def local_presence(self) -> dict[str, PresenceStatus]:
         """This process's status of every user it holds (its own connections only)."""
+        ...
+
+    def history_gap(self) -> None:
+        """Entries after the last one applied may be lost (trimmed, Redis restarted)."""
+        ...
+
+    def history_loader(self) -> HistoryLoader:
+        """Where the entries read backwards at the first join go (the history)."""
+        ...
+
+    def agent_rows(self, rows: Mapping[str, str]) -> list[str]:
+        """The agent states kept in Redis, read at the first join; the fields of those
+        to delete (expired, over the bound, unreadable)."""
         ...
 
 
@@ -304,6 +328,7 @@ class RedisBackplane:
         self._closing = False
         self._joined = False  # connected once
         self._procs_key = f"{stream}:procs"
+        self._agents_key = f"{stream}:agents"
         self._presence_prefix = f"{stream}:presence:"
 
     # -- what the service calls ---------------------------------------------------------
@@ -434,6 +459,7 @@ class RedisBackplane:
                 # every process that reconnects announces itself again, and the lease
                 # forgets those that did not come back.
                 self.stats.gaps += 1
+                self._handler.history_gap()
                 log.warning(
                     "entries after %s may be lost (Redis restarted or trimmed)", self.state.position
                 )
@@ -466,9 +492,11 @@ class RedisBackplane:
 
     async def _load(self, client: coredis.Redis[bytes], sha: bytes | str) -> None:
         reply = await client.evalsha(
-            sha, keys=[self.stream, self._procs_key], args=[self._presence_prefix]
+            sha,
+            keys=[self.stream, self._procs_key, self._agents_key],
+            args=[self._presence_prefix],
         )
-        position, flat_procs, flat_rows = _as_list(reply)
+        position, flat_procs, flat_rows, flat_agents = _as_list(reply)
         records: dict[str, ProcessRecord] = {}
         rows: dict[str, dict[str, PresenceStatus]] = {}
         names = [_str(x) for x in _as_list(flat_procs)[0::2]]
@@ -492,6 +520,37 @@ class RedisBackplane:
             rows[name] = statuses
         outcomes = self.state.load(_str(position), records, rows)
         self._dispatch(outcomes)
+        agents = _as_list(flat_agents)
+        stale = self._handler.agent_rows(
+            {_str(k): _str(v) for k, v in zip(agents[0::2], agents[1::2], strict=False)}
+        )
+        if stale:
+            await client.hdel(self._agents_key, stale)
+        await self._preload(client, _str(position))
+
+    async def _preload(self, client: coredis.Redis[bytes], position: str) -> None:
+        """Fill the history from the stream, read backwards from *position* (where this
+        process starts reading forwards), until it is full, too old, or at the start."""
+        loader = self._handler.history_loader()
+        loader.start(position)
+        end = position
+        budget = self.maxlen + _BATCH  # at most the stream's bound (MAXLEN ~ is a bit more)
+        while end != "0-0" and budget > 0:
+            chunk = await client.xrevrange(self.stream, end, "-", count=min(_BATCH, budget))
+            budget -= _BATCH
+            wants = True
+            for raw in chunk:
+                try:
+                    entry: Entry | None = decode_entry(_fields(raw.field_values))
+                except BadEntry:
+                    entry = None
+                wants = loader.feed(_str(raw.identifier), entry)
+                if not wants:
+                    break
+            if not wants or len(chunk) < _BATCH:
+                break
+            end = "(" + _str(chunk[-1].identifier)
+        loader.finish()
 
     def _requeue(self) -> None:
         """(Re)joining: entries possibly half-written stay first; presence and beats that
@@ -567,9 +626,16 @@ class RedisBackplane:
         elif isinstance(entry, SnapshotEntry):
             for user, status in entry.statuses.items():
                 args += (user, status)
+        elif isinstance(entry, MessageEntry) and entry.type == "agent_status":
+            args += (row_field(entry), row_value(entry))
         pipe.evalsha(
             sha,
-            keys=[self.stream, self._procs_key, self._presence_prefix + self.process_id],
+            keys=[
+                self.stream,
+                self._procs_key,
+                self._presence_prefix + self.process_id,
+                self._agents_key,
+            ],
             args=args,
         )
 

@@ -3,7 +3,7 @@
 :class:`~.cluster_options.ClusterOptions` says how to reach the cluster (``--redis-url``
 and friends).
 :class:`ClusterLink` is what a :class:`~agentcast.adapters.service.Service` holds when it
-has options: it is the :class:`~agentcast.protocol.cluster.ClusterHub`'s way out (a
+has options: it is the :class:`~agentcast.protocol.cluster_hub.ClusterHub`'s way out (a
 publish becomes a stream entry, a user's local presence becomes a presence entry) and the
 backplane's way in (what comes back from the stream is delivered to the local
 connections, encoded once per process). It also gives ``/healthz`` its cluster figures and
@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from agentcast.protocol import AgentStatus, ChatMessage, Notification, Published
 from agentcast.protocol.cluster import (
-    ClusterHub,
     ClusterMessage,
     MessageEntry,
     PresenceChange,
     message_entry,
-    prepare,
 )
+from agentcast.protocol.cluster_agents import read_rows
+from agentcast.protocol.cluster_history import HistoryLoader
+from agentcast.protocol.cluster_hub import ClusterHub
 from agentcast.protocol.messages import PresenceStatus
 from agentcast.protocol.scope import EVERYONE, Scope
 
@@ -139,9 +140,7 @@ class ClusterLink:
 
     def deliver_locally(self, entry: MessageEntry, message_id: str) -> int:
         start = time.perf_counter()
-        delivered = self._hub().deliver_message(
-            prepare(entry, message_id), self._clock(), time.time()
-        )
+        delivered = self._hub().deliver_entry(entry, message_id, self._clock(), time.time())
         self._on_fanout(time.perf_counter() - start)
         return delivered
 
@@ -151,6 +150,19 @@ class ClusterLink:
 
     def local_presence(self) -> dict[str, PresenceStatus]:
         return self._hub().local_presence()
+
+    def history_gap(self) -> None:
+        self._hub().cluster_history.gap()
+
+    def history_loader(self) -> HistoryLoader:
+        return self._hub().cluster_history.loader(self._clock(), time.time())
+
+    def agent_rows(self, rows: Mapping[str, str]) -> list[str]:
+        hub = self._hub()
+        states = hub.agent_states
+        read = read_rows(rows, wall=time.time(), ttl=states.ttl, max_entries=states.max_entries)
+        hub.load_agent_states(read, self._clock())
+        return read.stale
 
     def _hub(self) -> ClusterHub:
         assert self.hub is not None, "the link is attached to a hub at once"

@@ -28,7 +28,7 @@ What a transport does with it:
   if the user has entered its grace period.
 
 **In a cluster** (``cluster=ClusterOptions(redis_url)``), the hub is a
-:class:`~agentcast.protocol.cluster.ClusterHub` and :attr:`Service.cluster` the link to the
+:class:`~agentcast.protocol.cluster_hub.ClusterHub` and :attr:`Service.cluster` the link to the
 Redis backplane (:mod:`agentcast.adapters.cluster`): every publish goes out to the stream,
 what the stream brings back is delivered to the local connections, :meth:`run` also runs
 the backplane, and the publish API answers once Redis has given the ids. No adapter
@@ -168,7 +168,7 @@ class Service:
             self.hub: Hub = _MeteredHub(self.settings, self._published, authorizer)
         else:
             # Imported here: without a cluster nothing of it (nor coredis) is loaded.
-            from agentcast.protocol.cluster import ClusterHub  # noqa: PLC0415
+            from agentcast.protocol.cluster_hub import ClusterHub  # noqa: PLC0415
 
             from .cluster import ClusterLink  # noqa: PLC0415
 

@@ -24,9 +24,10 @@ every agent's current state without waiting for each one to report again.
   of them.
 
 It is the state a backplane feeds: every ``agent_status`` delivered in this process,
-published here or arriving from another process through ``Hub.deliver_local``, is
-recorded by the hub; a process that starts later records the cluster's stored state
-(oldest first) before it serves clients.
+published here or arriving from another process (``Hub.deliver_local``,
+``ClusterHub.deliver_entry``), is recorded by the hub; a process of a cluster that starts
+later records the cluster's stored state (:mod:`.cluster_agents`, oldest first) before it
+serves clients.
 """
 
 from __future__ import annotations

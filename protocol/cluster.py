@@ -43,18 +43,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple, Protocol, TypeAlias
+from typing import Final, NamedTuple, TypeAlias
 
-from .auth import ChannelAuthorizer
-from .config import Settings
-from .hub import Hub, Published, _User
 from .messages import (
     AgentStatus,
     ChatMessage,
     Notification,
     PreparedMessage,
     PresenceStatus,
-    encode_data,
 )
 from .scope import EVERYONE, Scope
 from .timestamps import format_timestamp, is_iso_timestamp
@@ -63,9 +59,7 @@ __all__ = [
     "ENTRY_VERSION",
     "BadEntry",
     "BeatEntry",
-    "ClusterHub",
     "ClusterId",
-    "ClusterLink",
     "ClusterMessage",
     "ClusterState",
     "Entry",
@@ -579,20 +573,24 @@ class ClusterState:
         out: list[Outcome] = []
         ids = _Ids(self, base)
         self.position = position
-        self._expire(base.ms, ids, out)
         origin = entry.origin
-        if entry.ref <= self._max_ref.get(origin, -1):
+        duplicate = entry.ref <= self._max_ref.get(origin, -1)
+        if isinstance(entry, MessageEntry) and not duplicate:
+            # A broadcast takes its position's own id, before whatever else happens at
+            # that position (a lease running out): a process that fills its history by
+            # reading the log back gives it the same id.
+            if entry.local and origin == self.process_id:
+                out.append(ClusterMessage(base, entry, delivered_locally=True))
+            else:
+                out.append(ClusterMessage(ids.next(), entry))
+        self._expire(base.ms, ids, out)
+        if duplicate:
             self.duplicates += 1
             return out
         self._max_ref[origin] = entry.ref
         self._seen[origin] = position
         self._deadline[origin] = base.ms + self._expire_ms
-        if isinstance(entry, MessageEntry):
-            if entry.local and origin == self.process_id:
-                out.append(ClusterMessage(base, entry, delivered_locally=True))
-            else:
-                out.append(ClusterMessage(ids.next(), entry))
-        elif isinstance(entry, PresenceEntry):
+        if isinstance(entry, PresenceEntry):
             self._set_row(entry.user_id, origin, entry.status, ids, out)
         elif isinstance(entry, SnapshotEntry):
             self._counts[origin] = (entry.clients, entry.authenticated)
@@ -604,7 +602,7 @@ class ClusterState:
                 self._set_row(user, origin, status, ids, out)
         elif isinstance(entry, BeatEntry):
             self._counts[origin] = (entry.clients, entry.authenticated)
-        else:  # LeaveEntry: forgotten once the presence grace has passed
+        elif isinstance(entry, LeaveEntry):  # forgotten once the presence grace has passed
             self._counts.pop(origin, None)
             self._deadline[origin] = base.ms + self._grace_ms
         return out
@@ -656,111 +654,3 @@ class _Ids:
         new = self._base if last is None or self._base > last else last.following()
         self._state.last = new
         return new
-
-
-# -- the hub of one process in a cluster --------------------------------------------------
-
-
-class ClusterLink(Protocol):
-    """What a :class:`ClusterHub` needs from the adapter that carries the log."""
-
-    def publish(
-        self,
-        item: AgentStatus | ChatMessage | Notification,
-        *,
-        now: float,
-        wall: float,
-        scope: Scope = EVERYONE,
-    ) -> Published:
-        """Send a broadcast to the cluster, with its scope (it comes back through the
-        log)."""
-        ...
-
-    def local_status_changed(self, user_id: str, status: PresenceStatus) -> None:
-        """This process's own status for *user_id* changed (``offline``: it holds none)."""
-        ...
-
-    def cluster_presence(self) -> dict[str, PresenceStatus]:
-        """Every user online somewhere in the cluster (``presence_state``)."""
-        ...
-
-    def health(self) -> dict[str, object]:
-        """The cluster part of ``/healthz``: ``status`` and a ``cluster`` object."""
-        ...
-
-
-class ClusterHub(Hub):
-    """A hub whose broadcasts and presence go through a cluster-wide log.
-
-    Publishing hands the payload to the :class:`ClusterLink`, and the local aggregate of
-    a user's presence (strongest over this process's connections, ``offline`` after the
-    grace) goes to the link instead of to the clients. What comes back through the log,
-    in log order, is delivered with :meth:`deliver_message` and
-    :meth:`deliver_presence`, under the ids the log gave. ``presence_state`` is the
-    cluster's.
-    """
-
-    def __init__(
-        self,
-        settings: Settings | None,
-        link: ClusterLink,
-        *,
-        authorizer: ChannelAuthorizer | None = None,
-    ) -> None:
-        super().__init__(settings, authorizer=authorizer)
-        self.link = link
-
-    def publish(
-        self,
-        item: AgentStatus | ChatMessage | Notification,
-        *,
-        now: float,
-        wall: float,
-        scope: Scope = EVERYONE,
-    ) -> Published:
-        return self.link.publish(item, now=now, wall=wall, scope=scope)
-
-    def presence(self) -> dict[str, PresenceStatus]:
-        return self.link.cluster_presence()
-
-    def _snapshot_data(self) -> str:
-        users = [{"userId": uid, "status": st} for uid, st in self.presence().items()]
-        return encode_data({"users": users})
-
-    def local_presence(self) -> dict[str, PresenceStatus]:
-        """This process's own status of every user it holds (grace periods included)."""
-        return {uid: u.status for uid, u in self._users.items() if u.status != "offline"}
-
-    def health(self) -> dict[str, object]:
-        body = super().health()
-        cluster = self.link.health()
-        degraded = "degraded" in (body["status"], cluster.get("status"))
-        return {**body, **cluster, "status": "degraded" if degraded else "ok"}
-
-    def deliver_message(self, message: PreparedMessage, now: float, wall: float) -> int:
-        """Deliver a broadcast from the log to the local connections its scope
-        (``message.scope``, which travelled with it) admits: through the hub's fan-out,
-        the one place the scope rule is applied."""
-        return self._fan_out(message, now, wall)
-
-    def deliver_presence(self, change: PresenceChange, now: float, wall: float) -> int:
-        """Send ``user_presence`` for a cluster-wide change to every local connection."""
-        message = PreparedMessage.build(
-            "user_presence",
-            {"userId": change.user_id, "status": change.status},
-            wall,
-            str(change.id),
-        )
-        return self._fan_out(message, now, wall)
-
-    def _set_status(
-        self, user_id: str, user: _User, status: PresenceStatus, now: float, wall: float
-    ) -> None:
-        if status == user.status:
-            return
-        user.status = status
-        self.link.local_status_changed(user_id, status)
-        if status == "offline" and not user.sessions:
-            # Gone: the cluster's log carries the change; this process forgets the user
-            # (the base hub does so once it has announced the change itself).
-            del self._users[user_id]

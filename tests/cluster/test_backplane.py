@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,6 +27,8 @@ from agentcast.protocol.cluster import (
     PresenceChange,
     message_entry,
 )
+from agentcast.protocol.cluster_agents import read_rows
+from agentcast.protocol.cluster_history import ClusterHistory, HistoryLoader
 from agentcast.protocol.messages import PresenceStatus
 
 from .conftest import TIMEOUT, RedisServer, free_port
@@ -48,6 +51,9 @@ class Recorder:
         self.presence: list[tuple[str, str, PresenceStatus]] = []
         self.statuses: dict[str, PresenceStatus] = {}
         self.counts = (0, 0)
+        self.history = ClusterHistory()
+        self.gaps = 0
+        self.agent_rows_read: dict[str, str] = {}
 
     def cluster_message(self, message: ClusterMessage) -> int:
         entry = message.entry
@@ -67,6 +73,16 @@ class Recorder:
 
     def local_presence(self) -> dict[str, PresenceStatus]:
         return dict(self.statuses)
+
+    def history_gap(self) -> None:
+        self.gaps += 1
+
+    def history_loader(self) -> HistoryLoader:
+        return self.history.loader(0.0, time.time())
+
+    def agent_rows(self, rows: Mapping[str, str]) -> list[str]:
+        self.agent_rows_read = dict(rows)
+        return read_rows(rows, wall=time.time(), ttl=3600.0, max_entries=2).stale
 
     def texts(self) -> list[str]:
         return [data.get("message", data.get("agentName", "")) for _, _, data in self.messages]
@@ -464,3 +480,29 @@ async def test_while_redis_is_unreachable_the_sync_api_gives_the_local_id(stream
         assert first.id < second.id
         assert service.hub.health()["status"] == "degraded"
         tg.cancel_scope.cancel()
+
+
+async def test_a_process_that_joins_reads_history_and_agent_rows(
+    redis_server: RedisServer, stream: str
+) -> None:
+    """A process joining late fills its history from the stream (so a client may resume
+    from an id another process gave it) and reads the agents' rows; rows beyond its
+    bound are deleted from Redis."""
+    async with cluster() as start:
+        a = await start(redis_server.url, stream)
+        for name in ("one", "two", "three"):
+            entry = message_entry(
+                AgentStatus(agent_name=name, state="working"), origin="a", wall=1.0e9
+            )
+            a.backplane.publish(entry)
+        for i in range(5):
+            a.publish(f"m{i}")
+        await eventually(lambda: len(a.recorder.messages) == 8)
+        b = await start(redis_server.url, stream)
+        assert len(b.recorder.agent_rows_read) == 3
+        # The recorder keeps two rows: the oldest one is deleted from Redis.
+        assert int(redis_server.cli("hlen", f"{stream}:agents")) == 2
+        first_id = a.recorder.messages[0][0]
+        replay = b.recorder.history.since(first_id, now=0.0)
+        assert replay is not None
+        assert [e.id for e in replay] == [m[0] for m in a.recorder.messages[1:]]

@@ -151,7 +151,13 @@ class Client:
     @classmethod
     async def open(cls, port: int, token: str, channels: str = "") -> Client:
         query = f"token={token}" + (f"&channels={channels}" if channels else "")
-        ws = await connect(f"ws://127.0.0.1:{port}/ws?{query}", open_timeout=TIMEOUT)
+        return await cls.open_url(f"ws://127.0.0.1:{port}/ws?{query}")
+
+    @classmethod
+    async def open_url(cls, url: str) -> Client:
+        """Connect to *url* (its ``token`` names the user) and wait for ``auth``."""
+        ws = await connect(url, open_timeout=TIMEOUT)
+        token = url.partition("token=")[2].partition("&")[0]
         client = cls(ws, f"user_{token}")
         auth = await client.next("auth")
         assert auth["data"]["success"]

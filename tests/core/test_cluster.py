@@ -17,7 +17,6 @@ from agentcast.protocol import AgentStatus, ChatMessage, Notification, Published
 from agentcast.protocol.cluster import (
     BadEntry,
     BeatEntry,
-    ClusterHub,
     ClusterId,
     ClusterMessage,
     ClusterState,
@@ -34,6 +33,7 @@ from agentcast.protocol.cluster import (
     message_entry,
     prepare,
 )
+from agentcast.protocol.cluster_hub import ClusterHub
 from agentcast.protocol.messages import encode_server_message
 from agentcast.protocol.scope import EVERYONE, Scope
 
@@ -475,12 +475,12 @@ def test_a_cluster_hub_sends_out_and_delivers_what_comes_back() -> None:
         )
     )
     assert entry.scope == Scope.of(user_ids=["alice"])
-    delivered = hub.deliver_message(prepare(entry, "0000000000001-000000-000000"), 1.0, WALL)
+    delivered = hub.deliver_entry(entry, "0000000000001-000000-000000", 1.0, WALL)
     assert delivered == 2
     assert alice2.got[-1]["id"] == "0000000000001-000000-000000"
     assert bob.got[-1]["type"] == "agent_state"  # the greeting only: not in scope
     everyone = replace(entry, user_ids=None)
-    assert hub.deliver_message(prepare(everyone, "0000000000001-000001-000000"), 1.0, WALL) == 3
+    assert hub.deliver_entry(everyone, "0000000000001-000001-000000", 1.0, WALL) == 3
     change = PresenceChange(ClusterId(2, 0, 0), "remote_user", "away")
     assert hub.deliver_presence(change, 1.0, WALL) == 3
     assert bob.got[-1]["data"] == {"userId": "remote_user", "status": "away"}

@@ -178,17 +178,12 @@ class _Link:
 
 
 def test_messages_from_other_processes_keep_their_scope(h):
-    """The backplane's way in (``ClusterHub.deliver_message``): the scope travels in the
+    """The backplane's way in (``ClusterHub.deliver_entry``): the scope travels in the
     stream entry, comes back on the prepared message, and the fan-out applies it."""
     from dataclasses import replace
 
-    from agentcast.protocol.cluster import (
-        ClusterHub,
-        decode_entry,
-        encode_entry,
-        message_entry,
-        prepare,
-    )
+    from agentcast.protocol.cluster import decode_entry, encode_entry, message_entry
+    from agentcast.protocol.cluster_hub import ClusterHub
 
     hub = ClusterHub(None, _Link())
     hub, inside, outside = _hub_with_three_connections(h, hub)
@@ -196,7 +191,7 @@ def test_messages_from_other_processes_keep_their_scope(h):
     item = agentcast.protocol.Notification(level="info", message="m")
     entry = message_entry(item, origin="elsewhere", wall=0.0, scope=scope)
     entry = decode_entry(encode_entry(replace(entry, ref=1)))  # as read from Redis
-    assert hub.deliver_message(prepare(entry, "0000000000001-000000-000000"), 0.0, 0.0) == 1
+    assert hub.deliver_entry(entry, "0000000000001-000000-000000", 0.0, 0.0) == 1
     assert len(inside.messages()) == 1
     for pair in outside:
         assert pair.messages() == []
