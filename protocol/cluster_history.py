@@ -32,31 +32,22 @@ from collections import deque
 from typing import Final
 
 from .cluster import BadEntry, ClusterId, Entry, MessageEntry, prepare
-from .history import DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL, HistoryEntry
+from .history import DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL, BoundedEntries, HistoryEntry
 
 __all__ = ["ClusterHistory", "HistoryLoader"]
 
 _START: Final = str(ClusterId(0, 0, 0))
 
 
-class ClusterHistory:
+class ClusterHistory(BoundedEntries):
     """The broadcasts one process applied from the cluster's log, by their cluster ids."""
 
-    __slots__ = ("_entries", "_floor", "_last", "size", "ttl")
+    __slots__ = ("_floor", "_last")
 
     def __init__(self, size: int = DEFAULT_HISTORY_SIZE, ttl: float = DEFAULT_HISTORY_TTL) -> None:
-        if size < 0:
-            raise ValueError("history size must not be negative")
-        if not ttl >= 0:
-            raise ValueError("history ttl must not be negative")
-        self.size = size
-        self.ttl = ttl
-        self._entries: deque[HistoryEntry] = deque()
+        super().__init__(size, ttl)
         self._floor: str | None = None  # None: not known yet (see the module doc)
         self._last = _START
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     @property
     def floor(self) -> str | None:
@@ -77,10 +68,7 @@ class ClusterHistory:
         if ClusterId.parse(entry.id) is None or entry.id <= self._last:
             raise ValueError(f"not an id after the last one kept: {entry.id[:40]!r}")
         self._known(entry.id)
-        self._entries.append(entry)
-        self._expire(entry.at)
-        while len(self._entries) > self.size:
-            self._drop_oldest()
+        self._keep(entry)
 
     def seen(self, message_id: str) -> None:
         """This process delivered *message_id* (a ``user_presence``) with no broadcast to
@@ -117,14 +105,8 @@ class ClusterHistory:
         if self._floor is None:
             self._floor = message_id
 
-    def _expire(self, now: float) -> None:
-        entries = self._entries
-        horizon = now - self.ttl
-        while entries and entries[0].at <= horizon:
-            self._drop_oldest()
-
-    def _drop_oldest(self) -> None:
-        self._floor = self._entries.popleft().id
+    def _dropped(self, entry: HistoryEntry) -> None:
+        self._floor = entry.id
 
 
 class HistoryLoader:

@@ -27,6 +27,7 @@ from .messages import PreparedMessage
 __all__ = [
     "DEFAULT_HISTORY_SIZE",
     "DEFAULT_HISTORY_TTL",
+    "BoundedEntries",
     "History",
     "HistoryEntry",
     "MemoryHistory",
@@ -84,10 +85,44 @@ class History(Protocol):
         ...
 
 
-class MemoryHistory:
+class BoundedEntries:
+    """The bounds every history applies: at most ``size`` entries, none older than
+    ``ttl`` seconds. A subclass learns of each entry dropped (:meth:`_dropped`)."""
+
+    __slots__ = ("_entries", "size", "ttl")
+
+    def __init__(self, size: int, ttl: float) -> None:
+        if size < 0:
+            raise ValueError("history size must not be negative")
+        if not ttl >= 0:
+            raise ValueError("history ttl must not be negative")
+        self.size = size
+        self.ttl = ttl
+        self._entries: deque[HistoryEntry] = deque()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _keep(self, entry: HistoryEntry) -> None:
+        self._entries.append(entry)
+        self._expire(entry.at)
+        while len(self._entries) > self.size:
+            self._dropped(self._entries.popleft())
+
+    def _expire(self, now: float) -> None:
+        entries = self._entries
+        horizon = now - self.ttl
+        while entries and entries[0].at <= horizon:
+            self._dropped(entries.popleft())
+
+    def _dropped(self, entry: HistoryEntry) -> None:
+        raise NotImplementedError  # pragma: no cover (abstract: each history defines it)
+
+
+class MemoryHistory(BoundedEntries):
     """The last ``size`` messages of the last ``ttl`` seconds of one process, in memory."""
 
-    __slots__ = ("_entries", "_epoch", "_floor", "_seq", "size", "ttl")
+    __slots__ = ("_epoch", "_floor", "_seq")
 
     def __init__(
         self,
@@ -96,17 +131,11 @@ class MemoryHistory:
         *,
         epoch: int = 0,
     ) -> None:
-        if size < 0:
-            raise ValueError("history size must not be negative")
-        if not ttl >= 0:
-            raise ValueError("history ttl must not be negative")
+        super().__init__(size, ttl)
         if not 0 <= epoch <= _MAX_EPOCH:
             raise ValueError(f"epoch must be from 0 to {_MAX_EPOCH}")
-        self.size = size
-        self.ttl = ttl
         self._epoch = epoch
         self._seq = 0
-        self._entries: deque[HistoryEntry] = deque()
         # The sequence number up to which messages may have been dropped: a client that
         # saw this one or a later one misses nothing that is not kept.
         self._floor = 0
@@ -114,9 +143,6 @@ class MemoryHistory:
     @property
     def epoch(self) -> int:
         return self._epoch
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def next_id(self) -> str:
         if self._seq >= _MAX_SEQ:  # a trillion messages: start a new epoch, never wrap
@@ -132,10 +158,7 @@ class MemoryHistory:
         last = self._entries[-1].id if self._entries else ""
         if parsed is None or parsed[0] != self._epoch or parsed[1] > self._seq or entry.id <= last:
             raise ValueError(f"not the next id this history issued: {entry.id[:40]!r}")
-        self._entries.append(entry)
-        self._expire(entry.at)
-        while len(self._entries) > self.size:
-            self._drop_oldest()
+        self._keep(entry)
 
     def since(self, message_id: str, now: float) -> list[HistoryEntry] | None:
         parsed = parse_id(message_id)
@@ -152,12 +175,5 @@ class MemoryHistory:
         # (A binary search would be O(log n); a resume is rare next to broadcasts.)
         return [entry for entry in entries if entry.id > message_id]
 
-    def _expire(self, now: float) -> None:
-        entries = self._entries
-        horizon = now - self.ttl
-        while entries and entries[0].at <= horizon:
-            self._drop_oldest()
-
-    def _drop_oldest(self) -> None:
-        entry = self._entries.popleft()
+    def _dropped(self, entry: HistoryEntry) -> None:
         self._floor = int(entry.id[-_SEQ_DIGITS:])  # append checked its form
