@@ -1,8 +1,9 @@
 """The Redis backplane: many agentcast processes as one server (PROTOCOL.md section 10).
 
-This module does the I/O; the rules live in :mod:`agentcast.protocol.cluster`. It is
-imported only when a Redis URL is configured, and it is the only module that imports
-``coredis`` (anyio-based, so it runs under asyncio and trio alike).
+This module does the I/O; the rules live in :mod:`agentcast.protocol.cluster` and
+:mod:`~agentcast.protocol.cluster_state`. It is imported only when a Redis URL is
+configured, and it is the only module that imports ``coredis`` (anyio-based, so it runs
+under asyncio and trio alike).
 
 What is in Redis, for a stream named ``S`` (``--redis-stream``, default ``agentcast``):
 
@@ -55,22 +56,24 @@ from agentcast.protocol.cluster import (
     BadEntry,
     BeatEntry,
     ClusterId,
-    ClusterMessage,
-    ClusterState,
     Entry,
-    Expired,
     LeaveEntry,
     MessageEntry,
-    PresenceChange,
     PresenceEntry,
-    ProcessRecord,
-    Rejoin,
     SnapshotEntry,
     decode_entry,
     encode_entry,
 )
 from agentcast.protocol.cluster_agents import row_field, row_value
 from agentcast.protocol.cluster_history import HistoryLoader
+from agentcast.protocol.cluster_state import (
+    ClusterMessage,
+    ClusterState,
+    Expired,
+    PresenceChange,
+    ProcessRecord,
+    Rejoin,
+)
 from agentcast.protocol.messages import PresenceStatus
 
 from .cluster_options import DEFAULT_BUFFER, DEFAULT_LEASE, DEFAULT_STREAM, BackplaneUnavailable

@@ -20,14 +20,16 @@ from typing import TYPE_CHECKING
 
 from agentcast.protocol import AgentStatus, ChatMessage, Notification, Published
 from agentcast.protocol.cluster import (
-    ClusterMessage,
     MessageEntry,
-    PresenceChange,
     message_entry,
 )
 from agentcast.protocol.cluster_agents import read_rows
 from agentcast.protocol.cluster_history import HistoryLoader
 from agentcast.protocol.cluster_hub import ClusterHub
+from agentcast.protocol.cluster_state import (
+    ClusterMessage,
+    PresenceChange,
+)
 from agentcast.protocol.messages import PresenceStatus
 from agentcast.protocol.scope import EVERYONE, Scope
 
@@ -74,7 +76,7 @@ class ClusterLink:
     def process_id(self) -> str:
         return self.backplane.process_id
 
-    # -- the hub's way out (agentcast.protocol.cluster.ClusterLink) ----------------------
+    # -- the hub's way out (agentcast.protocol.cluster_hub.ClusterLink) ------------------
 
     def publish(
         self,

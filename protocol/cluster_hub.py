@@ -14,9 +14,10 @@ import json
 from typing import Protocol
 
 from .auth import ChannelAuthorizer
-from .cluster import MessageEntry, PresenceChange, prepare
+from .cluster import MessageEntry, prepare
 from .cluster_agents import RowsRead
 from .cluster_history import ClusterHistory
+from .cluster_state import PresenceChange
 from .config import Settings
 from .history import HistoryEntry
 from .hub import Hub, Published, _User

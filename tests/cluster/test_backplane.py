@@ -22,13 +22,15 @@ from agentcast.adapters.backplane import BackplaneUnavailable, RedisBackplane
 from agentcast.protocol import AgentStatus, Notification, Published
 from agentcast.protocol.cluster import (
     ClusterId,
-    ClusterMessage,
     MessageEntry,
-    PresenceChange,
     message_entry,
 )
 from agentcast.protocol.cluster_agents import read_rows
 from agentcast.protocol.cluster_history import ClusterHistory, HistoryLoader
+from agentcast.protocol.cluster_state import (
+    ClusterMessage,
+    PresenceChange,
+)
 from agentcast.protocol.messages import PresenceStatus
 
 from .conftest import TIMEOUT, RedisServer, free_port

@@ -18,15 +18,9 @@ from agentcast.protocol.cluster import (
     BadEntry,
     BeatEntry,
     ClusterId,
-    ClusterMessage,
-    ClusterState,
-    Expired,
     LeaveEntry,
     MessageEntry,
-    PresenceChange,
     PresenceEntry,
-    ProcessRecord,
-    Rejoin,
     SnapshotEntry,
     decode_entry,
     encode_entry,
@@ -34,6 +28,14 @@ from agentcast.protocol.cluster import (
     prepare,
 )
 from agentcast.protocol.cluster_hub import ClusterHub
+from agentcast.protocol.cluster_state import (
+    ClusterMessage,
+    ClusterState,
+    Expired,
+    PresenceChange,
+    ProcessRecord,
+    Rejoin,
+)
 from agentcast.protocol.messages import encode_server_message
 from agentcast.protocol.scope import EVERYONE, Scope
 

@@ -15,9 +15,7 @@ from agentcast.protocol import AgentStatus, ChatMessage, Settings
 from agentcast.protocol.cluster import (
     BeatEntry,
     ClusterId,
-    ClusterState,
     MessageEntry,
-    PresenceChange,
     PresenceEntry,
     message_entry,
     prepare,
@@ -25,6 +23,10 @@ from agentcast.protocol.cluster import (
 from agentcast.protocol.cluster_agents import read_rows, row_field, row_value
 from agentcast.protocol.cluster_history import ClusterHistory
 from agentcast.protocol.cluster_hub import ClusterHub
+from agentcast.protocol.cluster_state import (
+    ClusterState,
+    PresenceChange,
+)
 from agentcast.protocol.history import HistoryEntry
 from agentcast.protocol.scope import Scope
 
