@@ -18,13 +18,13 @@ What is in Redis, for a stream named ``S`` (``--redis-stream``, default ``agentc
   latest ``agent_status`` of each (:mod:`agentcast.protocol.cluster_agents`), written with
   the broadcast, read by a process that joins (stale rows are deleted then).
 
-Each write is one Lua script that appends the entry and updates the two hashes, so the
-hashes always describe the stream up to its last entry: a process that joins reads the
-hashes and the last position in one script and reads the stream from there. Before it
-serves, it also reads the stream backwards from that position to fill its history (the
-broadcasts a reconnecting client may have missed, :mod:`agentcast.protocol.cluster_history`),
-so a resume works on every process and survives the restart of all of them. A batch of
-writes is one pipeline, one round trip.
+Each write is one Lua script (:mod:`._backplane_scripts`) that appends the entry and
+updates the hashes, so the hashes always describe the stream up to its last entry: a
+process that joins reads the hashes and the last position in one script and reads the
+stream from there. Before it serves, it also reads the stream backwards from that
+position to fill its history (the broadcasts a reconnecting client may have missed,
+:mod:`agentcast.protocol.cluster_history`), so a resume works on every process and
+survives the restart of all of them. A batch of writes is one pipeline, one round trip.
 
 When Redis is unreachable, entries wait in a bounded buffer (the oldest dropped beyond
 ``buffer``, counted); broadcasts published meanwhile are delivered to this process's own
@@ -76,6 +76,7 @@ from agentcast.protocol.cluster_state import (
 )
 from agentcast.protocol.messages import PresenceStatus
 
+from ._backplane_scripts import FORGET, OP, SNAPSHOT, WRITE
 from .cluster_options import DEFAULT_BUFFER, DEFAULT_LEASE, DEFAULT_STREAM, BackplaneUnavailable
 
 if TYPE_CHECKING:
@@ -96,73 +97,6 @@ DEFAULT_MAXLEN: Final = 10_000
 #: Entries per pipeline (one round trip) and per ``XREAD``.
 _BATCH: Final = 500
 _READ_BLOCK_MS: Final = 2_000
-
-# KEYS: stream, procs, presence:<origin>, agents
-# ARGV: maxlen, origin, op, ref, clients, authenticated, nfields, fields..., op args...
-# (op args of 'm': nothing, or an agent's row field and value)
-_WRITE: Final = """
-local nf = tonumber(ARGV[7])
-local fields = {}
-for i = 8, 7 + 2 * nf do fields[#fields + 1] = ARGV[i] end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
-local rest = 8 + 2 * nf
-local op = ARGV[3]
-local clients, authenticated, leaving = ARGV[5], ARGV[6], '0'
-if op == 'p' then
-  if ARGV[rest + 1] == 'offline' then
-    redis.call('HDEL', KEYS[3], ARGV[rest])
-  else
-    redis.call('HSET', KEYS[3], ARGV[rest], ARGV[rest + 1])
-  end
-elseif op == 's' then
-  redis.call('DEL', KEYS[3])
-  for i = rest, #ARGV - 1, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
-elseif op == 'x' then
-  leaving = '1'
-elseif op == 'm' and ARGV[rest] then
-  redis.call('HSET', KEYS[4], ARGV[rest], id .. ' ' .. ARGV[rest + 1])
-end
-if op == 'm' or op == 'p' then
-  local old = redis.call('HGET', KEYS[2], ARGV[2])
-  if old then
-    local _, _, c, a = string.find(old, '^%S+ %S+ (%S+) (%S+)')
-    if c then clients, authenticated = c, a end
-  end
-end
-redis.call('HSET', KEYS[2], ARGV[2],
-  id .. ' ' .. ARGV[4] .. ' ' .. clients .. ' ' .. authenticated .. ' ' .. leaving)
-return id
-"""
-
-# KEYS: stream, procs, agents; ARGV: the presence key prefix
-_SNAPSHOT: Final = """
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local position = '0-0'
-if #last > 0 then position = last[1][1] end
-local procs = redis.call('HGETALL', KEYS[2])
-local rows = {}
-for i = 1, #procs, 2 do rows[#rows + 1] = redis.call('HGETALL', ARGV[1] .. procs[i]) end
-return {position, procs, rows, redis.call('HGETALL', KEYS[3])}
-"""
-
-# KEYS: procs, presence:<process>; ARGV: process, the position it was last seen at
-_FORGET: Final = """
-local record = redis.call('HGET', KEYS[1], ARGV[1])
-if record and string.sub(record, 1, #ARGV[2] + 1) == ARGV[2] .. ' ' then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('DEL', KEYS[2])
-  return 1
-end
-return 0
-"""
-
-_OP: Final[dict[type, bytes]] = {
-    MessageEntry: b"m",
-    PresenceEntry: b"p",
-    SnapshotEntry: b"s",
-    BeatEntry: b"b",
-    LeaveEntry: b"x",
-}
 
 
 class ClusterHandler(Protocol):
@@ -404,8 +338,8 @@ class RedisBackplane:
         with anyio.move_on_after(timeout):
             try:
                 async with self._client() as client:
-                    write = await client.script_load(_WRITE)
-                    forget = await client.script_load(_FORGET)
+                    write = await client.script_load(WRITE)
+                    forget = await client.script_load(FORGET)
                     while self._queue:
                         await self._write_batch(client, write, forget)
             except Exception as exc:
@@ -451,9 +385,9 @@ class RedisBackplane:
         self, client: coredis.Redis[bytes], task_status: TaskStatus[None] | None
     ) -> None:
         with anyio.fail_after(self._connect_timeout + self._write_timeout):
-            write = await client.script_load(_WRITE)
-            snapshot = await client.script_load(_SNAPSHOT)
-            forget = await client.script_load(_FORGET)
+            write = await client.script_load(WRITE)
+            snapshot = await client.script_load(SNAPSHOT)
+            forget = await client.script_load(FORGET)
             if not self._loaded:
                 await self._load(client, snapshot)
             elif await self._gap(client):
@@ -616,7 +550,7 @@ class RedisBackplane:
         args: list[bytes | str | int] = [
             self.maxlen,
             self.process_id,
-            _OP[type(entry)],
+            OP[type(entry)],
             entry.ref,
             clients,
             authenticated,
