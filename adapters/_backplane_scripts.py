@@ -14,7 +14,7 @@ from agentcast.protocol.cluster import (
     SnapshotEntry,
 )
 
-__all__ = ["FORGET", "OP", "SNAPSHOT", "WRITE"]
+__all__ = ["FORGET", "OP", "PRUNE", "SNAPSHOT", "WRITE"]
 
 # KEYS: stream, procs, presence:<origin>, agents
 # ARGV: maxlen, origin, op, ref, clients, authenticated, nfields, fields..., op args...
@@ -82,3 +82,15 @@ OP: Final[dict[type, bytes]] = {
     BeatEntry: b"b",
     LeaveEntry: b"x",
 }
+
+# KEYS: agents; ARGV: field, value, field, value...: delete each row still holding the
+# value it was judged stale by (a row written meanwhile is newer: it stays)
+PRUNE: Final = """
+local deleted = 0
+for i = 1, #ARGV - 1, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    deleted = deleted + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return deleted
+"""

@@ -16,7 +16,8 @@ What is in Redis, for a stream named ``S`` (``--redis-stream``, default ``agentc
 * ``S:presence:<process>``: a hash, user id -> that process's status for the user.
 * ``S:agents``: a hash, one row per agent and scope -> ``"<position> <status>"``: the
   latest ``agent_status`` of each (:mod:`agentcast.protocol.cluster_agents`), written with
-  the broadcast, read by a process that joins (stale rows are deleted then).
+  the broadcast, read by a process that joins; rows past ``agent_state_ttl`` or beyond
+  ``agent_state_max`` are deleted then and every ``prune_interval`` (10 minutes).
 
 Each write is one Lua script (:mod:`._backplane_scripts`) that appends the entry and
 updates the hashes, so the hashes always describe the stream up to its last entry: a
@@ -76,7 +77,7 @@ from agentcast.protocol.cluster_state import (
 )
 from agentcast.protocol.messages import PresenceStatus
 
-from ._backplane_scripts import FORGET, OP, SNAPSHOT, WRITE
+from ._backplane_scripts import FORGET, OP, PRUNE, SNAPSHOT, WRITE
 from .cluster_options import DEFAULT_BUFFER, DEFAULT_LEASE, DEFAULT_STREAM, BackplaneUnavailable
 
 if TYPE_CHECKING:
@@ -131,8 +132,12 @@ class ClusterHandler(Protocol):
         ...
 
     def agent_rows(self, rows: Mapping[str, str]) -> list[str]:
-        """The agent states kept in Redis, read at the first join; the fields of those
-        to delete (expired, over the bound, unreadable)."""
+        """The agent states kept in Redis, read at the first join, to record; the fields
+        of those to delete (expired, over the bound, unreadable)."""
+        ...
+
+    def stale_agent_rows(self, rows: Mapping[str, str]) -> list[str]:
+        """Of the agent states kept in Redis, the fields of those to delete."""
         ...
 
 
@@ -230,6 +235,7 @@ class RedisBackplane:
         write_timeout: float = 5.0,
         backoff: tuple[float, float] = (0.05, 2.0),
         wall: Callable[[], float] = time.time,
+        prune_interval: float = 600.0,
     ) -> None:
         if lease <= 0:
             raise ValueError("the presence lease must be positive")
@@ -249,6 +255,8 @@ class RedisBackplane:
         self.stats = BackplaneStats()
         self.buffer = buffer
         self.maxlen = maxlen
+        #: How often the agents' rows past their age or bound are deleted.
+        self.prune_interval = prune_interval
         self.optional = optional
         self.connected = False
         self._handler = handler
@@ -412,6 +420,7 @@ class RedisBackplane:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._write, client, write, forget)
             tasks.start_soon(self._beat)
+            tasks.start_soon(self._prune_loop, client)
             await self._read(client)
 
     async def _gap(self, client: coredis.Redis[bytes]) -> bool:
@@ -458,11 +467,8 @@ class RedisBackplane:
         outcomes = self.state.load(_str(position), records, rows)
         self._dispatch(outcomes)
         agents = _as_list(flat_agents)
-        stale = self._handler.agent_rows(
-            {_str(k): _str(v) for k, v in zip(agents[0::2], agents[1::2], strict=False)}
-        )
-        if stale:
-            await client.hdel(self._agents_key, stale)
+        stored = {_str(k): _str(v) for k, v in zip(agents[0::2], agents[1::2], strict=False)}
+        await self._prune(client, stored, self._handler.agent_rows(stored))
         await self._preload(client, _str(position))
 
     async def _preload(self, client: coredis.Redis[bytes], position: str) -> None:
@@ -575,6 +581,22 @@ class RedisBackplane:
             ],
             args=args,
         )
+
+    async def _prune_loop(self, client: coredis.Redis[bytes]) -> None:
+        """Delete the agents' rows that are past their age or bound, now and then (a
+        cluster whose processes never restart would keep them)."""
+        while True:
+            await anyio.sleep(self.prune_interval)
+            found = await client.hgetall(self._agents_key)
+            rows = {_str(k): _str(v) for k, v in found.items()}
+            await self._prune(client, rows, self._handler.stale_agent_rows(rows))
+
+    async def _prune(
+        self, client: coredis.Redis[bytes], rows: Mapping[str, str], stale: list[str]
+    ) -> None:
+        if stale:
+            args = [part for field in stale for part in (field, rows[field])]
+            await client.eval(PRUNE, keys=[self._agents_key], args=args)
 
     async def _beat(self) -> None:
         while True:

@@ -23,7 +23,7 @@ from agentcast.protocol.cluster import (
     MessageEntry,
     message_entry,
 )
-from agentcast.protocol.cluster_agents import read_rows
+from agentcast.protocol.cluster_agents import RowsRead, read_rows
 from agentcast.protocol.cluster_history import HistoryLoader
 from agentcast.protocol.cluster_hub import ClusterHub
 from agentcast.protocol.cluster_state import (
@@ -160,11 +160,16 @@ class ClusterLink:
         return self._hub().cluster_history.loader(self._clock(), time.time())
 
     def agent_rows(self, rows: Mapping[str, str]) -> list[str]:
-        hub = self._hub()
-        states = hub.agent_states
-        read = read_rows(rows, wall=time.time(), ttl=states.ttl, max_entries=states.max_entries)
-        hub.load_agent_states(read, self._clock())
+        read = self._read_rows(rows)
+        self._hub().load_agent_states(read, self._clock())
         return read.stale
+
+    def stale_agent_rows(self, rows: Mapping[str, str]) -> list[str]:
+        return self._read_rows(rows).stale
+
+    def _read_rows(self, rows: Mapping[str, str]) -> RowsRead:
+        states = self._hub().agent_states
+        return read_rows(rows, wall=time.time(), ttl=states.ttl, max_entries=states.max_entries)
 
     def _hub(self) -> ClusterHub:
         assert self.hub is not None, "the link is attached to a hub at once"

@@ -84,6 +84,9 @@ class Recorder:
 
     def agent_rows(self, rows: Mapping[str, str]) -> list[str]:
         self.agent_rows_read = dict(rows)
+        return self.stale_agent_rows(rows)
+
+    def stale_agent_rows(self, rows: Mapping[str, str]) -> list[str]:
         return read_rows(rows, wall=time.time(), ttl=3600.0, max_entries=2).stale
 
     def texts(self) -> list[str]:
@@ -508,3 +511,20 @@ async def test_a_process_that_joins_reads_history_and_agent_rows(
         replay = b.recorder.history.since(first_id, now=0.0)
         assert replay is not None
         assert [e.id for e in replay] == [m[0] for m in a.recorder.messages[1:]]
+
+
+async def test_agent_rows_past_their_age_are_deleted_now_and_then(
+    redis_server: RedisServer, stream: str
+) -> None:
+    """A cluster whose processes never restart still forgets agents gone for longer than
+    the snapshot keeps them: the rows are pruned periodically, a fresh one is kept."""
+    async with cluster() as start:
+        a = await start(redis_server.url, stream, prune_interval=0.05)
+        entry = message_entry(AgentStatus(agent_name="fresh", state="idle"), origin="a", wall=1.0e9)
+        a.backplane.publish(entry)
+        await eventually(lambda: len(a.recorder.messages) == 1)
+        two_hours_ago = int((time.time() - 7200) * 1000)
+        old = '{"d":{"agentName":"old","state":"idle"},"u":null,"c":null}'
+        key = f"{stream}:agents"
+        redis_server.cli("hset", key, '["old",null,null]', f"{two_hours_ago}-0 {old}")
+        await eventually(lambda: redis_server.cli("hkeys", key).split() == ['["fresh",null,null]'])
