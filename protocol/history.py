@@ -27,6 +27,7 @@ from .messages import PreparedMessage
 __all__ = [
     "DEFAULT_HISTORY_SIZE",
     "DEFAULT_HISTORY_TTL",
+    "MAX_ID_LENGTH",
     "BoundedEntries",
     "History",
     "HistoryEntry",
@@ -37,6 +38,9 @@ __all__ = [
 
 DEFAULT_HISTORY_SIZE: Final = 1000
 DEFAULT_HISTORY_TTL: Final = 300.0
+#: No id is longer (they are a few dozen characters): a longer resume point (``since``)
+#: is answered ``complete: false`` without asking the history.
+MAX_ID_LENGTH: Final = 128
 _EPOCH_DIGITS = 13  # milliseconds since 1970, until the year 2286
 _SEQ_DIGITS = 12
 _MAX_EPOCH = 10**_EPOCH_DIGITS - 1

@@ -18,7 +18,9 @@ is one, else the identity's grant.
 
 Every broadcast gets its id from the hub's :class:`~agentcast.protocol.history.History`,
 which keeps it (with its scope) for clients that resume (section 7): :meth:`Hub.resume`
-replays what a reconnecting session missed, through the same rule.
+replays what a reconnecting session missed, through the same rule, and
+:meth:`Hub.replay_channel` what one channel's new subscriber missed (a ``subscribe`` with
+``since``, section 4a).
 
 Late joiners (section 4): every ``agent_status`` delivered here is recorded in
 :attr:`Hub.agent_states`, and a new authenticated connection receives its
@@ -49,7 +51,7 @@ from .admission import Admission
 from .agent_state import AgentStates
 from .auth import ChannelAuthorizer, Identity
 from .config import Settings
-from .history import History, HistoryEntry, MemoryHistory
+from .history import MAX_ID_LENGTH, History, HistoryEntry, MemoryHistory
 from .messages import (
     AgentState,
     AgentStatus,
@@ -380,28 +382,58 @@ class Hub:
         user_id = member.user_id
         if user_id is None or member not in self._sessions:
             return  # unauthenticated (it receives no broadcast), or already closed
-        entries = self.history.since(since, now) if complete else None
-        self._replay(member, entries, now, wall)
+        entries = self._kept_since(since, now) if complete else None
+        data = self._replay(member, entries, now, wall)
+        if data is not None:
+            self.stats.messages_out["resume"] += 1
+            member.deliver(PreparedMessage.build("resume", data, wall), now, wall)
         if member in self._sessions:  # else closing it (1013) updated the presence
             self._aggregate(user_id, now, wall)
 
+    def replay_channel(
+        self, member: Member, channel: str, since: str, now: float, wall: float
+    ) -> dict[str, object] | None:
+        """Queue for *member* (an open, authenticated session that has just subscribed to
+        *channel*: a ``subscribe`` with ``since``, PROTOCOL.md 4a) the messages of
+        *channel* it missed after *since*: every kept message whose scope names that
+        channel and admits the member (:func:`~agentcast.protocol.scope.receives`), in
+        order. Called in the same step as the subscription, so nothing is published in
+        between: replay and live traffic meet without gap or duplicate.
+
+        Returns the rest of the ``subscribed`` answer: ``{"complete": True, "replayed":
+        N}``, or ``{"complete": False}`` without a replay when the history cannot say what
+        followed *since*; ``None`` when the replay did not fit in the send buffer and
+        closed the member (1013).
+        """
+        entries = self._kept_since(since, now)
+        if entries is not None:
+            entries = [entry for entry in entries if entry.message.scope.channel == channel]
+        return self._replay(member, entries, now, wall)
+
+    def _kept_since(self, since: str, now: float) -> list[HistoryEntry] | None:
+        """The history after *since*, or ``None`` (see :meth:`History.since`); a resume
+        point longer than any id is not worth asking about."""
+        if len(since) > MAX_ID_LENGTH:
+            return None
+        return self.history.since(since, now)
+
     def _replay(
         self, member: Member, entries: list[HistoryEntry] | None, now: float, wall: float
-    ) -> None:
-        data: dict[str, object] = {"complete": False}
-        if entries is not None:
-            replayed = 0
-            user_id, subscriptions = member.user_id, member.subscriptions
-            for entry in entries:
-                message = entry.message
-                if receives(message.scope, user_id, subscriptions):
-                    if not member.deliver(message, now, wall):
-                        return  # closed 1013: the backlog did not fit
-                    self.stats.messages_out[message.kind] += 1
-                    replayed += 1
-            data = {"complete": True, "replayed": replayed}
-        self.stats.messages_out["resume"] += 1
-        member.deliver(PreparedMessage.build("resume", data, wall), now, wall)
+    ) -> dict[str, object] | None:
+        """Queue the *entries* *member* may receive; the answer's data
+        (``complete``/``replayed``), or ``None`` if the member was closed (1013)."""
+        if entries is None:
+            return {"complete": False}
+        replayed = 0
+        user_id, subscriptions = member.user_id, member.subscriptions
+        for entry in entries:
+            message = entry.message
+            if receives(message.scope, user_id, subscriptions):
+                if not member.deliver(message, now, wall):
+                    return None  # closed 1013: the backlog did not fit
+                self.stats.messages_out[message.kind] += 1
+                replayed += 1
+        return {"complete": True, "replayed": replayed}
 
     # -- channels (PROTOCOL.md 4a) ------------------------------------------------------
 

@@ -178,9 +178,11 @@ class AuthRefresh:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """``{"type":"subscribe","data":{"channel":"…"}}`` (PROTOCOL.md 4a, [ext])."""
+    """``{"type":"subscribe","data":{"channel":"…"}}`` (PROTOCOL.md 4a, [ext]); with
+    ``"since":"<id>"``, the channel's messages after that id are replayed first."""
 
     channel: str
+    since: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +241,9 @@ def _subscription(
     obj: dict[str, Any], kind: type[Subscribe | Unsubscribe]
 ) -> Subscribe | Unsubscribe | MessageError:
     """``data`` must be an object (else ``invalid_format``) naming a valid channel (else
-    ``invalid_channel``); other fields of ``data`` are ignored."""
+    ``invalid_channel``). A ``subscribe``'s ``since``, if present and not ``null``, must
+    be a string (else ``invalid_format``): whether it is an id the history knows is the
+    history's to judge. Other fields of ``data`` are ignored."""
     data = obj.get("data")
     if not isinstance(data, dict):
         return INVALID_FORMAT
@@ -247,7 +251,12 @@ def _subscription(
     if not is_channel(channel):
         return INVALID_CHANNEL
     assert isinstance(channel, str)
-    return kind(channel)
+    if kind is Unsubscribe:
+        return Unsubscribe(channel)
+    since = data.get("since")
+    if since is not None and not isinstance(since, str):
+        return INVALID_FORMAT
+    return Subscribe(channel, since)
 
 
 # -- server broadcast payloads, validated --------------------------------------------------

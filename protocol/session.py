@@ -21,8 +21,9 @@ each message as a Server-Sent Event). What it owns:
 * this connection's presence status, which the :class:`~agentcast.protocol.Hub`
   aggregates per user;
 * its channel subscriptions (section 4a): ``subscribe``/``unsubscribe``, ``channels=`` at
-  connect time, the per-connection limit, verdicts that come later, and the re-check of
-  every subscription when a refreshed token arrives;
+  connect time, the per-connection limit, verdicts that come later, the replay of a
+  ``subscribe`` with ``since`` (in the step that subscribes), and the re-check of every
+  subscription when a refreshed token arrives;
 * the slow-client policy: a backlog past ``max_send_buffer`` closes with 1013.
 """
 
@@ -124,6 +125,14 @@ class Host(Protocol):
 
     def add_subscription(self, member: Session, channel: str) -> None:
         """The session subscribed to *channel*: deliver the channel's messages to it."""
+        ...
+
+    def replay_channel(
+        self, member: Session, channel: str, since: str, now: float, wall: float
+    ) -> dict[str, object] | None:
+        """The session, just subscribed to *channel*, asked for the channel's messages
+        after *since* (PROTOCOL.md 4a): queue them; the ``complete``/``replayed`` part of
+        the ``subscribed`` answer, or ``None`` if the replay closed the session (1013)."""
         ...
 
     def remove_subscription(self, member: Session, channel: str) -> None:
@@ -335,8 +344,8 @@ class Session:
                     return
                 stats.messages_in["auth"] += 1
                 self._events.append(AuthRequested(token=token, refresh=True))
-            case Subscribe(channel=channel):
-                self._handle_subscription(channel, True, now, wall)
+            case Subscribe(channel=channel, since=since):
+                self._handle_subscription(channel, True, now, wall, since)
             case Unsubscribe(channel=channel):
                 self._handle_subscription(channel, False, now, wall)
             case _:
@@ -428,8 +437,11 @@ class Session:
 
     # -- channels (PROTOCOL.md 4a) --------------------------------------------------------
 
-    def _handle_subscription(self, channel: str, subscribe: bool, now: float, wall: float) -> None:
-        """A ``subscribe`` (or ``unsubscribe``) of a valid or invalid *channel* name."""
+    def _handle_subscription(
+        self, channel: str, subscribe: bool, now: float, wall: float, since: str | None = None
+    ) -> None:
+        """A ``subscribe`` (or ``unsubscribe``) of a valid or invalid *channel* name; a
+        ``subscribe`` may carry a resume point, *since*."""
         if self.user_id is None:
             self._error(NOT_AUTHENTICATED, now, wall)
             return
@@ -438,16 +450,21 @@ class Session:
             return
         self._hub.stats.messages_in["subscribe" if subscribe else "unsubscribe"] += 1
         if subscribe:
-            self._subscribe(channel, now, wall)
+            self._subscribe(channel, since, now, wall)
         else:
             self._end_subscription(channel, None, now, wall)
 
-    def _subscribe(self, channel: str, now: float, wall: float) -> None:
+    def _subscribe(self, channel: str, since: str | None, now: float, wall: float) -> None:
         if channel in self.subscriptions:
-            self._send("subscribed", {"channel": channel}, now, wall)  # already: say so again
+            # Already: say so again. With since: the channel has been delivered live all
+            # along, so nothing was missed and nothing is replayed.
+            data: dict[str, object] = {"channel": channel}
+            if since is not None:
+                data |= {"complete": True, "replayed": 0}
+            self._send("subscribed", data, now, wall)
             return
         if channel in self._pending:
-            return  # answered once, when the verdict comes
+            return  # answered once, when the verdict comes (with the first since)
         limit = self._hub.settings.max_subscriptions
         if len(self.subscriptions) + len(self._pending) >= limit:
             self._error(too_many_subscriptions(channel, limit), now, wall)
@@ -458,15 +475,24 @@ class Session:
         self._pending[channel] = pending
         if isinstance(answer, PendingVerdict) and answer.allowed is None:
             self._pending[channel] = answer
-            answer.add_waiter(partial(self._verdict, channel, answer))
+            answer.add_waiter(partial(self._verdict, channel, answer, since=since))
             return
         allowed = answer if isinstance(answer, bool) else bool(answer.allowed)
-        self._verdict(channel, pending, allowed, now, wall)
+        self._verdict(channel, pending, allowed, now, wall, since=since)
 
     def _verdict(
-        self, channel: str, verdict: PendingVerdict, allowed: bool, now: float, wall: float
+        self,
+        channel: str,
+        verdict: PendingVerdict,
+        allowed: bool,
+        now: float,
+        wall: float,
+        *,
+        since: str | None = None,
     ) -> None:
-        """The authorizer's answer to a ``subscribe`` (now or later)."""
+        """The authorizer's answer to a ``subscribe`` (now or later). Allowed: subscribed,
+        and with *since* the channel's missed messages replayed in the same step (nothing
+        is published in between), before the ``subscribed`` answer."""
         if self._closed or self._pending.get(channel) is not verdict:
             return  # the connection is gone, or the client unsubscribed meanwhile
         del self._pending[channel]
@@ -475,7 +501,13 @@ class Session:
             return
         self.subscriptions[channel] = None
         self._hub.add_subscription(self, channel)
-        self._send("subscribed", {"channel": channel}, now, wall)
+        data: dict[str, object] = {"channel": channel}
+        if since is not None:
+            replay = self._hub.replay_channel(self, channel, since, now, wall)
+            if replay is None:
+                return  # the replay did not fit: closed 1013
+            data |= replay
+        self._send("subscribed", data, now, wall)
 
     def _end_subscription(self, channel: str, reason: str | None, now: float, wall: float) -> None:
         """End a subscription (or a pending one) and say so: ``unsubscribed``, with a

@@ -55,6 +55,9 @@ HUB_PUBLIC: dict[str, bool] = {
     # A resume replays kept messages, each through `receives` with its own scope
     # (test_a_replay_keeps_each_message_s_scope below); `history` only keeps them.
     "resume": False,
+    # Likewise a subscribe with since: the kept messages of one channel, each through
+    # `receives` (test_a_channel_replay_keeps_each_message_s_scope below).
+    "replay_channel": False,
     "history": False,
     "settings": False,
     "stats": False,
@@ -74,7 +77,9 @@ ALLOWED_DELIVERY_SITES = {
     # presence_state and agent_state, to the new session only; the agent_state snapshot
     # holds only statuses whose scope admits that session (tests below).
     ("protocol/hub.py", "open_session"),
-    ("protocol/hub.py", "_replay"),  # a resume: kept messages through `receives`
+    # a resume, or a subscribe with since: kept messages through `receives`
+    ("protocol/hub.py", "_replay"),
+    ("protocol/hub.py", "resume"),  # the `resume` answer after it, to that session only
     ("protocol/session.py", "_send"),  # the session's answers to its own client
 }
 DELIVERY_METHODS = {"_deliver", "deliver"}
@@ -289,6 +294,48 @@ def test_a_replay_keeps_each_message_s_scope(h):
         assert replayed == expected, (user, channels)
         [resume] = [m for m in messages if m["type"] == "resume"]
         assert resume["data"] == {"complete": True, "replayed": len(expected)}
+
+
+def test_a_channel_replay_keeps_each_message_s_scope(h):
+    """A subscribe with since replays a kept message of that channel to exactly the
+    connections ``receives`` admits for the message's own scope, and nothing of any
+    other scope: the rest it received live, or was never meant to."""
+    hub = Hub()
+    seen = hub.broadcast_chat_message("c", "m", "before", "s", **W).id
+    scopes = [
+        EVERYONE,
+        Scope.of(user_ids=["user_alice"]),
+        Scope.of(user_ids=["user_bob"]),
+        Scope.of(channel="room:1"),
+        Scope.of(channel="room:2"),
+        Scope.of(user_ids=["user_alice"], channel="room:1"),
+        Scope.of(user_ids=["user_bob"], channel="room:1"),
+    ]
+    ids = {
+        hub.publish(
+            agentcast.protocol.Notification(level="info", message="m"), scope=scope, **W
+        ).id: scope
+        for scope in scopes
+    }
+    for user, held in [("alice", None), ("bob", None), ("alice", "room:2")]:
+        query = f"token={user}" + (f"&channels={held}" if held else "")
+        pair = h.Pair(hub)
+        pair.handshake(f"/ws?{query}")
+        pair.send_json({"type": "subscribe", "data": {"channel": "room:1", "since": seen}})
+        messages = pair.messages()
+        session = pair.server.session
+        replayed = [m["id"] for m in messages if m["type"] == "notification"]
+        expected = [
+            i
+            for i, s in ids.items()
+            if s.channel == "room:1" and receives(s, session.user_id, session.subscriptions)
+        ]
+        assert replayed == expected, (user, held)
+        assert messages[-1]["data"] == {
+            "channel": "room:1",
+            "complete": True,
+            "replayed": len(expected),
+        }
 
 
 def test_the_agent_state_snapshot_keeps_the_scope(h):

@@ -362,8 +362,33 @@ def _decode(obj: object):
 def test_decode_subscribe_and_unsubscribe():
     assert _decode({"type": "subscribe", "data": {"channel": "c:1"}}) == Subscribe("c:1")
     assert _decode({"type": "unsubscribe", "data": {"channel": "c:1"}}) == Unsubscribe("c:1")
-    # unknown fields (a later `since`) do not make it invalid
+    # unknown fields do not make it invalid
     assert _decode({"type": "subscribe", "data": {"channel": "c", "x": 1}}) == Subscribe("c")
+
+
+def test_decode_subscribe_with_since():
+    since = "1766754000000-000000000042"
+    message = {"type": "subscribe", "data": {"channel": "c", "since": since}}
+    assert _decode(message) == Subscribe("c", since)
+    # Any string: whether it is an id the history knows is the history's to judge.
+    assert _decode({"type": "subscribe", "data": {"channel": "c", "since": ""}}) == Subscribe(
+        "c", ""
+    )
+    # null is no since (a client that has seen nothing yet).
+    assert _decode({"type": "subscribe", "data": {"channel": "c", "since": None}}) == Subscribe("c")
+    # unsubscribe has no since: the field is ignored like any other
+    assert _decode({"type": "unsubscribe", "data": {"channel": "c", "since": 5}}) == Unsubscribe(
+        "c"
+    )
+
+
+@pytest.mark.parametrize("since", [42, 4.2, True, ["1-2"], {"id": "1-2"}])
+def test_decode_subscribe_with_a_since_that_is_not_a_string(since):
+    message = {"type": "subscribe", "data": {"channel": "c", "since": since}}
+    assert _decode(message) == INVALID_FORMAT
+    # the channel is judged first
+    message = {"type": "subscribe", "data": {"channel": "a b", "since": since}}
+    assert _decode(message) == INVALID_CHANNEL
 
 
 @pytest.mark.parametrize(
