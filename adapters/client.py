@@ -247,10 +247,13 @@ class Client:
         self.session.set_presence(status)
         await self._flush()
 
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, channel: str, *, since: str | None = None) -> None:
         """Subscribe to *channel* (answered ``subscribed``, or an :class:`Error` naming it);
-        the subscription is asked for again on every reconnect, before any replay."""
-        self.session.subscribe(channel)
+        the subscription is asked for again on every reconnect, before any replay. With
+        *since* (the id of a message seen earlier), the channel's messages after it come
+        first, then :class:`Subscribed` with ``complete`` (``False``: the server could not
+        replay them, reload) and ``replayed``."""
+        self.session.subscribe(channel, since)
         await self._flush()
 
     async def unsubscribe(self, channel: str) -> None:

@@ -247,8 +247,10 @@ class _Terminal:
             colour = _COLOURS.get(item.type, "")
             if isinstance(item, Notification):
                 colour = _LEVELS.get(item.level, "")
-            elif (isinstance(item, Resume) and not item.complete) or (
-                isinstance(item, AuthResult) and not item.success
+            elif (
+                (isinstance(item, Resume) and not item.complete)
+                or (isinstance(item, Subscribed) and item.complete is False)
+                or (isinstance(item, AuthResult) and not item.success)
             ):
                 colour = _RED
             line = f"{colour}{line}{_RESET}" if colour else line
@@ -305,6 +307,10 @@ def _summary(item: ServerMessage) -> str:
             return "resume incomplete: messages were lost, reload your state"
         case Error():
             return f"{item.error} ({item.code})" if item.code else item.error
+        case Subscribed(complete=True):
+            return f"{item.channel}: {item.replayed} missed message(s) replayed"
+        case Subscribed(complete=False):
+            return f"{item.channel}: replay incomplete, messages were lost, reload that channel"
         case Subscribed() | Unsubscribed():
             return item.channel
         case Ping() | Pong():

@@ -34,7 +34,11 @@ draws no random number: ``now`` (monotonic), ``wall`` (Unix seconds) and ``rando
 * **Channels**: the subscriptions hold across reconnects: they go in the URL
   (``channels=a,b``, so they are in place before a replay), and ``subscribe`` /
   ``unsubscribe`` are sent for changes while connected. One the server refuses (an
-  ``error`` naming the channel) is dropped, not asked for again.
+  ``error`` naming the channel) is dropped, not asked for again. A subscription asked
+  for with ``since`` (an id the application kept) is a ``subscribe`` message with
+  ``since``, sent at once when connected, else right after the next successful
+  ``auth`` (not in the URL, which has no place for it), and again on each new connection
+  until its ``subscribed`` answer comes; from then on it is a channel like the others.
 """
 
 from __future__ import annotations
@@ -43,11 +47,18 @@ import base64
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from .client_messages import AuthResult, Error, Ping, ServerMessage, parse_server_message
+from .client_messages import (
+    AuthResult,
+    Error,
+    Ping,
+    ServerMessage,
+    Subscribed,
+    parse_server_message,
+)
 from .errors import LocalProtocolError
 
 __all__ = [
@@ -221,6 +232,8 @@ class _Connection:
     last_received: float
     refresh_at: float | None = None
     refreshing: bool = False
+    #: Channels asked for with since on this connection (not again at its auth).
+    asked: set[str] = field(default_factory=set)
 
 
 class ClientSession:
@@ -270,6 +283,9 @@ class ClientSession:
             for name in v.split(",")
             if name.strip()
         }
+        # Channels asked for with since whose `subscribed` answer has not come: their
+        # resume point, sent in a `subscribe` message instead of the URL.
+        self._since: dict[str, str] = {}
         self._query = [
             (k, v)
             for k, v in query
@@ -328,8 +344,9 @@ class ClientSession:
                 headers.append(("Authorization", f"Bearer {token}"))
             else:
                 subprotocols = (SUBPROTOCOL, f"bearer.{token}")
-        if self.channels:
-            query.append(("channels", ",".join(self.channels)))
+        channels = [name for name in self.channels if name not in self._since]
+        if channels:
+            query.append(("channels", ",".join(channels)))
         if self.last_id is not None:
             query.append(("since", self.last_id))
         resource = quote(self._path, safe="/:@!$&'()*+,;=-._~%")
@@ -367,9 +384,12 @@ class ClientSession:
             self.last_id = message.id
         if isinstance(message, Ping):
             self._out.append('{"type":"pong"}')
+        elif isinstance(message, Subscribed):
+            self._since.pop(message.channel, None)
         elif isinstance(message, Error):
             if message.code in REFUSED_SUBSCRIPTION and message.channel is not None:
                 self.channels.pop(message.channel, None)
+                self._since.pop(message.channel, None)
         elif isinstance(message, AuthResult):
             refresh = conn.refreshing
             conn.refreshing = False
@@ -377,6 +397,10 @@ class ClientSession:
                 self._schedule_refresh(conn, self._pending_expiry, now, wall)
                 if not refresh and self._presence not in (None, "online"):
                     self._queue("user_presence", self._presence)
+                if not refresh:
+                    for channel, since in self._since.items():
+                        if channel not in conn.asked:
+                            self._queue("subscribe", {"channel": channel, "since": since})
             elif refresh:
                 # The refresh was refused: the current token holds until the server closes
                 # 4001, and the reconnect after it asks the provider again.
@@ -404,14 +428,24 @@ class ClientSession:
         if self._conn is not None:
             self._queue("user_presence", status)
 
-    def subscribe(self, channel: str) -> None:
-        """Subscribe to *channel*: now if connected, and on every reconnect."""
+    def subscribe(self, channel: str, since: str | None = None) -> None:
+        """Subscribe to *channel*: now if connected, and on every reconnect. With *since*
+        (an id of a message seen earlier), the channel's messages after it are replayed
+        first, then ``subscribed`` says whether that was ``complete`` (PROTOCOL.md 4a)."""
         self.channels[channel] = None
+        if since is None:
+            self._since.pop(channel, None)
+            if self._conn is not None:
+                self._queue("subscribe", {"channel": channel})
+            return
+        self._since[channel] = since
         if self._conn is not None:
-            self._queue("subscribe", {"channel": channel})
+            self._conn.asked.add(channel)
+            self._queue("subscribe", {"channel": channel, "since": since})
 
     def unsubscribe(self, channel: str) -> None:
         self.channels.pop(channel, None)
+        self._since.pop(channel, None)
         if self._conn is not None:
             self._queue("unsubscribe", {"channel": channel})
 

@@ -149,9 +149,16 @@ class Error(_Base):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Subscribed(_Base):
+    """``subscribed``: the connection receives *channel*'s messages now. After a
+    ``subscribe`` with ``since`` (PROTOCOL.md 4a), ``complete`` says whether the missed
+    messages were all replayed before it (``replayed`` of them); ``False``: the server
+    could not tell what was missed, reload what you derive from that channel. ``None``
+    without ``since``."""
+
     type: ClassVar[str] = "subscribed"
     channel: str
     complete: bool | None = None
+    replayed: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -297,7 +304,12 @@ def _build(kind: str, data: Any, common: dict[str, Any]) -> ServerMessage:
         complete = d.get("complete")
         if complete is not None and not isinstance(complete, bool):
             raise _Shape("complete")
-        return Subscribed(channel=_str(d, "channel"), complete=complete, **common)
+        replayed = d.get("replayed")
+        if replayed is not None and (isinstance(replayed, bool) or not isinstance(replayed, int)):
+            raise _Shape("replayed")
+        return Subscribed(
+            channel=_str(d, "channel"), complete=complete, replayed=replayed, **common
+        )
     raise _Shape("type")
 
 

@@ -187,3 +187,15 @@ def test_waits_for_a_server_that_is_not_up_yet():
         child.close()
         later.stop(signal.SIGKILL)
     assert child.exitstatus == 0
+
+
+def test_a_subscription_with_since_says_what_was_replayed():
+    from agentcast.adapters.client import Subscribed
+    from agentcast.adapters.terminal import describe
+
+    ts = "2026-01-01T12:00:00.000Z"
+    line = describe(Subscribed(channel="room:1", complete=True, replayed=3, timestamp=ts))
+    assert line.endswith("subscribed     room:1: 3 missed message(s) replayed")
+    line = describe(Subscribed(channel="room:1", complete=False, timestamp=ts))
+    assert "room:1: replay incomplete, messages were lost" in line
+    assert describe(Subscribed(channel="room:1", timestamp=ts)).endswith("subscribed     room:1")

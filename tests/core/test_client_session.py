@@ -602,3 +602,90 @@ def test_channels_hold_across_reconnects_and_refused_ones_are_dropped():
     session.receive_text(envelope("error", {"error": "Rate limit exceeded"}), 1.0, WALL0)
     session.connection_lost(1006, "", 2.0, 0.5)
     assert query_of(session.target().resource)["channels"] == "room:1,room:3"
+
+
+def test_subscribed_after_since_says_whether_the_replay_was_complete():
+    text = envelope("subscribed", {"channel": "c:1", "complete": True, "replayed": 3})
+    assert parse_server_message(text) == Subscribed(
+        channel="c:1", complete=True, replayed=3, timestamp="2026-01-01T00:00:00.000Z"
+    )
+    text = envelope("subscribed", {"channel": "c:1", "complete": False})
+    assert parse_server_message(text) == Subscribed(
+        channel="c:1", complete=False, timestamp="2026-01-01T00:00:00.000Z"
+    )
+    for replayed in ("3", True, 1.5):
+        text = envelope("subscribed", {"channel": "c", "complete": True, "replayed": replayed})
+        assert isinstance(parse_server_message(text), Unknown)
+
+
+def texts(session: ClientSession) -> list[object]:
+    return [json.loads(t) for t in session.texts_to_send()]
+
+
+def test_subscribe_with_since_while_connected_is_sent_at_once():
+    session = connected(ClientSession("ws://h/ws?channels=room:1", token="t"))
+    session.subscribe("room:2", since="0001-0042")
+    session.subscribe("room:3")
+    assert texts(session) == [
+        {"type": "subscribe", "data": {"channel": "room:2", "since": "0001-0042"}},
+        {"type": "subscribe", "data": {"channel": "room:3"}},
+    ]
+    answer = {"channel": "room:2", "complete": True, "replayed": 2}
+    session.receive_text(envelope("subscribed", answer), 1.0, WALL0)
+    # Answered: from now on a channel like the others, in the URL of the next connection.
+    session.connection_lost(1006, "", 2.0, 0.5)
+    assert query_of(session.target().resource)["channels"] == "room:1,room:2,room:3"
+    connected(session, 3.0)
+    assert texts(session) == []
+
+
+def test_subscribe_with_since_while_away_is_sent_after_the_next_auth_not_in_the_url():
+    session = ClientSession("ws://h/ws?channels=room:1", token="t")
+    session.subscribe("room:2", since="0001-0042")
+    assert query_of(session.target().resource)["channels"] == "room:1"
+    session.opened(0.0, WALL0)
+    assert texts(session) == []  # not before auth
+    session.receive_text(AUTH_OK, 0.0, WALL0)
+    assert texts(session) == [
+        {"type": "subscribe", "data": {"channel": "room:2", "since": "0001-0042"}}
+    ]
+    # Lost before the answer: asked again, with the same since, on the next connection.
+    session.connection_lost(1006, "", 1.0, 0.5)
+    assert query_of(session.target().resource)["channels"] == "room:1"
+    connected(session, 2.0)
+    assert texts(session) == [
+        {"type": "subscribe", "data": {"channel": "room:2", "since": "0001-0042"}}
+    ]
+    # A refresh's auth answer asks nothing again.
+    session.refresh("t2", 3.0, WALL0 + 3)
+    session.texts_to_send()
+    session.receive_text(AUTH_OK, 3.0, WALL0 + 3)
+    assert texts(session) == []
+
+
+def test_subscribe_with_since_before_auth_is_not_asked_twice():
+    session = ClientSession("ws://h/ws", token="t")
+    session.opened(0.0, WALL0)
+    session.subscribe("room:2", since="0001-0042")
+    session.receive_text(AUTH_OK, 0.0, WALL0)
+    assert texts(session) == [
+        {"type": "subscribe", "data": {"channel": "room:2", "since": "0001-0042"}}
+    ]
+
+
+def test_a_since_dropped_by_a_plain_subscribe_an_unsubscribe_or_a_refusal():
+    session = ClientSession("ws://h/ws", token="t")
+    session.subscribe("a", since="1")
+    session.subscribe("a")  # the application changed its mind: a plain subscription
+    session.subscribe("b", since="1")
+    session.unsubscribe("b")
+    session.subscribe("c", since="1")
+    assert query_of(session.target().resource)["channels"] == "a"
+    connected(session)
+    assert texts(session) == [{"type": "subscribe", "data": {"channel": "c", "since": "1"}}]
+    refused = {"error": "Channel not allowed", "code": "forbidden_channel", "channel": "c"}
+    session.receive_text(envelope("error", refused), 1.0, WALL0)
+    session.connection_lost(1006, "", 2.0, 0.5)
+    assert query_of(session.target().resource)["channels"] == "a"
+    connected(session, 3.0)
+    assert texts(session) == []
