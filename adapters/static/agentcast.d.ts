@@ -51,6 +51,18 @@ export interface ResumeResult {
   replayed?: number;
 }
 
+/** `complete` and `replayed` answer a `subscribe` with `since` only. */
+export interface SubscribedResult {
+  channel: string;
+  complete?: boolean;
+  replayed?: number;
+}
+
+export interface SubscribeOptions {
+  /** The id of a message seen earlier: the channel's messages after it come first. */
+  since?: string | null;
+}
+
 /** The `data` of each server message type. */
 export interface MessageData {
   auth: AuthResult;
@@ -63,7 +75,7 @@ export interface MessageData {
   presence_state: { users: UserPresence[] };
   agent_state: { agents: AgentStatus[] };
   error: ServerError;
-  subscribed: { channel: string; complete?: boolean };
+  subscribed: SubscribedResult;
   unsubscribed: { channel: string };
   resume: ResumeResult;
 }
@@ -164,7 +176,7 @@ export declare class AgentcastClient {
   send(message: { type: string; data?: unknown }): boolean;
   ping(): boolean;
   setPresence(status: PresenceStatus): boolean;
-  subscribe(channel: string): void;
+  subscribe(channel: string, options?: SubscribeOptions): void;
   unsubscribe(channel: string): void;
   refreshToken(token?: string): Promise<boolean>;
 }

@@ -8,7 +8,8 @@
 // It follows the client rules of docs/clients.md: the token in the `bearer.` subprotocol
 // (or the query), a JSON `ping` answered `pong`, reconnect with full-jitter back-off by
 // the close code, resume with `since=<last id>`, a fresh token for 4001 and before a
-// JWT's `exp`, presence and channel subscriptions kept across reconnects.
+// JWT's `exp`, presence and channel subscriptions kept across reconnects, a channel's
+// missed messages replayed on `subscribe(channel, { since })`.
 // Types: agentcast.d.ts beside this file.
 
 export const SUBPROTOCOL = "agentcast.v1";
@@ -112,6 +113,9 @@ export class AgentcastClient {
     this._now = o.now ?? (() => Date.now());
     this._handlers = new Map();
     this._channels = new Set(o.channels ?? []);
+    // Channels asked for with `since` whose `subscribed` has not come: their resume point,
+    // sent in a `subscribe` message (the URL has no place for it).
+    this._since = new Map();
     this._presence = o.presence ?? null;
     /** The id of the last message received that had one: where a reconnect resumes. */
     this.lastId = o.since ?? null;
@@ -222,18 +226,32 @@ export class AgentcastClient {
     return this._presence;
   }
 
-  /** Subscribe to a channel, now and on every reconnect (in the URL's `channels=`). */
-  subscribe(channel) {
+  /** Subscribe to a channel, now and on every reconnect (in the URL's `channels=`).
+   * With `{ since }` (the id of a message seen earlier), the channel's messages after it
+   * are replayed first, then `subscribed` says `complete` (false: they could not be
+   * replayed, reload) and `replayed`. Sent once authenticated, and on each new connection
+   * until that `subscribed` comes; then a channel like the others. */
+  subscribe(channel, { since = null } = {}) {
     this._channels.add(channel);
-    if (this._authenticated() && !this._conn.channels.has(channel)) {
+    if (since === null) {
+      this._since.delete(channel);
+      if (this._authenticated() && !this._conn.channels.has(channel)) {
+        this._conn.channels.add(channel);
+        this.send({ type: "subscribe", data: { channel } });
+      }
+      return;
+    }
+    this._since.set(channel, since);
+    if (this._authenticated()) {
       this._conn.channels.add(channel);
-      this.send({ type: "subscribe", data: { channel } });
+      this.send({ type: "subscribe", data: { channel, since } });
     }
   }
 
   /** Unsubscribe from a channel. */
   unsubscribe(channel) {
     this._channels.delete(channel);
+    this._since.delete(channel);
     if (this._authenticated() && this._conn.channels.has(channel)) {
       this._conn.channels.delete(channel);
       this.send({ type: "unsubscribe", data: { channel } });
@@ -278,7 +296,7 @@ export class AgentcastClient {
       (this._tokenIn === "subprotocol" || (this._tokenIn === "auto" && TCHARS.test(token)));
     if (token !== null && !inSubprotocol) url.searchParams.set("token", token);
     if (this.lastId !== null) url.searchParams.set("since", this.lastId);
-    const channels = new Set(this._channels);
+    const channels = new Set([...this._channels].filter((c) => !this._since.has(c)));
     if (channels.size) url.searchParams.set("channels", [...channels].join(","));
     const protocols = inSubprotocol ? [SUBPROTOCOL, `bearer.${token}`] : [];
     let ws;
@@ -332,6 +350,9 @@ export class AgentcastClient {
       case "resume":
         this.resumed = data ?? null;
         break;
+      case "subscribed":
+        if (data && typeof data.channel === "string") this._since.delete(data.channel);
+        break;
       case "error":
         this._onError(data);
         break;
@@ -351,11 +372,13 @@ export class AgentcastClient {
     if (this._presence !== null && this._presence !== "online") {
       this.send({ type: "user_presence", data: this._presence });
     }
-    // Subscriptions changed while this connection was being opened.
+    // Subscriptions changed while this connection was being opened, and those asked for
+    // with `since` (not in the URL).
     for (const channel of this._channels) {
       if (!conn.channels.has(channel)) {
         conn.channels.add(channel);
-        this.send({ type: "subscribe", data: { channel } });
+        const since = this._since.get(channel);
+        this.send({ type: "subscribe", data: since === undefined ? { channel } : { channel, since } });
       }
     }
     for (const channel of [...conn.channels]) {
@@ -373,6 +396,7 @@ export class AgentcastClient {
       return;
     }
     this._channels.delete(data.channel);
+    this._since.delete(data.channel);
     if (this._conn) this._conn.channels.delete(data.channel);
   }
 

@@ -346,6 +346,80 @@ export const tests = {
     eq(last().url.searchParams.get("channels"), "agent:planner", "not in the next URL");
   },
 
+  async a_subscription_with_since_replays_then_is_a_channel_like_the_others() {
+    const { client, last, clock } = world({ channels: ["agent:planner"] });
+    const answers = [];
+    client.on("subscribed", (data) => answers.push(data));
+    client.subscribe("conversation:c1", { since: "0000000000000042" }); // before connecting
+    client.connect();
+    eq(last().url.searchParams.get("channels"), "agent:planner", "not in the URL: it has no since there");
+    last().open();
+    eq(last().sent, [], "nothing before auth");
+    last().auth();
+    eq(last().sent, [
+      { type: "subscribe", data: { channel: "conversation:c1", since: "0000000000000042" } },
+    ], "asked with its since after auth");
+    // Lost before the answer: asked again, with the same since, on the next connection.
+    last().drop(1006);
+    await clock.advance(250);
+    eq(last().url.searchParams.get("channels"), "agent:planner", "still not in the URL");
+    last().open();
+    last().auth();
+    eq(last().sent, [
+      { type: "subscribe", data: { channel: "conversation:c1", since: "0000000000000042" } },
+    ], "asked again");
+    last().message({ type: "chat_message", data: { content: "missed" }, id: "0000000000000043" });
+    last().message({ type: "subscribed", data: { channel: "conversation:c1", complete: true, replayed: 1 } });
+    eq(answers, [{ channel: "conversation:c1", complete: true, replayed: 1 }], "the answer");
+    // Connected: sent at once, even for a channel held already (the server says
+    // complete, nothing replayed: it was live all along).
+    client.subscribe("agent:planner", { since: "0000000000000043" });
+    client.subscribe("conversation:c2", { since: null }); // null: a plain subscribe
+    eq(last().sent.slice(1), [
+      { type: "subscribe", data: { channel: "agent:planner", since: "0000000000000043" } },
+      { type: "subscribe", data: { channel: "conversation:c2" } },
+    ], "live");
+    last().message({ type: "subscribed", data: { channel: "agent:planner", complete: true, replayed: 0 } });
+    last().message({ type: "subscribed", data: { channel: "conversation:c2" } });
+    // Answered: from now on in the URL, resumed with the connection's since.
+    last().drop(1012);
+    await clock.advance(500); // the second attempt in a row: up to 1 s, half of it drawn
+    eq(
+      last().url.searchParams.get("channels"),
+      "agent:planner,conversation:c1,conversation:c2",
+      "every channel in the URL",
+    );
+    eq(last().url.searchParams.get("since"), "0000000000000043", "the connection resumes");
+    last().open();
+    last().auth();
+    eq(last().sent, [], "nothing to ask again");
+  },
+
+  async a_since_is_dropped_by_unsubscribe_a_refusal_or_a_plain_subscribe() {
+    const { client, last, clock } = world();
+    client.subscribe("a", { since: "1" });
+    client.subscribe("a"); // changed its mind: a plain subscription, in the URL
+    client.subscribe("b", { since: "1" });
+    client.unsubscribe("b");
+    client.subscribe("c", { since: "1" });
+    client.connect();
+    eq(last().url.searchParams.get("channels"), "a", "the URL");
+    last().open();
+    last().auth();
+    eq(last().sent, [{ type: "subscribe", data: { channel: "c", since: "1" } }], "after auth");
+    last().message({
+      type: "error",
+      data: { error: "Channel not allowed", code: "forbidden_channel", channel: "c" },
+    });
+    last().drop(1006);
+    await clock.advance(250);
+    eq(last().url.searchParams.get("channels"), "a", "the refused one is gone");
+    last().open();
+    last().auth();
+    eq(last().sent, [], "and not asked again");
+    eq(client.channels, ["a"], "channels");
+  },
+
   async presence_is_set_again_after_every_reconnect() {
     const { client, last, clock } = world();
     client.connect();

@@ -34,6 +34,8 @@ TESTS = [
     "a_resume_point_can_be_given",
     "channels_are_kept_across_reconnects",
     "a_refused_subscription_is_not_asked_for_again",
+    "a_subscription_with_since_replays_then_is_a_channel_like_the_others",
+    "a_since_is_dropped_by_unsubscribe_a_refusal_or_a_plain_subscribe",
     "presence_is_set_again_after_every_reconnect",
     "the_server_ping_is_answered_and_a_silent_server_is_left",
     "a_connection_that_never_opens_is_given_up",

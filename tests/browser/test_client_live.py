@@ -65,3 +65,47 @@ def test_channels_in_the_url_hold_across_a_server_restart(new_page, serve):
     assert seen(page).count("subscribed agent:planner") == 2
     # The browser logs each refused connection while the server was down; nothing else.
     assert [p for p in page.problems if "ERR_CONNECTION_REFUSED" not in p] == []
+
+
+RECORD = """async (since) => {
+    const { AgentcastClient } = await import("/agentcast.js");
+    window.got = [];
+    const client = (window.client = new AgentcastClient("/ws", { token: "erin" }));
+    for (const type of ["chat_message", "notification", "subscribed"]) {
+        client.on(type, (data, message) => got.push({ type, data, id: message.id ?? null }));
+    }
+    client.subscribe("conversation:c1", since === null ? {} : { since });
+    client.connect();
+}"""
+
+
+def test_subscribe_with_since_replays_the_channel_s_missed_messages(new_page, serve):
+    server = serve()
+    page = new_page(bypass_csp=True)
+    page.goto(server.base + "/")
+    page.evaluate(RECORD, None)
+    page.wait_for_function("got.some((m) => m.type === 'subscribed')")
+    chat = {"conversationId": "c1", "messageId": "m", "sender": "bot", "channel": "conversation:c1"}
+    seen = server.publish("/api/chat-messages", {**chat, "content": "seen"})["id"]
+    page.wait_for_function("got.some((m) => m.type === 'chat_message')")
+    page.evaluate("client.close()")  # the tab goes away; the application kept the last id
+
+    missed = [
+        server.publish("/api/chat-messages", {**chat, "content": f"missed {n}"})["id"]
+        for n in range(3)
+    ]
+    server.publish("/api/chat-messages", {**chat, "content": "elsewhere", "channel": "other"})
+
+    page.evaluate(RECORD, seen)  # a new client: subscribes with the kept id
+    page.wait_for_function("got.some((m) => m.type === 'subscribed')")
+    got = page.evaluate("got")
+    assert [m["id"] for m in got if m["type"] == "chat_message"] == missed
+    assert got[-1] == {
+        "type": "subscribed",
+        "data": {"channel": "conversation:c1", "complete": True, "replayed": 3},
+        "id": None,
+    }
+    live = server.publish("/api/chat-messages", {**chat, "content": "live"})["id"]
+    page.wait_for_function("(id) => got.some((m) => m.id === id)", arg=live)
+    assert page.evaluate("client.channels") == ["conversation:c1"]
+    assert page.problems == []

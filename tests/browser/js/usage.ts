@@ -23,6 +23,11 @@ client.on("state", ({ state, previous }) => state === "reconnecting" || previous
 const away: PresenceStatus = "away";
 client.setPresence(away);
 client.subscribe("conversation:conv-123");
+client.subscribe("conversation:conv-123", { since: "1766754000000-000000000042" });
+client.subscribe("conversation:conv-123", { since: null });
+client.on("subscribed", ({ channel, complete, replayed }) =>
+  complete === false ? `reload ${channel}` : replayed ?? 0,
+);
 client.connect().close(1000, "bye");
 const decision: "reconnect" | "refresh" | "stop" = closeDecision(4001);
 
@@ -30,6 +35,8 @@ const decision: "reconnect" | "refresh" | "stop" = closeDecision(4001);
 client.setPresence("sleeping");
 // @ts-expect-error: agent_status data has no `level`
 client.on("agent_status", (data) => data.level);
+// @ts-expect-error: since is an id (a string)
+client.subscribe("conversation:conv-123", { since: 42 });
 // @ts-expect-error: tokenIn takes query, subprotocol or auto
 new AgentcastClient("/ws", { tokenIn: "header" });
 
