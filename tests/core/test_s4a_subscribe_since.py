@@ -440,3 +440,35 @@ def test_every_channel_message_exactly_once_in_order_across_reconnects(h, ops):
             session, sink = connect()
     read(sink)
     assert got == expected
+
+
+def test_a_cluster_process_replays_a_channel_from_what_it_applied(h):
+    """In a cluster the history is the one each process fills from the log, under the
+    log's ids: a subscribe with since replays from it by the same rules."""
+    from agentcast.protocol.cluster_hub import ClusterHub
+    from agentcast.protocol.scope import Scope
+
+    from .test_cluster import Link
+    from .test_cluster_history import chat as entry
+    from .test_cluster_history import cid
+
+    hub = ClusterHub(Settings(presence_window=0), Link())  # type: ignore[arg-type]
+    seen = cid(1)
+    hub.deliver_entry(entry("seen", scope=Scope.of(channel="room:1")), seen, 1.0, W["wall"])
+    hub.deliver_entry(entry("missed", scope=Scope.of(channel="room:1")), cid(2), 1.0, W["wall"])
+    other = Scope.of(channel="room:1", user_ids=["bob"])
+    hub.deliver_entry(entry("for bob", scope=other), cid(3), 1.0, W["wall"])
+    hub.deliver_entry(entry("everyone"), cid(4), 1.0, W["wall"])
+    sink = h.ListSink()
+    session = Session(hub, sink, Identity(user_id="alice"), now=2.0, wall=W["wall"])
+    sink.messages()
+    session.receive_text(since_message("room:1", seen), 2.0, W["wall"])
+    messages = sink.messages()
+    assert [(m["type"], m.get("id")) for m in messages] == [
+        ("chat_message", cid(2)),
+        ("subscribed", None),
+    ]
+    assert messages[-1]["data"] == {"channel": "room:1", "complete": True, "replayed": 1}
+    # An id this process has not reached: it cannot say.
+    session.receive_text(since_message("room:2", cid(9)), 2.0, W["wall"])
+    assert sink.messages()[-1]["data"] == {"channel": "room:2", "complete": False}
