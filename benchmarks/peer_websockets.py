@@ -28,41 +28,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hmac
 import json
-import re
 import time
-from collections.abc import Callable
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from _peers import TOKEN, Ids, PublishApi, dumps, iso, notification, start_inproc_publisher
 from websockets.asyncio.server import ServerConnection, broadcast, serve
-
-_TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-_LEVELS = frozenset(("info", "success", "warning", "error"))
-_MAX_BATCH = 1000
-_MAX_BODY = 1024 * 1024
-_dumps: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def iso(wall: float) -> str:
-    """JavaScript's ``toISOString()`` form, as agentcast sends it."""
-    ms = int(wall * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
 class Peer:
-    def __init__(self, api_key: str | None, presence_grace: float) -> None:
-        self.api_key = api_key
+    def __init__(self, presence_grace: float) -> None:
         self.presence_grace = presence_grace
         self.authenticated: set[ServerConnection] = set()
         self.users: dict[str, set[ServerConnection]] = {}
         self.leaving: dict[str, asyncio.TimerHandle] = {}
-        self.seq = 0
+        self.ids = Ids()
 
     def next_id(self) -> str:
-        self.seq += 1
-        return f"{self.seq:016x}"
+        return self.ids.next()
+
+    def broadcast(self, text: str) -> int:
+        broadcast(self.authenticated, text)
+        return len(self.authenticated)
 
     def presence(self, user_id: str, status: str) -> None:
         message = {
@@ -71,7 +58,7 @@ class Peer:
             "timestamp": iso(time.time()),
             "id": self.next_id(),
         }
-        broadcast(self.authenticated, _dumps(message))
+        broadcast(self.authenticated, dumps(message))
 
     def gone(self, user_id: str) -> None:
         self.leaving.pop(user_id, None)
@@ -83,18 +70,18 @@ class Peer:
     async def handler(self, ws: ServerConnection) -> None:
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
         token = query.get("token", [""])[0]
-        user_id = f"user_{token}" if _TOKEN.fullmatch(token) else None
+        user_id = f"user_{token}" if TOKEN.fullmatch(token) else None
         now = iso(time.time())
         if user_id is None:
             auth = {"success": False, "error": "Invalid token"}
-            await ws.send(_dumps({"type": "auth", "data": auth, "timestamp": now}))
+            await ws.send(dumps({"type": "auth", "data": auth, "timestamp": now}))
             await self.serve_pings(ws)
             return
         auth = {"success": True, "userId": user_id}
-        await ws.send(_dumps({"type": "auth", "data": auth, "timestamp": now}))
+        await ws.send(dumps({"type": "auth", "data": auth, "timestamp": now}))
         online = [{"userId": u, "status": "online"} for u in self.users]
         await ws.send(
-            _dumps({"type": "presence_state", "data": {"users": online}, "timestamp": now})
+            dumps({"type": "presence_state", "data": {"users": online}, "timestamp": now})
         )
         self.authenticated.add(ws)
         sessions = self.users.setdefault(user_id, set())
@@ -123,74 +110,24 @@ class Peer:
             except (ValueError, AttributeError):
                 kind = None
             if kind == "ping":
-                await ws.send(_dumps({"type": "pong", "timestamp": iso(time.time())}))
+                await ws.send(dumps({"type": "pong", "timestamp": iso(time.time())}))
 
-    # -- the publish API ---------------------------------------------------------------
 
-    async def http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            status, answer = await self.http_answer(reader)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            status, answer = 400, {"error": "bad request"}
-        body = _dumps(answer).encode()
-        reason = {202: "Accepted", 400: "Bad Request", 401: "Unauthorized"}.get(status, "Error")
-        writer.write(
-            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
-            + body
-        )
-        try:
-            await writer.drain()
-        finally:
-            writer.close()
-
-    async def http_answer(self, reader: asyncio.StreamReader) -> tuple[int, object]:
-        head = await reader.readuntil(b"\r\n\r\n")
-        request_line, *lines = head.decode("latin-1").split("\r\n")
-        method, target, _ = request_line.split(" ", 2)
-        headers = {}
-        for line in lines:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        length = int(headers.get("content-length", "0"))
-        if length > _MAX_BODY:
-            return 413, {"error": "body too large"}
-        body = await reader.readexactly(length)
-        if method != "POST" or target != "/api/notifications":
-            return 404, {"error": "not found"}
-        if self.api_key is not None:
-            given = headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), self.api_key.encode()):
-                return 401, {"error": "missing or invalid API key"}
-        items = json.loads(body)
-        if not isinstance(items, list):
-            items = [items]
-        if not items or len(items) > _MAX_BATCH:
-            return 400, {"error": "a batch holds 1 to 1000 items"}
-        for index, item in enumerate(items):
-            if not (
-                isinstance(item, dict)
-                and item.get("level") in _LEVELS
-                and isinstance(item.get("message"), str)
-            ):
-                return 400, {"error": f"item {index}: invalid notification"}
-        now = iso(time.time())
-        ids = []
-        delivered = 0
-        for item in items:
-            message_id = self.next_id()
-            data = {"level": item["level"], "message": item["message"]}
-            message = {"type": "notification", "data": data, "timestamp": now, "id": message_id}
-            broadcast(self.authenticated, _dumps(message))
-            ids.append(message_id)
-            delivered += len(self.authenticated)
-        return 202, {"ids": ids, "delivered": delivered}
+def dumps_notification(peer: Peer, text: str) -> str:
+    return notification(peer.ids, "info", text, iso(time.time()))
 
 
 async def main(args: argparse.Namespace) -> None:
-    peer = Peer(args.api_key, args.presence_grace)
-    http = await asyncio.start_server(peer.http, args.host, args.pub_port, backlog=4096)
+    peer = Peer(args.presence_grace)
+    api = PublishApi(args.api_key, peer.ids, peer.broadcast)
+    http = await asyncio.start_server(api.handle, args.host, args.pub_port, backlog=4096)
+    start_inproc_publisher(
+        asyncio.get_running_loop(),
+        lambda text: peer.broadcast(dumps_notification(peer, text)),
+        rate=args.inproc_rate,
+        count=args.inproc_count,
+        msg_bytes=args.msg_bytes,
+    )
     async with serve(
         peer.handler,
         args.host,
@@ -219,6 +156,9 @@ def cli() -> None:
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--presence-grace", type=float, default=5.0)
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument("--inproc-rate", type=float, default=1000.0)
+    parser.add_argument("--inproc-count", type=int, default=0, help="on SIGUSR2 (_peers.py)")
+    parser.add_argument("--msg-bytes", type=int, default=200)
     args = parser.parse_args()
     if args.uvloop:
         import uvloop  # noqa: PLC0415

@@ -1,15 +1,20 @@
-"""Run the benchmarks: agentcast and the websockets peer side by side.
+"""Run the benchmarks: agentcast (on asyncio, uvloop and trio) beside its peers.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--rounds 3] [--only fanout-1000,rtt]
+    .venv/bin/python benchmarks/run.py                  # the table: every server, ~10 min
+    .venv/bin/python benchmarks/run.py [--quick] [--rounds 2] [--only rtt-1000,connect]
+                                       [--servers agentcast,websockets] [--all]
                                        [--loop asyncio|uvloop] [--profile SCENARIO]
 
-For every round and scenario both servers run, one after the other (the order alternates
-between rounds), each freshly started and pinned to CPU 0 with ``taskset``, while the C
-load generator (benchmarks/loadgen/loadgen.c, compiled here with ``gcc -O2`` into
+The servers: agentcast on plain asyncio, on uvloop and on trio, and three peers serving
+the same workload with the same bytes on the wire: ``websockets`` (the yardstick: every
+ratio is to it, within the same round), ``picows`` and Node's ``ws`` (installed here by
+pip and npm on first use, into the venv and benchmarks/.build/node; not project
+dependencies). For every round and scenario each server runs in turn (the order
+alternates between rounds), freshly started and pinned to CPU 0 with ``taskset``, while
+the C load generator (benchmarks/loadgen/loadgen.c, compiled here with ``gcc -O2`` into
 benchmarks/.build/) runs pinned to CPU 1 and reads the server's CPU time and memory from
 /proc at the edges of the measured window. The table holds the median over the rounds.
-Notifications are published through the HTTP batch API (PROTOCOL.md section 8), 100 per
-``POST /api/notifications``, the same requests to both servers. See benchmarks/README.md.
+See benchmarks/README.md.
 
 ``--profile SCENARIO`` runs that scenario once against agentcast under ``py-spy record``
 (``pip install py-spy``) instead, writes a flame graph and prints the hottest frames.
@@ -22,6 +27,8 @@ import collections
 import contextlib
 import dataclasses
 import datetime
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -43,14 +50,30 @@ ROOT = HERE.parent
 BUILD = HERE / ".build"
 LOADGEN_SRC = HERE / "loadgen" / "loadgen.c"
 LOADGEN = BUILD / "loadgen"
+NODE_MODULES = BUILD / "node" / "node_modules"
 API_KEY = "bench-key"
 SERVER_CPU, LOADGEN_CPU = 0, 1
-SERVERS = ("agentcast", "websockets")
+#: Every server, in the table's order. "agentcast" runs on --loop (plain asyncio by
+#: default), like the Python peers; the two others on uvloop and trio whatever --loop says.
+SERVERS = ("websockets", "picows", "node-ws", "agentcast", "agentcast-uvloop", "agentcast-trio")
+BASELINE = "websockets"
+TITLES = {
+    "websockets": "websockets",
+    "picows": "picows",
+    "node-ws": "Node ws",
+    "agentcast": "agentcast",
+    "agentcast-uvloop": "agentcast uvloop",
+    "agentcast-trio": "agentcast trio",
+}
+AGENTCAST = ("agentcast", "agentcast-uvloop", "agentcast-trio")
+ASYNCIO_PATHS = ("agentcast", "agentcast-uvloop")
 BURST = 100  # notifications per POST /api/notifications
 MSG_BYTES = 200  # size of one notification frame on the wire
 STORM_IN_FLIGHT = 100  # storm: handshakes in flight at most
 PROBE_RATE = 10  # storm: pings/s of the already-connected probe (under the rate limit)
 STORM_SECONDS = {5_000: 15.0, 10_000: 60.0}  # storm: time goals, everyone sees everyone
+LATENCY_RATE = 1_000  # latency: single publishes per second
+LATENCY_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -60,6 +83,19 @@ class Scenario:
     clients: int
     args: tuple[str, ...] = ()
     timeout: float = 300.0
+    inproc: int = 0  # latency: notifications the server publishes itself (on SIGUSR2)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A performance goal for some of the servers: their value over *against*'s in the
+    same round at most (or, with ``higher``, at least) *ratio*; or, with *limit*, the
+    value itself at most *limit* (the metric's unit)."""
+
+    servers: tuple[str, ...]
+    ratio: float | None = None
+    limit: float | None = None
+    against: str = BASELINE
 
 
 @dataclass(frozen=True)
@@ -68,10 +104,9 @@ class Metric:
     unit: str
     value: Callable[[dict[str, Any]], float]
     lower_is_better: bool
-    target: float | None = None  # agentcast / websockets, the performance goal
+    targets: tuple[Target, ...] = ()
     digits: int = 2
     ratio: bool = True  # False where the websockets value is ~0 and a ratio means nothing
-    limit: float | None = None  # an absolute goal for agentcast's value (same unit)
 
 
 @dataclass
@@ -81,7 +116,9 @@ class Results:
     )
 
 
-def scenarios(quick: bool) -> list[Scenario]:
+def scenarios(quick: bool, everything: bool = False) -> list[Scenario]:
+    """The table's scenarios (and, with *everything*, the long ones too)."""
+
     def fanout(clients: int, messages: int) -> Scenario:
         bursts = max(2, messages // BURST)
         return Scenario(
@@ -99,23 +136,35 @@ def scenarios(quick: bool) -> list[Scenario]:
             timeout=timeout,
         )  # fmt: skip
 
+    def latency(how: str, seconds: int) -> Scenario:
+        count = LATENCY_RATE * seconds
+        return Scenario(
+            f"latency-{how}", "latency", 1_000,
+            ("--publish", how, "--publish-rate", str(LATENCY_RATE), "--messages", str(count),
+             "--msg-bytes", str(MSG_BYTES)),
+            timeout=seconds + 60.0, inproc=count if how == "inproc" else 0,
+        )  # fmt: skip
+
     if quick:
         return [
-            fanout(100, 3_000),
-            fanout(1_000, 300),
-            fanout(5_000, 200),
             Scenario("rtt-1000", "rtt", 1_000, ("--ping-rate", "1000", "--duration", "3")),
             Scenario("connect", "churn", 1_000, ("--concurrency", "10",)),
-            storm(2_000, 300),
+            fanout(5_000, 100),
+            latency("inproc", 3),
+            latency("http", 3),
+            *([fanout(100, 3_000), fanout(1_000, 300), storm(2_000, 300)] if everything else []),
         ]  # fmt: skip
     return [
-        fanout(100, 10_000),
-        fanout(1_000, 1_000),
-        fanout(5_000, 400),
         Scenario("rtt-1000", "rtt", 1_000, ("--ping-rate", "1000", "--duration", "5")),
-        Scenario("connect", "churn", 3_000, ("--concurrency", "10",)),
-        storm(5_000, 600),
-        storm(10_000, 600),
+        Scenario("connect", "churn", 2_000, ("--concurrency", "10",)),
+        fanout(5_000, 200),
+        latency("inproc", LATENCY_SECONDS),
+        latency("http", LATENCY_SECONDS),
+        *(
+            [fanout(100, 10_000), fanout(1_000, 1_000), storm(5_000, 600), storm(10_000, 600)]
+            if everything
+            else []
+        ),
     ]  # fmt: skip
 
 
@@ -126,64 +175,86 @@ def metrics(scenario: Scenario) -> list[Metric]:
         out = [
             Metric(
                 "server CPU per delivered message", "µs",
-                lambda r: r["server_cpu_us"] / r["delivered"], True, 0.7 if at_scale else None,
+                lambda r: r["server_cpu_us"] / r["delivered"], True,
+                (Target(ASYNCIO_PATHS, 0.7), Target(("agentcast-trio",), 1.5, against="agentcast"))
+                if at_scale else (),
             ),
             Metric(
                 "delivered messages/s", "msg/s",
-                lambda r: r["delivered"] / r["window_s"], False, 1.3 if at_scale else None, 0,
+                lambda r: r["delivered"] / r["window_s"], False,
+                (Target(ASYNCIO_PATHS, 1.3),) if at_scale else (), 0,
             ),
         ]  # fmt: skip
         if at_scale:
             out += [
                 Metric(
                     "idle memory per authenticated connection (before the bursts)", "KiB",
-                    lambda r: (r["rss_ready_kb"] - r["rss0_kb"]) / n, True, 1.0, 1,
+                    lambda r: (r["rss_ready_kb"] - r["rss0_kb"]) / n, True,
+                    (Target(AGENTCAST, 1.0),), 1,
                 ),
                 Metric(
                     "memory still held per connection after the bursts, once quiet", "KiB",
-                    lambda r: (r["rss_end_kb"] - r["rss_ready_kb"]) / n, True, None, 1,
+                    lambda r: (r["rss_end_kb"] - r["rss_ready_kb"]) / n, True, (), 1,
                     ratio=False,
                 ),
             ]  # fmt: skip
         return out
     if scenario.kind == "rtt":
         return [
-            Metric("ping RTT p50", "ms", lambda r: r["rtt_us"]["p50"] / 1e3, True, None, 3),
-            Metric("ping RTT p99", "ms", lambda r: r["rtt_us"]["p99"] / 1e3, True, 1.0, 3),
+            Metric("ping RTT p50", "ms", lambda r: r["rtt_us"]["p50"] / 1e3, True,
+                   (Target(ASYNCIO_PATHS, 0.8),), 3),
+            Metric("ping RTT p99", "ms", lambda r: r["rtt_us"]["p99"] / 1e3, True,
+                   (Target(ASYNCIO_PATHS, 0.8),), 3),
             Metric(
                 f"memory per connection after {n:,} distinct users came online", "KiB",
-                lambda r: (r["rss_ready_kb"] - r["rss0_kb"]) / n, True, None, 1,
+                lambda r: (r["rss_ready_kb"] - r["rss0_kb"]) / n, True, (), 1,
             ),
         ]  # fmt: skip
     if scenario.kind == "churn":
         return [
             Metric(
                 "server CPU per accepted connection", "µs",
-                lambda r: r["server_cpu_us"] / r["delivered"], True, 1.0, 0,
+                lambda r: r["server_cpu_us"] / r["delivered"], True,
+                (Target(ASYNCIO_PATHS, 0.7), Target(("agentcast-trio",), 1.2)), 0,
             ),
             Metric("connections/s (10 at a time)", "conn/s",
-                   lambda r: r["delivered"] / r["window_s"], False, None, 0),
+                   lambda r: r["delivered"] / r["window_s"], False, (), 0),
+        ]  # fmt: skip
+    if scenario.kind == "latency":
+        goals: tuple[Target, ...] = (Target(AGENTCAST, 1.0),)
+        if scenario.inproc:
+            goals = (Target(AGENTCAST, limit=5.0), *goals)
+        return [
+            Metric("publish -> delivery p50", "ms", lambda r: r["latency_us"]["p50"] / 1e3,
+                   True, (), 3),
+            Metric("publish -> delivery p99", "ms", lambda r: r["latency_us"]["p99"] / 1e3,
+                   True, goals, 3),
+            Metric("publish -> delivery max", "ms", lambda r: r["latency_us"]["max"] / 1e3,
+                   True, (), 1),
+            Metric("server CPU per delivered message", "µs",
+                   lambda r: r["server_cpu_us"] / r["delivered"], True, (), 2),
         ]  # fmt: skip
     return [
         Metric("time until every client's presence view was the true set", "s",
-               lambda r: r["window_s"], True, None, 2, limit=STORM_SECONDS.get(n)),
-        Metric("peak RSS", "MiB", lambda r: r["hwm_kb"] / 1024, True, None, 1),
-        Metric("server CPU", "s", lambda r: r["server_cpu_us"] / 1e6, True, None, 2),
+               lambda r: r["window_s"], True,
+               (Target(AGENTCAST, limit=STORM_SECONDS[n]),) if n in STORM_SECONDS else (), 2),
+        Metric("peak RSS", "MiB", lambda r: r["hwm_kb"] / 1024, True, (), 1),
+        Metric("server CPU", "s", lambda r: r["server_cpu_us"] / 1e6, True, (), 2),
         Metric(
             "server CPU per presence delivery (N(N+1)/2 + N)", "µs",
-            lambda r: r["server_cpu_us"] / r["expected"], True, None, 2, limit=2.0,
+            lambda r: r["server_cpu_us"] / r["expected"], True, (Target(AGENTCAST, limit=2.0),), 2,
         ),
         Metric(
             "ping RTT p99 of an already-connected client during the storm", "ms",
-            lambda r: r["probe_rtt_us"]["p99"] / 1e3, True, None, 1, limit=50.0,
+            lambda r: r["probe_rtt_us"]["p99"] / 1e3, True, (Target(AGENTCAST, limit=50.0),), 1,
         ),
         Metric(
             "ping RTT max of that client", "ms",
-            lambda r: r["probe_rtt_us"]["max"] / 1e3, True, None, 1,
+            lambda r: r["probe_rtt_us"]["max"] / 1e3, True, (), 1,
         ),
         Metric(
             "memory per connection afterwards", "KiB",
-            lambda r: (r["rss_end_kb"] - r["rss0_kb"]) / n, True, None, 1,
+            lambda r: (r["rss_end_kb"] - r["rss0_kb"]) / n, True, (), 1,
         ),
     ]  # fmt: skip
 
@@ -238,28 +309,79 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], logfile: Path) -> No
     raise RuntimeError(f"the server did not listen on {port}: {logfile.read_text()}")
 
 
+def ensure_peers(servers: tuple[str, ...]) -> tuple[str, ...]:
+    """Install what the chosen peers need (picows with pip into this venv, ws with npm
+    into benchmarks/.build/node); a peer that cannot be had is left out, with a warning."""
+    chosen = []
+    for kind in servers:
+        if kind == "picows" and importlib.util.find_spec("picows") is None:
+            log("installing picows (pip) for the picows peer")
+            cmd = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            if subprocess.run([*cmd, "picows"], check=False).returncode != 0:
+                log("warning: could not install picows: the picows peer is left out")
+                continue
+        if kind == "node-ws":
+            if not shutil.which("node") or not shutil.which("npm"):
+                log("warning: node and npm are needed for the Node ws peer: left out")
+                continue
+            if not (NODE_MODULES / "ws" / "package.json").exists():
+                log("installing ws@8 (npm) for the Node ws peer")
+                (BUILD / "node").mkdir(parents=True, exist_ok=True)
+                npm = ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix"]
+                done = subprocess.run([*npm, str(BUILD / "node"), "ws@8"], check=False)
+                if done.returncode != 0:
+                    log("warning: could not install ws: the Node ws peer is left out")
+                    continue
+        chosen.append(kind)
+    return tuple(chosen)
+
+
+def peer_versions(servers: tuple[str, ...]) -> str:
+    parts = []
+    for kind, module in (("websockets", "websockets"), ("picows", "picows")):
+        if kind in servers:
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                parts.append(f"{kind} {importlib.metadata.version(module)}")
+    if "node-ws" in servers:
+        with contextlib.suppress(OSError, ValueError):
+            ws = json.loads((NODE_MODULES / "ws" / "package.json").read_text())["version"]
+            node = subprocess.run(
+                ["node", "--version"], check=False, capture_output=True, text=True
+            ).stdout
+            parts.append(f"ws {ws} on Node {node.strip()}")
+    return ", ".join(parts)
+
+
+def server_cmd(kind: str, loop: str, port: int, pub_port: int, scenario: Scenario) -> list[str]:
+    python = sys.executable
+    inproc = ["--inproc-rate", str(LATENCY_RATE), "--inproc-count", str(scenario.inproc),
+              "--msg-bytes", str(MSG_BYTES)] if scenario.inproc else []  # fmt: skip
+    if kind in AGENTCAST:
+        backend = "trio" if kind == "agentcast-trio" else "asyncio"
+        uvloop = kind == "agentcast-uvloop" or (kind == "agentcast" and loop == "uvloop")
+        return [
+            python, str(HERE / "serve_agentcast.py"), *inproc, "serve", "--port", str(port),
+            "--api-key", API_KEY, "--heartbeat-interval", "3600", "--heartbeat-timeout", "7200",
+            "--presence-grace", "0", "--log-level", "warning", "--backend", backend,
+            # every loop named: agentcast alone would pick uvloop when it is installed
+            "--uvloop" if uvloop else "--no-uvloop",
+        ]  # fmt: skip
+    common = ["--port", str(port), "--pub-port", str(pub_port), "--api-key", API_KEY,
+              "--presence-grace", "0", *inproc]  # fmt: skip
+    if kind == "node-ws":
+        return ["node", str(HERE / "peer_node_ws.js"), *common]
+    script = {"websockets": "peer_websockets.py", "picows": "peer_picows.py"}[kind]
+    return [python, str(HERE / script), *common, *(["--uvloop"] if loop == "uvloop" else [])]
+
+
 @contextlib.contextmanager
-def server(kind: str, loop: str, logfile: Path) -> Iterator[tuple[int, int, int]]:
+def server(
+    kind: str, loop: str, logfile: Path, scenario: Scenario
+) -> Iterator[tuple[int, int, int]]:
     """Start a server pinned to CPU 0; yields ``(pid, ws_port, publish_port)``."""
     port = free_port()
-    python = sys.executable
-    if kind == "agentcast":
-        pub_port = port
-        cmd = [
-            python, str(HERE / "serve_agentcast.py"), "serve", "--port", str(port),
-            "--api-key", API_KEY, "--heartbeat-interval", "3600", "--heartbeat-timeout", "7200",
-            "--presence-grace", "0", "--log-level", "warning",
-        ]  # fmt: skip
-        # Both servers on the same loop (agentcast alone would pick uvloop when installed).
-        cmd.append("--uvloop" if loop == "uvloop" else "--no-uvloop")
-    else:
-        pub_port = free_port()
-        cmd = [
-            python, str(HERE / "peer_websockets.py"), "--port", str(port),
-            "--pub-port", str(pub_port), "--api-key", API_KEY, "--presence-grace", "0",
-        ]  # fmt: skip
-        if loop == "uvloop":
-            cmd.append("--uvloop")
+    pub_port = port if kind in AGENTCAST else free_port()
+    cmd = server_cmd(kind, loop, port, pub_port, scenario)
     with logfile.open("wb") as out:
         proc = subprocess.Popen(pinned(SERVER_CPU, cmd), stdout=out, stderr=out, cwd=ROOT)
     try:
@@ -287,7 +409,7 @@ def loadgen_cmd(scenario: Scenario, pid: int, port: int, pub_port: int, tag: str
 def run_one(scenario: Scenario, kind: str, loop: str, tag: str) -> dict[str, Any]:
     logfile = BUILD / "logs" / f"{tag}-{scenario.name}-{kind}.log"
     logfile.parent.mkdir(parents=True, exist_ok=True)
-    with server(kind, loop, logfile) as (pid, port, pub_port):
+    with server(kind, loop, logfile, scenario) as (pid, port, pub_port):
         lg = subprocess.Popen(
             loadgen_cmd(scenario, pid, port, pub_port, tag),
             stdin=subprocess.PIPE,
@@ -337,70 +459,116 @@ def fmt(value: float | None, digits: int) -> str:
     return f"{value:,.{digits}f}"
 
 
+def medians(
+    results: Results, scenario: Scenario, m: Metric, servers: tuple[str, ...]
+) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for kind in servers:
+        values = []
+        for r in results.runs.get((scenario.name, kind), []):
+            with contextlib.suppress(ZeroDivisionError, KeyError, TypeError):
+                if r["ok"]:
+                    values.append(m.value(r))
+        out[kind] = median(values)
+    return out
+
+
+def ratios(results: Results, scenario: Scenario, m: Metric, kind: str, against: str) -> list[float]:
+    """*kind*'s value over *against*'s, round by round (the ratios are within a round)."""
+    mine = results.runs.get((scenario.name, kind), [])
+    theirs = results.runs.get((scenario.name, against), [])
+    out = []
+    for a, b in zip(mine, theirs, strict=False):
+        with contextlib.suppress(ZeroDivisionError, KeyError, TypeError):
+            if a["ok"] and b["ok"] and m.value(b):
+                out.append(m.value(a) / m.value(b))
+    return out
+
+
+def verdicts(results: Results, scenario: Scenario, m: Metric, servers: tuple[str, ...]) -> str:
+    med = medians(results, scenario, m, servers)
+    said = []
+    for goal in m.targets:
+        for kind in goal.servers:
+            if kind not in servers:
+                continue
+            name = TITLES[kind]
+            if goal.limit is not None:
+                value = med[kind]
+                met = value is not None and value <= goal.limit
+                said.append(f"{name} ≤ {goal.limit:g} {m.unit}: {'met' if met else 'missed'}")
+                continue
+            if goal.against not in servers or goal.ratio is None:
+                continue
+            ratio = median(ratios(results, scenario, m, kind, goal.against))
+            sign = "≤" if m.lower_is_better else "≥"
+            met = ratio is not None and (
+                ratio <= goal.ratio if m.lower_is_better else ratio >= goal.ratio
+            )
+            vs = "" if goal.against == BASELINE else f" of {TITLES[goal.against]}"
+            said.append(
+                f"{name} {sign} {goal.ratio}x{vs}: {fmt(ratio, 2)}x, {'met' if met else 'missed'}"
+            )
+    return "; ".join(said)
+
+
 def table(results: Results, chosen: list[Scenario], servers: tuple[str, ...]) -> str:
+    """One row per metric, one column per server: the median over the rounds, and in
+    brackets the median of the per-round ratios to websockets."""
+    head = " | ".join(TITLES[k] for k in servers)
     rows = [
-        "| scenario | metric | agentcast | websockets | ratio | target |",
-        "|---|---|---:|---:|---:|---|",
+        f"| scenario | metric | {head} | targets |",
+        "|---|---|" + "---:|" * len(servers) + "---|",
     ]
     for scenario in chosen:
-        runs = {kind: results.runs.get((scenario.name, kind), []) for kind in servers}
         for m in metrics(scenario):
-            med: dict[str, float | None] = {}
-            for kind in SERVERS:
-                values = []
-                for r in runs.get(kind, []):
-                    with contextlib.suppress(ZeroDivisionError, KeyError, TypeError):
-                        if r["ok"]:
-                            values.append(m.value(r))
-                med[kind] = median(values)
-            a, w = med["agentcast"], med["websockets"]
-            ratio = a / w if a is not None and w and m.ratio else None
-            target = ""
-            if m.limit is not None:
-                met = a is not None and a <= m.limit
-                target = f"≤ {m.limit:g} {m.unit} ({'met' if met else 'missed'})"
-            elif m.target is not None:
-                sign = "≤" if m.lower_is_better else "≥"
-                met = ratio is not None and (
-                    ratio <= m.target if m.lower_is_better else ratio >= m.target
-                )
-                target = f"{sign} {m.target} ({'met' if met else 'missed'})"
+            med = medians(results, scenario, m, servers)
+            cells = []
+            for kind in servers:
+                cell = fmt(med[kind], m.digits)
+                if kind != BASELINE and m.ratio and BASELINE in servers:
+                    ratio = median(ratios(results, scenario, m, kind, BASELINE))
+                    if ratio is not None:
+                        cell += f" ({ratio:.2f}x)"
+                cells.append(cell)
             rows.append(
-                f"| {scenario.name} | {m.label} ({m.unit}) | {fmt(a, m.digits)} | "
-                f"{fmt(w, m.digits)} | {fmt(ratio, 2)} | {target} |"
+                f"| {scenario.name} | {m.label} ({m.unit}) | {' | '.join(cells)} | "
+                f"{verdicts(results, scenario, m, servers)} |"
             )
         checks = []
         for kind in servers:
-            rs = runs.get(kind, [])
-            good = sum(1 for r in rs if r["ok"])
-            checks.append(f"{good}/{len(rs)}")
-        what = "rounds with zero loss and no error" if scenario.kind == "fanout" else "rounds ok"
-        rows.append(f"| {scenario.name} | {what} | {' | '.join(checks)} | | |")
+            rs = results.runs.get((scenario.name, kind), [])
+            checks.append(f"{sum(1 for r in rs if r['ok'])}/{len(rs)}")
+        lossless = scenario.kind in ("fanout", "latency")
+        what = "rounds with zero loss and no error" if lossless else "rounds ok"
+        rows.append(f"| {scenario.name} | {what} | {' | '.join(checks)} | |")
     return "\n".join(rows)
 
 
-def header(args: argparse.Namespace) -> str:
-    from websockets.version import version as websockets_version  # noqa: PLC0415
-
+def header(args: argparse.Namespace, servers: tuple[str, ...]) -> str:
     cpu = "?"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+    load = ""
+    with contextlib.suppress(OSError):
+        load = f"; load average {os.getloadavg()[0]:.2f} at the start"
     return "\n".join(
         [
             f"date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}; "
             f"{os.cpu_count()} CPUs ({cpu}); Linux {platform.release()}; "
-            f"Python {platform.python_version()}; websockets {websockets_version}; "
-            f"event loop: {args.loop} for both servers",
+            f"Python {platform.python_version()}; {peer_versions(servers)}{load}",
+            f"event loop of agentcast and the Python peers: {args.loop} (agentcast uvloop and "
+            "trio: those loops)",
             f"mode: {'quick' if args.quick else 'full'}, {args.rounds} rounds, median; "
             f"server pinned to CPU {SERVER_CPU}, load generator (C, epoll) to CPU "
             f"{LOADGEN_CPU}",
-            f"publishing: through the HTTP batch API, POST /api/notifications with {BURST} "
-            f"notifications (~{MSG_BYTES}-byte frames) per request, the same requests to "
-            "both servers",
-            "ratio = agentcast / websockets",
+            f"fan-out: through the HTTP batch API, POST /api/notifications with {BURST} "
+            f"notifications (~{MSG_BYTES}-byte frames) per request; latency: {LATENCY_RATE} "
+            "single notifications a second, in-process or one POST each",
+            "(x) = the median of the per-round ratios to websockets",
         ]
     )
 
@@ -418,7 +586,7 @@ def profile(scenario: Scenario, loop: str) -> None:
     svg = BUILD / f"profile-{scenario.name}-{stamp}.svg"
     logfile = BUILD / "logs" / f"{tag}-{scenario.name}-profile.log"
     logfile.parent.mkdir(parents=True, exist_ok=True)
-    with server("agentcast", loop, logfile) as (pid, port, pub_port):
+    with server("agentcast", loop, logfile, scenario) as (pid, port, pub_port):
         lg = subprocess.Popen(
             loadgen_cmd(scenario, pid, port, pub_port, tag),
             stdin=subprocess.PIPE,
@@ -478,23 +646,28 @@ def hot_frames(raw: Path, top: int = 20) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller scenarios (minutes)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (median; default 3)")
+    parser.add_argument("--all", action="store_true", help="also fan-out 100/1,000 and storms")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds (median; default 2)")
     parser.add_argument("--only", default="", help="comma-separated scenario names")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="agentcast,websockets")
+    parser.add_argument("--servers", default=",".join(SERVERS), help=",".join(SERVERS))
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--profile", metavar="SCENARIO", help="py-spy agentcast on one")
     parser.add_argument("--clients", type=int, help="override the scenarios' client count")
     args = parser.parse_args()
-    everything = scenarios(args.quick)
+    wanted = [n for n in args.only.split(",") if n]
+    everything = scenarios(args.quick, everything=True)
     if args.clients:
         everything = [dataclasses.replace(s, clients=args.clients) for s in everything]
     names = {s.name for s in everything}
-    wanted = [n for n in args.only.split(",") if n]
     unknown = set(wanted) - names
     if unknown or (args.profile and args.profile not in names):
         parser.error(f"scenarios are: {', '.join(sorted(names))}")
-    chosen = [s for s in everything if not wanted or s.name in wanted]
-    servers = tuple(k for k in SERVERS if k in args.servers.split(","))
+    default = {s.name for s in scenarios(args.quick, everything=args.all)}
+    chosen = [s for s in everything if s.name in wanted or (not wanted and s.name in default)]
+    asked = [k for k in args.servers.split(",") if k]
+    if set(asked) - set(SERVERS):
+        parser.error(f"servers are: {', '.join(SERVERS)}")
+    servers = ensure_peers(tuple(k for k in SERVERS if k in asked))
 
     build_loadgen()
     raise_fd_limit(max(s.clients for s in chosen) + 1024)
@@ -506,6 +679,7 @@ def main() -> int:
 
     results = Results()
     started = time.monotonic()
+    head = header(args, servers)
     for rnd in range(args.rounds):
         order = servers if rnd % 2 == 0 else tuple(reversed(servers))
         for scenario in chosen:
@@ -519,7 +693,7 @@ def main() -> int:
                 results.runs[(scenario.name, kind)].append(r)
                 log(f"[round {rnd + 1}/{args.rounds}] {scenario.name} {kind}: "
                     f"{summary(scenario, r)}")  # fmt: skip
-    text = f"{header(args)}\n\n{table(results, chosen, servers)}\n"
+    text = f"{head}\n\n{table(results, chosen, servers)}\n"
     text += f"\n(total {time.monotonic() - started:.0f} s)\n"
     print(text)
     stamp = time.strftime("%Y%m%d-%H%M%S")

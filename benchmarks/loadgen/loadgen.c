@@ -25,6 +25,16 @@
  *           most one outstanding per client, for --duration seconds; RTT = ping to pong.
  *   churn   N connections, --concurrency at a time: connect, upgrade, auth, presence_state,
  *           wait for the client's own "online" user_presence, close handshake, next.
+ *   latency connect N clients (one user), wait until quiet, then have --messages single
+ *           notifications published at --publish-rate per second, each one on its own: with
+ *           --publish http, one POST /api/notifications of one item per notification (its own
+ *           TCP connection, as the API serves one request per connection), sent at its
+ *           scheduled time; with --publish inproc, SIGUSR2 to the server (the first
+ *           --server-pid), which then publishes them itself through its in-process API
+ *           (the benchmark servers take --inproc-rate/--inproc-count/--msg-bytes). Every
+ *           notification's text holds "seq=NNNNNNNN t=T", T its scheduled publish time in
+ *           microseconds of CLOCK_MONOTONIC; latency = arrival at a client - T, for every
+ *           client and notification (a server that falls behind the rate shows it here).
  *   storm   N distinct users connect (at most --concurrency handshakes in flight). Every
  *           client keeps its own view of who is online (its presence_state, then each
  *           user_presence: online/away/busy add the user, offline removes it); the window
@@ -52,6 +62,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -230,8 +241,9 @@ static double self_cpu_s(void) {
 
 /* ------------------------------------------------------------------ configuration ---- */
 
-enum { SC_FANOUT, SC_RTT, SC_CHURN, SC_STORM };
-static const char *scenario_names[] = {"fanout", "rtt", "churn", "storm"};
+enum { SC_FANOUT, SC_RTT, SC_CHURN, SC_STORM, SC_LATENCY };
+static const char *scenario_names[] = {"fanout", "rtt", "churn", "storm", "latency"};
+#define N_SCENARIOS 5
 
 static struct {
     const char *host;
@@ -247,6 +259,9 @@ static struct {
     int channels; /* fanout: 0 = unscoped broadcasts */
     double ping_rate, duration;
     double probe_rate; /* storm: pings/s of the already-connected probe client (0: none) */
+    int publish_inproc; /* latency: the server publishes (SIGUSR2) rather than the HTTP API */
+    double publish_rate; /* latency: notifications per second */
+    int messages;        /* latency: notifications in all */
     double settle, timeout;
     int hold;
 } cfg = {
@@ -264,6 +279,8 @@ static struct {
     .duration = 5,
     .settle = 0.3,
     .timeout = 300,
+    .publish_rate = 1000,
+    .messages = 10000,
 };
 
 static struct sockaddr_in server_addr, pub_addr;
@@ -289,6 +306,7 @@ typedef struct conn {
     int last_id_len;
     uint32_t presence_seen;
     uint8_t *view; /* storm: bit u set = user u is online in this client's view */
+    uint8_t *seen; /* latency: bit s set = notification s received */
     uint32_t view_count;
     uint8_t authed, self_online, ping_out, close_sent, counted_ready;
     double t_start, ping_at;
@@ -297,6 +315,8 @@ typedef struct conn {
 static int ep;
 static conn_t *clients;
 static conn_t publisher;
+#define MAX_PUBLISHERS 256
+static conn_t publishers[MAX_PUBLISHERS]; /* latency: POSTs in flight, one connection each */
 static uint8_t rbuf[8 << 20];
 
 /* counters */
@@ -347,10 +367,42 @@ static double percentile(samples_t *s, double p) {
     return s->v[k - 1];
 }
 
+/* latency: publish -> delivery, a histogram: 1 µs buckets up to 1 s, then 1 ms buckets up
+   to 1,000 s */
+#define LAT_FINE 1000000
+#define LAT_BUCKETS (2 * LAT_FINE)
+static uint32_t *lat_hist;
+static uint64_t lat_n, lat_over;
+static double lat_max_us, lat_sum_us;
+static uint64_t pub_late; /* latency/http: POSTs sent over 1 ms after their scheduled time */
+
+static void lat_add(double us) {
+    if (us < 0) us = 0;
+    lat_n++;
+    lat_sum_us += us;
+    if (us > lat_max_us) lat_max_us = us;
+    uint64_t b = (uint64_t)us;
+    if (b >= LAT_FINE) b = LAT_FINE + (b - LAT_FINE) / 1000;
+    if (b >= LAT_BUCKETS) lat_over++;
+    else lat_hist[b]++;
+}
+
+static double lat_percentile(double p) {
+    if (!lat_n) return -1;
+    uint64_t k = (uint64_t)(p * (double)lat_n + 0.999999), seen = 0;
+    if (k < 1) k = 1;
+    for (uint64_t b = 0; b < LAT_BUCKETS; b++) {
+        seen += lat_hist[b];
+        if (seen >= k)
+            return b < LAT_FINE ? (double)b + 0.5 : LAT_FINE + (double)(b - LAT_FINE) * 1000 + 500;
+    }
+    return lat_max_us;
+}
+
 /* fan-out bookkeeping */
 static uint64_t total_msgs, expected_deliveries;
 static int *burst_done; /* clients that received all of burst b */
-static int bursts_sent, bursts_acked, pub_busy;
+static int bursts_sent, bursts_acked, pub_busy; /* pub_busy: requests in flight */
 static uint64_t pub_delivered_reported;
 static int pub_bad_status;
 
@@ -665,6 +717,33 @@ static void on_notification(conn_t *c, const uint8_t *p, size_t n) {
         return;
     }
     c->n_notif++;
+    if (cfg.scenario == SC_LATENCY) {
+        /* Single publishes may overlap (several POSTs in flight, each its own connection),
+           so they may be published in another order: each must arrive exactly once. */
+        const uint8_t *t = find(q, (size_t)(p + n - q), " t=");
+        if (t) {
+            double us = 0;
+            for (t += 3; t < p + n && *t >= '0' && *t <= '9'; t++) us = us * 10 + (*t - '0');
+            lat_add(now_s() * 1e6 - us);
+        }
+        if (!c->seen) {
+            c->seen = calloc(total_msgs / 8 + 1, 1);
+            if (!c->seen) die("calloc");
+        }
+        uint8_t bit = (uint8_t)(1u << (seq & 7));
+        if (c->seen[seq >> 3] & bit) {
+            n_dup_or_reordered++;
+            c->n_notif--;
+            return;
+        }
+        c->seen[seq >> 3] |= bit;
+        if (c->n_notif == total_msgs && !c->finished) {
+            c->finished = 1;
+            n_finished++;
+            if (n_finished == cfg.clients && t_window0 >= 0) t_window1 = now_s();
+        }
+        return;
+    }
     if (seq == c->next_seq) {
         c->next_seq = next_for(c, seq + 1);
     } else if (seq > c->next_seq) {
@@ -929,8 +1008,45 @@ static void publisher_read(conn_t *c) {
         if (d) pub_delivered_reported += strtoull(d + 12, NULL, 10);
     }
     conn_close(c);
-    pub_busy = 0;
+    c->state = ST_DONE;
+    pub_busy--;
     bursts_acked++;
+}
+
+/* latency/http: one notification in its own POST (one item, not an array), sent now. */
+static void publish_one(uint64_t seq, double t_sched) {
+    conn_t *c = NULL;
+    for (int i = 0; i < MAX_PUBLISHERS && !c; i++)
+        if (publishers[i].fd < 0 || publishers[i].state == ST_DONE || publishers[i].state == ST_FREE)
+            c = &publishers[i];
+    if (!c) die("no free publisher slot");
+    int text_len = cfg.msg_bytes - 115;
+    char body[4096], text[2048];
+    if (text_len > (int)sizeof text - 1) text_len = (int)sizeof text - 1;
+    int tl = snprintf(text, sizeof text, "seq=%08llu t=%.0f ", (unsigned long long)seq,
+                      t_sched * 1e6);
+    for (int k = tl; k < text_len; k++) text[k] = (char)('a' + (k % 26));
+    if (tl < text_len) tl = text_len;
+    text[tl] = 0;
+    int bn = snprintf(body, sizeof body, "{\"level\":\"info\",\"message\":\"%s\"}", text);
+    char head[512];
+    int hn = snprintf(head, sizeof head,
+                      "POST /api/notifications HTTP/1.1\r\nHost: %s:%d\r\n"
+                      "Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %d\r\nConnection: close\r\n\r\n",
+                      cfg.host, cfg.pub_port, cfg.api_key, bn);
+    memset(c, 0, sizeof *c);
+    c->kind = K_PUBLISHER;
+    c->fd = open_socket(&pub_addr);
+    if (c->fd < 0) die("publisher connect");
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl add");
+    c->state = ST_HANDSHAKE;
+    /* connect() is in progress: the bytes wait in our buffer until it is writable */
+    conn_write(c, head, (size_t)hn);
+    conn_write(c, body, (size_t)bn);
+    pub_busy++;
+    bursts_sent++;
 }
 
 /* ------------------------------------------------------------------ the loop ---------- */
@@ -994,9 +1110,11 @@ static void on_client_event(conn_t *c, uint32_t events) {
 static void loop_once(double until) {
     static struct epoll_event evs[1024];
     double wait = until - now_s();
-    int ms = wait <= 0 ? 0 : (int)(wait * 1000) + 1;
-    if (ms > 100) ms = 100;
-    int k = epoll_wait(ep, evs, 1024, ms);
+    if (wait < 0) wait = 0;
+    if (wait > 0.1) wait = 0.1;
+    /* to the microsecond: the latency scenario publishes on a 1 ms schedule */
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)(wait * 1e9)};
+    int k = epoll_pwait2(ep, evs, 1024, &ts, NULL);
     if (k < 0) {
         if (errno == EINTR) return;
         die("epoll_wait");
@@ -1093,12 +1211,12 @@ static void usage(void) {
     fprintf(stderr, "loadgen: a WebSocket load generator; see the comment at the top of "
                     "benchmarks/loadgen/loadgen.c\n");
     fprintf(stderr,
-            "usage: loadgen --scenario fanout|rtt|churn|storm --port P [--pub-port P]\n"
+            "usage: loadgen --scenario fanout|rtt|churn|storm|latency --port P [--pub-port P]\n"
             "  [--host 127.0.0.1] [--path /ws] [--api-key K] [--token-prefix T] [--same-user]\n"
             "  [--clients N] [--concurrency C] [--server-pid PID]\n"
             "  [--bursts B] [--burst-size M] [--msg-bytes S] [--channels K]\n"
             "  [--ping-rate R] [--duration D] [--probe-rate R] [--settle S] [--timeout S]\n"
-            "  [--hold]\n");
+            "  [--publish http|inproc] [--publish-rate R] [--messages N] [--hold]\n");
     exit(2);
 }
 
@@ -1111,7 +1229,8 @@ int main(int argc, char **argv) {
         {"burst-size", 1, 0, 'm'}, {"msg-bytes", 1, 0, 'B'},   {"ping-rate", 1, 0, 'r'},
         {"duration", 1, 0, 'd'},  {"settle", 1, 0, 'q'},       {"timeout", 1, 0, 'T'},
         {"hold", 0, 0, 'H'},      {"help", 0, 0, '?'},         {"channels", 1, 0, 'C'},
-        {"probe-rate", 1, 0, 'R'},
+        {"probe-rate", 1, 0, 'R'}, {"publish", 1, 0, 'M'},  {"publish-rate", 1, 0, 'x'},
+        {"messages", 1, 0, 'N'},
         {0, 0, 0, 0}};
     int o;
     const char *scen = "fanout";
@@ -1141,15 +1260,33 @@ int main(int argc, char **argv) {
         case 'H': cfg.hold = 1; break;
         case 'C': cfg.channels = atoi(optarg); break;
         case 'R': cfg.probe_rate = atof(optarg); break;
+        case 'M':
+            if (strcmp(optarg, "inproc") == 0) cfg.publish_inproc = 1;
+            else if (strcmp(optarg, "http") == 0) cfg.publish_inproc = 0;
+            else usage();
+            break;
+        case 'x': cfg.publish_rate = atof(optarg); break;
+        case 'N': cfg.messages = atoi(optarg); break;
         default: usage();
         }
     }
     cfg.scenario = -1;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < N_SCENARIOS; i++)
         if (strcmp(scen, scenario_names[i]) == 0) cfg.scenario = i;
     if (cfg.scenario < 0 || !cfg.port || cfg.clients < 1 || cfg.concurrency < 1) usage();
     if (!cfg.pub_port) cfg.pub_port = cfg.port;
-    if (cfg.scenario != SC_FANOUT) cfg.burst_size = 0;
+    if (cfg.scenario == SC_LATENCY) {
+        /* one notification a "burst": the fan-out bookkeeping tracks them */
+        if (cfg.messages < 1 || cfg.publish_rate <= 0) usage();
+        cfg.bursts = cfg.messages;
+        cfg.burst_size = 1;
+        cfg.same_user = 1;
+        lat_hist = calloc(LAT_BUCKETS, sizeof *lat_hist);
+        if (!lat_hist) die("calloc");
+        for (int i = 0; i < MAX_PUBLISHERS; i++) publishers[i].fd = -1;
+    } else if (cfg.scenario != SC_FANOUT) {
+        cfg.burst_size = 0;
+    }
     if (cfg.scenario != SC_FANOUT || cfg.channels < 0) cfg.channels = 0;
     if (cfg.scenario != SC_STORM || cfg.probe_rate < 0) cfg.probe_rate = 0;
     storm_users = cfg.clients + (cfg.probe_rate > 0);
@@ -1177,7 +1314,7 @@ int main(int argc, char **argv) {
         clients[i].fd = -1;
     }
     deadline = now_s() + cfg.timeout;
-    if (cfg.scenario == SC_FANOUT) {
+    if (cfg.scenario == SC_FANOUT || cfg.scenario == SC_LATENCY) {
         total_msgs = (uint64_t)cfg.bursts * (uint64_t)cfg.burst_size;
         burst_done = calloc((size_t)cfg.bursts + 1, sizeof *burst_done);
         for (int i = 0; i < cfg.clients; i++) {
@@ -1273,6 +1410,34 @@ int main(int argc, char **argv) {
         while (now_s() < quiet_until && !timed_out()) loop_once(quiet_until);
     }
 
+    if (cfg.scenario == SC_LATENCY && !timed_out()) {
+        deliveries0 = type_count[T_NOTIFICATION];
+        cpu_w0 = proc_cpu_ticks();
+        self_w0 = self_cpu_s();
+        t_window0 = now_s();
+        double interval = 1.0 / cfg.publish_rate;
+        if (cfg.publish_inproc) {
+            if (!n_server_pids || kill(server_pids[0], SIGUSR2) < 0) die("kill SIGUSR2");
+            bursts_sent = cfg.messages;
+        }
+        while (!timed_out() && n_finished < cfg.clients) {
+            double t = now_s();
+            while (bursts_sent < cfg.messages && pub_busy < MAX_PUBLISHERS) {
+                double at = t_window0 + bursts_sent * interval;
+                if (at > t) break;
+                if (t - at > 1e-3) pub_late++;
+                publish_one((uint64_t)bursts_sent, at);
+            }
+            if (n_done == cfg.clients) break;
+            double next = bursts_sent < cfg.messages ? t_window0 + bursts_sent * interval : t + 0.1;
+            loop_once(next);
+        }
+        if (t_window1 < 0) t_window1 = now_s();
+        cpu_w1 = proc_cpu_ticks();
+        self_w1 = self_cpu_s();
+        while (pub_busy && !timed_out()) loop_once(now_s() + 0.1);
+    }
+
     if (cfg.scenario == SC_RTT && !timed_out()) {
         cpu_w0 = proc_cpu_ticks();
         self_w0 = self_cpu_s();
@@ -1322,7 +1487,7 @@ int main(int argc, char **argv) {
     double window = t_window1 >= 0 && t_window0 >= 0 ? t_window1 - t_window0 : -1;
     double cpu_us = cpu_w0 >= 0 && cpu_w1 >= 0 ? (double)(cpu_w1 - cpu_w0) * 1e6 / tck : -1;
     uint64_t delivered = 0, expected = 0;
-    if (cfg.scenario == SC_FANOUT) {
+    if (cfg.scenario == SC_FANOUT || cfg.scenario == SC_LATENCY) {
         delivered = type_count[T_NOTIFICATION] - deliveries0;
         expected = expected_deliveries;
     } else if (cfg.scenario == SC_STORM) {
@@ -1347,6 +1512,10 @@ int main(int argc, char **argv) {
         for (int i = 0; i < cfg.clients; i++)
             for (uint64_t s = clients[i].next_seq; s < total_msgs; s = next_for(&clients[i], s + 1))
                 not_delivered++;
+    } else if (cfg.scenario == SC_LATENCY) {
+        for (int i = 0; i < cfg.clients; i++)
+            for (uint64_t s = 0; s < total_msgs; s++)
+                if (!clients[i].seen || !(clients[i].seen[s >> 3] & (1u << (s & 7)))) not_delivered++;
     }
     int zero_loss = !n_lost && !n_dup_or_reordered && !n_id_not_increasing && !not_delivered &&
                     !n_foreign;
@@ -1357,7 +1526,8 @@ int main(int argc, char **argv) {
     else
         ok = ok && delivered == expected;
     if (cfg.scenario == SC_CHURN) ok = ok && (uint64_t)n_authed == expected;
-    if (cfg.scenario == SC_FANOUT) ok = ok && pub_delivered_reported == expected;
+    if (cfg.scenario == SC_FANOUT || (cfg.scenario == SC_LATENCY && !cfg.publish_inproc))
+        ok = ok && pub_delivered_reported == expected;
 
     qsort(rtt_samples.v, rtt_samples.n, sizeof(double), cmp_double);
     qsort(connect_samples.v, connect_samples.n, sizeof(double), cmp_double);
@@ -1383,6 +1553,12 @@ int main(int argc, char **argv) {
            "\"views_wrong\":%llu,\"unknown_users\":%llu,",
            probe_n, probe_p50, probe_p99, probe_max,
            (unsigned long long)n_view_wrong, (unsigned long long)n_unknown_user);
+    printf("\"latency_us\":{\"n\":%llu,\"p50\":%.1f,\"p99\":%.1f,\"max\":%.1f,\"mean\":%.1f,"
+           "\"over_1000s\":%llu},\"publish\":\"%s\",\"publishes_late\":%llu,",
+           (unsigned long long)lat_n, lat_percentile(0.5), lat_percentile(0.99), lat_max_us,
+           lat_n ? lat_sum_us / (double)lat_n : -1.0, (unsigned long long)lat_over,
+           cfg.scenario != SC_LATENCY ? "" : cfg.publish_inproc ? "inproc" : "http",
+           (unsigned long long)pub_late);
     printf("\"connect_ms\":{\"n\":%zu,\"p50\":%.3f,\"p99\":%.3f,\"max\":%.3f},",
            connect_samples.n, percentile(&connect_samples, 0.5) * 1e3,
            percentile(&connect_samples, 0.99) * 1e3,
