@@ -1,0 +1,155 @@
+"""The core's per-request paths without sockets, for deterministic measurement.
+
+    .venv/bin/python benchmarks/core_micro.py                  # µs per operation (timeit)
+    benchmarks/core_micro.sh                                   # instructions (callgrind)
+
+What the reference server does per request, on the Sans-IO core alone (no event loop, no
+kernel), the same bytes as the load generator sends:
+
+* ``ping``: one masked ``{"type":"ping"}`` frame into an open
+  :class:`~agentcast.protocol.ServerConnection`, then ``data_to_send()`` (the ``pong``):
+  the core's part of ``rtt-1000``;
+* ``handshake``: a new connection, the upgrade request (as loadgen writes it), the dev
+  authenticator's verdict, ``data_to_send()`` (``101``, ``auth``, ``presence_state``),
+  then the socket lost (``send_failed``): the core's part of an accepted connection, for
+  a user already online on another connection (so no presence change either way);
+* ``connect``: ``handshake`` for a new user, then the client's close frame and EOF (the
+  close handshake, presence online and offline): the core's part of ``connect``.
+
+``--mode M --count N`` runs N operations of one kind after a warm-up, for callgrind:
+instructions per operation = (Ir at N2 - Ir at N1) / (N2 - N1), which cancels the
+interpreter's start-up (``core_micro.sh`` does that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sys
+import timeit
+from collections.abc import Callable
+
+from agentcast.protocol import AuthRequested, DevAuthenticator, Hub, ServerConnection, Settings
+
+WALL0 = 1_800_000_000.0
+_KEY = base64.b64encode(b"0123456789abcdef").decode()
+
+
+def upgrade_request(token: str) -> bytes:
+    return (
+        f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {_KEY}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def masked(payload: bytes, opcode: int = 0x1, mask: bytes = b"\x11\x22\x33\x44") -> bytes:
+    """A client frame (payload < 126 bytes)."""
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + body
+
+
+PING = masked(b'{"type":"ping"}')
+CLOSE = masked(b"\x03\xe8", opcode=0x8)
+
+
+class Bench:
+    def __init__(self) -> None:
+        # The benchmark server's settings: limits lifted, heartbeat out of the way.
+        self.hub = Hub(
+            Settings(
+                heartbeat_interval=3600,
+                heartbeat_timeout=7200,
+                presence_grace=0,
+                max_connections=None,
+                max_connections_per_ip=None,
+                max_connections_per_user=None,
+                connection_rate=None,
+            )
+        )
+        self.auth = DevAuthenticator()
+        self.now = 1.0
+        self.users = 0
+        self.kept: list[ServerConnection] = []
+
+    def open(self, token: str) -> ServerConnection:
+        now, wall = self.now, WALL0 + self.now
+        conn = ServerConnection(self.hub, now=now, client="127.0.0.1")
+        conn.receive_data(upgrade_request(token), now, wall)
+        for event in conn.events_received():
+            if isinstance(event, AuthRequested):
+                result = self.auth.authenticate(event.token, wall)
+                conn.complete_auth(result, now, wall)
+        conn.events_received()
+        data = conn.data_to_send()
+        assert data.startswith(b"HTTP/1.1 101"), data[:200]
+        conn.transport.outbox.sent()
+        return conn
+
+    def handshake(self) -> None:
+        if not self.kept:
+            self.kept.append(self.open("lg"))  # the user stays online through this one
+        conn = self.open("lg")
+        conn.send_failed(self.now, WALL0 + self.now)
+        conn.events_received()
+        assert conn.closed
+
+    def connect(self) -> None:
+        self.users += 1
+        self.now += 0.001
+        conn = self.open(f"lg{self.users}")
+        now, wall = self.now, WALL0 + self.now
+        conn.receive_data(CLOSE, now, wall)
+        conn.events_received()
+        conn.data_to_send()
+        conn.receive_eof(now, wall)
+        conn.events_received()
+        assert conn.closed
+
+    def pinger(self) -> Callable[[], None]:
+        conn = self.open("pinger")
+        outbox = conn.transport.outbox
+
+        def ping() -> None:
+            self.now += 1.0  # one a second: under the rate limit
+            conn.receive_data(PING, self.now, WALL0 + self.now)
+            data = conn.data_to_send()
+            outbox.sent()
+            assert data[:2] == b"\x81\x2a" or b'"pong"' in data, data
+
+        return ping
+
+
+def operation(mode: str) -> Callable[[], None]:
+    bench = Bench()
+    if mode == "ping":
+        return bench.pinger()
+    return bench.handshake if mode == "handshake" else bench.connect
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=("ping", "handshake", "connect"))
+    parser.add_argument("--count", type=int, default=0)
+    args = parser.parse_args()
+    if args.mode and args.count:
+        op = operation(args.mode)
+        for _ in range(200):  # warm-up: caches, interned strings, the first snapshot
+            op()
+        for _ in range(args.count):
+            op()
+        return 0
+    for mode in ("ping", "handshake", "connect"):
+        op = operation(mode)
+        for _ in range(200):
+            op()
+        n = 2000
+        best = min(timeit.repeat(op, number=n, repeat=5)) / n
+        print(f"{mode:10s} {best * 1e6:8.2f} µs per operation (best of 5 x {n})")
+    print(f"(Python {sys.version.split()[0]}, pid {os.getpid()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
