@@ -1,11 +1,21 @@
-"""Cut the inbound WebSocket byte stream right after each frame header.
+"""Cut the inbound WebSocket byte stream right after the frame headers that need it.
 
 wsproto parses a frame's header and whatever payload has arrived in one step, and only
 then checks the frame against the message in progress (RFC 6455 5.4) or its UTF-8. The
 transport refuses a too-big message (1009) from the header's declared length, before its
-payload is buffered. Fed through :class:`HeaderCutter`, wsproto sees every header on its
-own first, so that check always comes first, and an input that is too big *and* invalid
-gets the same close code however TCP split it (found by ``fuzz/fuzz_frames.py``).
+payload is buffered. Fed through :class:`HeaderCutter`, wsproto sees a header on its own
+first whenever that header could make the message too big, so that check always comes
+first, and an input that is too big *and* invalid gets the same close code however TCP
+split it (found by ``fuzz/fuzz_frames.py``).
+
+Every other header is left in one piece with what follows: a read of several small
+frames (the usual case) goes to wsproto in one pass, and a lone frame is not copied. A
+header "could make the message too big" when the declared lengths of the data frames of
+the message so far, its own included, pass the budget (``max_message_size``). That sum
+is never less than what the frame phase counts for the message (it counts bytes
+received), so a header the check could refuse is always cut after; counting a frame
+wsproto will refuse anyway (a new message while one is in progress, a reserved opcode)
+only adds cuts, which are always harmless.
 """
 
 from __future__ import annotations
@@ -18,14 +28,17 @@ __all__ = ["HeaderCutter"]
 class HeaderCutter:
     """Tracks frame boundaries (RFC 6455 5.2) across the chunks of one stream."""
 
-    __slots__ = ("_head", "_left")
+    __slots__ = ("_budget", "_head", "_left", "_message")
 
-    def __init__(self) -> None:
+    def __init__(self, budget: int) -> None:
+        self._budget = budget  # the largest message allowed (max_message_size)
         self._head = bytearray()  # the header received so far
         self._left = 0  # payload bytes of the current frame still to come
+        self._message = 0  # declared bytes of the data frames of the message so far
 
     def split(self, data: bytes) -> Iterator[bytes]:
-        """*data* in consecutive pieces, each header-completing piece ending with it.
+        """*data* in consecutive pieces, each piece that ends before the end of *data*
+        ending right after a header that could make its message too big.
 
         Lazily: a reader that stops early (the connection is closing) costs nothing for
         the rest, and must not call again (the cut positions are then lost)."""
@@ -39,23 +52,36 @@ class HeaderCutter:
                 pos += step
                 continue
             if not head and end - pos >= 2:
-                # The usual case: a whole header at hand, cut without copying it byte by byte.
+                # The usual case: a whole header at hand, read without copying it byte by byte.
                 size = _header_size(data[pos : pos + 2])
                 if end - pos >= size:
-                    self._left = _payload_length(data[pos : pos + size])
+                    cut = self._passed(data[pos : pos + size])
                     pos += size
-                    yield data[start:pos]
-                    start = pos
+                    if cut:
+                        yield data[start:pos]
+                        start = pos
                     continue
             head.append(data[pos])
             pos += 1
             if len(head) == _header_size(head):
-                self._left = _payload_length(head)
+                cut = self._passed(head)
                 head.clear()
-                yield data[start:pos]
-                start = pos
+                if cut:
+                    yield data[start:pos]
+                    start = pos
         if start < end:
-            yield data[start:]
+            yield data if start == 0 else data[start:]
+
+    def _passed(self, header: bytes | bytearray) -> bool:
+        """Account for one whole *header*: whether its frame could take the message past
+        the budget (then wsproto must see it on its own)."""
+        length = _payload_length(header)
+        self._left = length
+        if header[0] & 0x08:
+            return False  # a control frame: not part of a message (wsproto checks its size)
+        total = self._message + length
+        self._message = 0 if header[0] & 0x80 else total  # FIN: the next frame starts anew
+        return total > self._budget
 
 
 def _header_size(head: bytes | bytearray) -> int:

@@ -31,6 +31,7 @@ host usually holds a whole /64, so counting single IPv6 addresses would limit no
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable
@@ -70,8 +71,10 @@ class Ticket:
         self.released = False
 
 
+@functools.lru_cache(maxsize=4096)
 def address_key(client: str | None) -> str | None:
-    """The key *client* (an address as the adapter reports it) is counted under."""
+    """The key *client* (an address as the adapter reports it) is counted under
+    (remembered for the last few thousand addresses: clients come back)."""
     if client is None:
         return None
     try:

@@ -1,7 +1,8 @@
 """The frame phase of a WebSocket transport: RFC 6455 frames after the ``101``.
 
 :class:`FramePhase` wraps wsproto's connection for one open WebSocket: it feeds it the
-input cut after each frame header (:mod:`agentcast.protocol._framecut`), assembles
+input in as few pieces as the ``1009`` check allows (cut only after a header that could
+make a message too big: :mod:`agentcast.protocol._framecut`), assembles
 messages, refuses one over ``max_message_size`` from its declared length (``1009``,
 before the payload is buffered), refuses one in more than ``max_message_frames`` frames
 (``1008``: a policy, the message may be small), answers Pings, and plays the server's
@@ -60,6 +61,7 @@ class FramePhase:
         "_buffer",
         "_cutter",
         "_frames",
+        "_halted",
         "_in_message",
         "_max_message_frames",
         "_max_message_size",
@@ -87,7 +89,7 @@ class FramePhase:
         on_control: Callable[[float], bool] | None = None,
     ) -> None:
         self._ws = _WsConnection(ConnectionType.SERVER)
-        self._cutter = HeaderCutter()
+        self._cutter = HeaderCutter(max_message_size)
         self._max_message_size = max_message_size
         self._max_message_frames = max_message_frames
         self._push = push
@@ -99,6 +101,7 @@ class FramePhase:
         self._size = 0  # its length in bytes
         self._frames = 0  # its frames
         self._in_message = False  # a message has begun and not finished
+        self._halted = False  # the owner reads nothing more (halt())
         #: The close code in effect once closing has begun (ours or the peer's).
         self.close_code: int = CloseCode.ABNORMAL
         self.close_reason = ""
@@ -114,10 +117,16 @@ class FramePhase:
     # -- input ----------------------------------------------------------------------------
 
     def pieces(self, data: bytes) -> Iterator[bytes]:
-        """*data* cut after each frame header: feed each to :meth:`receive` in order
-        (so the 1009 check of a header always precedes wsproto's checks of its payload).
-        A reader that stops early must not call again."""
+        """*data* cut after each frame header that could make a message too big: feed
+        each piece to :meth:`receive` in order (so the 1009 check of such a header always
+        precedes wsproto's checks of its payload). A reader that stops early must not
+        call again."""
         return self._cutter.split(data)
+
+    def halt(self) -> None:
+        """Process nothing more, not even the rest of the piece being received (the
+        owner closed the connection for abuse)."""
+        self._halted = True
 
     def receive(self, piece: bytes, now: float) -> bool:
         """Process one piece; ``True`` if the client proved it is alive (a frame that is
@@ -126,6 +135,8 @@ class FramePhase:
         ws.receive_data(piece)
         alive = False
         for event in ws.events():
+            if self._halted:
+                break  # a piece may hold several frames: none after the halt is processed
             if isinstance(event, TextMessage | BytesMessage):
                 alive = alive or bool(event.data) or event.message_finished
                 if ws.state is _WsState.OPEN:

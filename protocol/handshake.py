@@ -46,6 +46,11 @@ HttpOutcome = HttpRequest | UpgradeRequested | HttpAnswer
 #: h11's states of the client once its request is complete.
 _REQUEST_DONE = (h11.DONE, h11.MUST_CLOSE)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: The ``101`` up to its accept token, the same for every upgrade.
+_SWITCHING = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: "
+)
 
 
 class HttpPhase:
@@ -55,7 +60,9 @@ class HttpPhase:
         "_body",
         "_client",
         "_h11",
+        "_headers",
         "_key",
+        "_lookup",
         "_max_body_size",
         "_max_header_size",
         "_on_head",
@@ -86,6 +93,10 @@ class HttpPhase:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size - 1)
         self._received = 0  # bytes fed to h11, to measure the request head
         self._request: h11.Request | None = None
+        # The request's headers decoded, once (names lower-cased by h11), and the first
+        # value of each name.
+        self._headers: tuple[tuple[str, str], ...] = ()
+        self._lookup: dict[str, str] = {}
         self._body = bytearray()
         self._key = b""
         #: Output to write before any answer (``100 Continue``); the owner takes it.
@@ -121,20 +132,15 @@ class HttpPhase:
 
     def trailing_data(self) -> bytes:
         """The bytes received after the upgrade request: the first frames."""
-        return bytes(self._h11.trailing_data[0])
+        trailing = self._h11.trailing_data[0]
+        return bytes(trailing) if trailing else b""
 
     def accept_head(self, subprotocol: str | None) -> bytes:
         """The ``101 Switching Protocols`` answering the upgrade."""
-        headers = [
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Accept", generate_accept_token(self._key).decode()),
-        ]
+        head = _SWITCHING + generate_accept_token(self._key) + b"\r\n"
         if subprotocol is not None:
-            headers.append(("Sec-WebSocket-Protocol", subprotocol))
-        head = "HTTP/1.1 101 Switching Protocols\r\n"
-        head += "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
-        return head.encode("latin-1")
+            head += b"Sec-WebSocket-Protocol: " + subprotocol.encode("latin-1") + b"\r\n"
+        return head + b"\r\n"
 
     # -- internals ------------------------------------------------------------------------
 
@@ -151,10 +157,14 @@ class HttpPhase:
                 return None
             if isinstance(event, h11.Request):
                 self._request = event
+                self._headers = _decode_headers(event)
+                lookup = self._lookup
+                for name, value in self._headers:
+                    lookup.setdefault(name, value)
                 early = self._at_head(event)
                 if early is not None:
                     return early
-                length = _header(event, b"content-length")
+                length = self._lookup.get("content-length")
                 if length is not None and length.isdigit() and int(length) > self._max_body_size:
                     return body_too_large(self._max_body_size)
                 if conn.they_are_waiting_for_100_continue:
@@ -173,7 +183,8 @@ class HttpPhase:
         """The answer a head decides by itself (see the module doc), or ``None``."""
         path = request.target.decode("latin-1").partition("?")[0]
         method = request.method.decode("latin-1")
-        upgrade = "websocket" in _tokens(_header(request, b"upgrade"))
+        header = self._lookup.get
+        upgrade = "websocket" in _tokens(header("upgrade"))
         if path == self._path:
             return None if upgrade else not_an_upgrade(method)
         if upgrade:
@@ -181,12 +192,12 @@ class HttpPhase:
         if self._on_head is None:
             return None
         length: int | None = 0
-        declared = _header(request, b"content-length")
+        declared = header("content-length")
         if declared is not None and declared.isdigit():
             length = int(declared)
-        elif _header(request, b"transfer-encoding") is not None:
+        elif header("transfer-encoding") is not None:
             length = None  # chunked: its length is known at its end
-        return self._on_head(method, path, _decode_headers(request), length)
+        return self._on_head(method, path, self._headers, length)
 
     def _complete(self) -> HttpOutcome:
         request = self._request
@@ -201,29 +212,30 @@ class HttpPhase:
                 method=method,
                 path=path,
                 query=query,
-                headers=_decode_headers(request),
+                headers=self._headers,
                 body=bytes(self._body),
                 client=self._client,
             )
-        problem = self._upgrade_problem(request, method)
+        problem = self._upgrade_problem(method)
         if problem is not None:
             extra = [("sec-websocket-version", "13")] if "Version" in problem else []
             return HttpAnswer.plain(400, f"Bad Request: {problem}", extra)
         return UpgradeRequested(
             path=path,
             query=query,
-            headers=_decode_headers(request),
-            subprotocols=_protocols(_header(request, b"sec-websocket-protocol")),
+            headers=self._headers,
+            subprotocols=_protocols(self._lookup.get("sec-websocket-protocol")),
         )
 
-    def _upgrade_problem(self, request: h11.Request, method: str) -> str | None:
+    def _upgrade_problem(self, method: str) -> str | None:
+        header = self._lookup.get
         if method != "GET":
             return "WebSocket upgrade must use GET"
-        if "upgrade" not in _tokens(_header(request, b"connection")):
+        if "upgrade" not in _tokens(header("connection")):
             return "missing Connection: Upgrade"
-        if _header(request, b"sec-websocket-version") != "13":
+        if header("sec-websocket-version") != "13":
             return "unsupported Sec-WebSocket-Version (13 expected)"
-        key = _header(request, b"sec-websocket-key")
+        key = header("sec-websocket-key")
         try:
             raw = base64.b64decode((key or "").encode("latin-1"), validate=True)
         except (binascii.Error, UnicodeEncodeError):
@@ -239,13 +251,6 @@ def _tokens(value: str | None) -> set[str]:
     if value is None:
         return set()
     return {part.strip().lower() for part in value.split(",") if part.strip()}
-
-
-def _header(request: h11.Request, name: bytes) -> str | None:
-    for key, value in request.headers:
-        if key == name:
-            return value.decode("latin-1")
-    return None
 
 
 def _decode_headers(request: h11.Request) -> tuple[tuple[str, str], ...]:

@@ -429,10 +429,20 @@ class Notification:
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 
 
+#: The JSON form of each message type seen (a handful of them).
+_kinds: dict[str, str] = {}
+
+
 def encode_server_message(
     kind: str, data: object, wall: float, message_id: str | None = None
 ) -> str:
     """The JSON text of a server message; ``data`` ``None`` leaves the field out."""
+    if data is None and message_id is None:
+        # Type and time only (a pong): the same text as the general case, without a dict.
+        quoted = _kinds.get(kind)
+        if quoted is None:
+            quoted = _kinds[kind] = _dumps(kind)
+        return f'{{"type":{quoted},"timestamp":"{format_timestamp(wall)}"}}'
     obj: dict[str, Any] = {"type": kind}
     if data is not None:
         obj["data"] = data

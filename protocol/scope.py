@@ -22,6 +22,7 @@ Everything here is pure: values and functions, no hub, no session, no clock.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Final, NamedTuple
@@ -78,6 +79,13 @@ def validate_channel(name: object, field: str = "channel") -> str:
     return name
 
 
+@functools.lru_cache(maxsize=1)
+def query_pairs(query: str) -> tuple[tuple[str, str], ...]:
+    """``parse_qsl(query, keep_blank_values=True)``, parsed once for the several readers
+    of one upgrade's query (the token, ``channels``, ``since``)."""
+    return tuple(parse_qsl(query, keep_blank_values=True))
+
+
 def channels_in_query(query: str) -> list[str]:
     """The channels a client asks for while connecting: ``channels=a,b`` in the URL
     (PROTOCOL.md 4a). Comma-separated, URL-decoded, blanks around names and empty entries
@@ -85,7 +93,7 @@ def channels_in_query(query: str) -> list[str]:
     each one as it answers a ``subscribe``.
     """
     names: dict[str, None] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
+    for key, value in query_pairs(query):
         if key == "channels":
             for part in value.split(","):
                 name = part.strip()

@@ -40,13 +40,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl
 
 from .admission import Ticket
 from .answers import HttpAnswer
 from .auth import AuthFailure, AuthResult, Identity
 from .errors import LocalProtocolError
-from .scope import channels_in_query
+from .scope import channels_in_query, query_pairs
 from .session import Session, Sink
 
 if TYPE_CHECKING:
@@ -79,7 +78,7 @@ def extract_token(
     headers = tuple(headers)
     offered = tuple(subprotocols)
     selected = SUBPROTOCOL if SUBPROTOCOL in offered else None
-    for key, value in parse_qsl(query, keep_blank_values=True):
+    for key, value in query_pairs(query):
         if key == "token":
             return (value or None), selected
     for key, value in headers:
@@ -107,7 +106,7 @@ def extract_since(query: str, headers: Iterable[tuple[str, str]] = ()) -> str | 
     for key, value in headers:
         if key.lower() == "last-event-id" and value.strip():
             return value.strip()
-    for key, value in parse_qsl(query, keep_blank_values=True):
+    for key, value in query_pairs(query):
         if key == "since":
             return value
     return None

@@ -394,6 +394,9 @@ class WebSocketTransport:
         close frame; the rest of the input is discarded unparsed and the close timeout
         ends the connection. Call it once the closing handshake has begun."""
         self._deaf = True
+        frames = self._frames
+        assert frames is not None  # only an open WebSocket is closed for abuse
+        frames.halt()  # not even the rest of the piece being read
 
     def refuse(self, answer: HttpAnswer) -> None:
         """Answer *answer* at once, before any request is read, and close (a connection

@@ -320,6 +320,13 @@ def test_server_messages_round_trip(kind, data, wall, message_id):
     assert obj == {}
 
 
+def test_a_message_of_type_and_time_only_is_their_compact_json_every_time():
+    for kind in ("pong", "pong", 'quo"te'):  # the second from what the first remembered
+        expected = {"type": kind, "timestamp": format_timestamp(WALL)}
+        compact = json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
+        assert encode_server_message(kind, None, WALL) == compact
+
+
 safe_text = st.text(min_size=1, max_size=50)
 
 
