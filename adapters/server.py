@@ -24,7 +24,8 @@ every client, waits for the closing handshakes up to ``drain_timeout`` and retur
 :meth:`Server.run` does the same and turns SIGINT/SIGTERM into :meth:`Server.shutdown`
 (and SIGHUP into a reload of the JWT key file, when one is configured: see
 :mod:`agentcast.adapters.jwt_keyfile`). Each accepted connection is served by a driver:
-:mod:`._asyncio_driver` on asyncio and uvloop, :mod:`._stream_driver` on trio.
+:mod:`._asyncio_driver` on asyncio and uvloop, :mod:`._socket_driver` on trio (one task per
+connection), :mod:`._stream_driver` on trio with TLS (two tasks on the TLS stream).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ from agentcast.protocol.scope import EVERYONE, PendingVerdict, Scope
 from ._asyncio_driver import AsyncioDriver, Flusher
 from ._driver import IO_ERRORS, format_peer
 from ._serial import SerialSend
+from ._socket_driver import SocketDriver, SocketFlusher
 from ._stream_driver import StreamDriver
 from .metrics import Metrics
 from .service import DEFAULT_DRAIN_TIMEOUT, Service, clock
@@ -285,7 +287,7 @@ class Server:
                     await tasks.start(service.run)
                 try:
                     asyncio.get_running_loop()
-                except RuntimeError:  # trio: two tasks per connection on anyio streams
+                except RuntimeError:  # trio: a task per connection (two with TLS)
                     await self._serve_streams(task_status)
                 else:  # asyncio, uvloop: protocol callbacks, no task per connection
                     await self._serve_protocols(task_status)
@@ -326,15 +328,42 @@ class Server:
         await self._serve(task_status, connect, abort=True)
 
     async def _serve_streams(self, task_status: TaskStatus[None]) -> None:
-        async def handle(sock: socket.socket) -> None:
+        if self.ssl_context is not None:
+
+            async def handle(sock: socket.socket) -> None:
+                try:
+                    stream = await SocketStream.from_socket(sock)
+                except OSError:  # the client left
+                    sock.close()
+                    return
+                await self._handle(stream)
+
+            await self._serve(task_status, handle, abort=False)
+            return
+        flusher = SocketFlusher()
+        service = self.service
+        send_buffer = self.socket_send_buffer
+
+        async def serve_socket(sock: socket.socket) -> None:
             try:
-                stream = await SocketStream.from_socket(sock)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if send_buffer:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+                host, peer = format_peer(sock.getpeername())
             except OSError:  # the client left
                 sock.close()
                 return
-            await self._handle(stream)
+            driver = SocketDriver(service, sock, flusher, host=host, peer=peer)
+            service.register(driver)
+            try:
+                await driver.run()  # closes the socket
+            finally:
+                service.unregister(driver)
 
-        await self._serve(task_status, handle, abort=False)
+        async with anyio.create_task_group() as writing:
+            writing.start_soon(flusher.run)
+            await self._serve(task_status, serve_socket, abort=False)
+            writing.cancel_scope.cancel()
 
     async def _serve(
         self,

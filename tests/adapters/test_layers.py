@@ -57,5 +57,6 @@ def test_no_import_cycle_between_the_adapters_modules():
 def test_the_drivers_and_the_service_know_no_transport_above_them():
     graph = _graph()
     above = {"server", "asgi", "cli", "config", "options"}
-    for module in ("service", "_driver", "_asyncio_driver", "_stream_driver", "_asgi_driver"):
+    drivers = ("_driver", "_asyncio_driver", "_socket_driver", "_stream_driver", "_asgi_driver")
+    for module in ("service", *drivers):
         assert not graph[module] & above, (module, graph[module] & above)
