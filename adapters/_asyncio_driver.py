@@ -192,10 +192,14 @@ class AsyncioDriver(Driver, asyncio.Protocol):
         if self._burst > PASS_BYTES and not self._yielding:
             self._yielding = True
             self._loop.call_soon(self._next_pass)
+        if self._marked and not self.conn.closed:
+            # An answer to this input (a pong, the 101 and auth): write it now rather than
+            # at the next pass (flush() then follows the core and arms the timer, as
+            # _after_input does). Broadcasts to other connections still wait for the pass.
+            self.flush()
+            return
         self._after_input(now)
         if self._marked:
-            # An answer to this input (a pong, the 101 and auth): write it now rather than
-            # at the next pass. Broadcasts to other connections still wait for the pass.
             self.flush()
 
     def eof_received(self) -> bool:
@@ -285,6 +289,7 @@ class AsyncioDriver(Driver, asyncio.Protocol):
         if transport is None or self._finishing:
             return
         if self._paused:
+            self._follow_core()  # a client that does not read: its input may wait too
             self._arm_timer()  # the core may have started closing (1013)
             return
         conn = self.conn

@@ -14,7 +14,10 @@ kernel), the same bytes as the load generator sends:
   then the socket lost (``send_failed``): the core's part of an accepted connection, for
   a user already online on another connection (so no presence change either way);
 * ``connect``: ``handshake`` for a new user, then the client's close frame and EOF (the
-  close handshake, presence online and offline): the core's part of ``connect``.
+  close handshake, presence online and offline): the core's part of ``connect``;
+* ``driver-ping``: ``ping`` through the asyncio driver (``AsyncioDriver.data_received``
+  on a stand-in transport that takes every write): the core plus the adapter's work per
+  ping, without the event loop and the kernel.
 
 ``--mode M --count N`` runs N operations of one kind after a warm-up, for callgrind:
 instructions per operation = (Ir at N2 - Ir at N1) / (N2 - N1), which cancels the
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import os
 import sys
 import timeit
@@ -121,7 +125,55 @@ class Bench:
         return ping
 
 
+class _Transport:
+    """What AsyncioDriver uses of an asyncio transport; writes are taken at once."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def driver_pinger() -> Callable[[], None]:
+    import asyncio  # noqa: PLC0415
+
+    from agentcast.adapters._asyncio_driver import AsyncioDriver, Flusher  # noqa: PLC0415
+    from agentcast.adapters.service import Service  # noqa: PLC0415
+
+    loop = asyncio.new_event_loop()
+    # Pings as fast as the loop goes (the loop's clock): the rate limit out of the way.
+    settings = dataclasses.replace(Bench().hub.settings, rate_limit=1e9, rate_burst=10**9)
+    service = Service(settings)
+    driver = AsyncioDriver(service, Flusher(loop), loop)
+    transport = _Transport()
+    driver.connection_made(transport)  # type: ignore[arg-type]
+    driver.data_received(upgrade_request("pinger"))
+    loop.call_soon(loop.stop)
+    loop.run_forever()  # the flusher's pass after the 101
+    assert transport.written
+    assert transport.written[0].startswith(b"HTTP/1.1 101")
+
+    def ping() -> None:
+        transport.written.clear()
+        driver.data_received(PING)
+        assert transport.written, "no pong"
+
+    return ping
+
+
 def operation(mode: str) -> Callable[[], None]:
+    if mode == "driver-ping":
+        return driver_pinger()
     bench = Bench()
     if mode == "ping":
         return bench.pinger()
@@ -130,7 +182,7 @@ def operation(mode: str) -> Callable[[], None]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=("ping", "handshake", "connect"))
+    parser.add_argument("--mode", choices=("ping", "handshake", "connect", "driver-ping"))
     parser.add_argument("--count", type=int, default=0)
     args = parser.parse_args()
     if args.mode and args.count:
@@ -140,7 +192,7 @@ def main() -> int:
         for _ in range(args.count):
             op()
         return 0
-    for mode in ("ping", "handshake", "connect"):
+    for mode in ("ping", "handshake", "connect", "driver-ping"):
         op = operation(mode)
         for _ in range(200):
             op()
