@@ -25,9 +25,10 @@ pong or the ``101``, is written at the end of that ``data_received``. A presence
 (every new user is a message to every other one, the hub sending a window's changes
 together) therefore costs one ``send()`` per connection per window, and no task switch.
 
-The stream driver (:mod:`._stream_driver`, two tasks on an anyio stream) behaves the
-same; both share :class:`~._driver.Driver` for everything that is not moving bytes,
-including the rules after the core is done (give up, linger).
+The trio drivers (:mod:`._socket_driver`, one task per connection and the same batching
+of writes per pass; :mod:`._stream_driver`, two tasks on a TLS stream) behave the same;
+all share :class:`~._driver.Driver` for everything that is not moving bytes, including
+the rules after the core is done (give up, linger).
 """
 
 from __future__ import annotations

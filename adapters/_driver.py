@@ -1,10 +1,11 @@
 """What every driver of the reference server does, however its bytes move.
 
 A *driver* moves one TCP connection's bytes and time in and out of the core's
-:class:`~agentcast.protocol.ServerConnection`, which decides everything. Two drivers
+:class:`~agentcast.protocol.ServerConnection`, which decides everything. Three drivers
 exist: :class:`~._asyncio_driver.AsyncioDriver` (asyncio and uvloop: protocol callbacks
-and a timer handle, no task) and :class:`~._stream_driver.StreamDriver` (trio: two tasks
-on an anyio byte stream). The ASGI adapter's driver (:mod:`._asgi_driver`) drives a
+and a timer handle, no task), :class:`~._socket_driver.SocketDriver` (trio: one task on
+the non-blocking socket) and :class:`~._stream_driver.StreamDriver` (trio with TLS: two
+tasks on an anyio byte stream). The ASGI adapter's driver (:mod:`._asgi_driver`) drives a
 session without a transport and shares none of this.
 
 :class:`Driver` holds what does not depend on how bytes move:

@@ -74,7 +74,7 @@ PROBE_RATE = 10  # storm: pings/s of the already-connected probe (under the rate
 STORM_SECONDS = {5_000: 15.0, 10_000: 60.0}  # storm: time goals, everyone sees everyone
 LATENCY_RATE = 1_000  # latency: single publishes per second
 LATENCY_SECONDS = 10
-LATENCY_GRACE = 3.0  # latency: how long a server behind the rate is waited for
+LATENCY_GRACE = 2.0  # latency: how long a server behind the rate is waited for
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def scenarios(quick: bool, everything: bool = False) -> list[Scenario]:
     """The table's scenarios (and, with *everything*, the long ones too)."""
 
     def fanout(clients: int, messages: int) -> Scenario:
-        bursts = max(2, messages // BURST)
+        bursts = max(1, messages // BURST)
         return Scenario(
             f"fanout-{clients}",
             "fanout",
@@ -156,9 +156,9 @@ def scenarios(quick: bool, everything: bool = False) -> list[Scenario]:
             *([fanout(100, 3_000), fanout(1_000, 300), storm(2_000, 300)] if everything else []),
         ]  # fmt: skip
     return [
-        Scenario("rtt-1000", "rtt", 1_000, ("--ping-rate", "1000", "--duration", "5")),
-        Scenario("connect", "churn", 600, ("--concurrency", "10",)),
-        fanout(5_000, 200),
+        Scenario("rtt-1000", "rtt", 1_000, ("--ping-rate", "1000", "--duration", "4")),
+        Scenario("connect", "churn", 400, ("--concurrency", "10",)),
+        fanout(5_000, 100),
         latency("inproc", LATENCY_SECONDS),
         latency("http", LATENCY_SECONDS),
         *(

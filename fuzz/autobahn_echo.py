@@ -6,8 +6,9 @@ echoes every message). What runs is the real stack with the message layer swappe
 * each TCP connection is served by the reference server's own connection driver,
   unchanged: on asyncio :class:`agentcast.adapters._asyncio_driver.AsyncioDriver` (protocol
   callbacks, one write of everything ``data_to_send()`` holds per pass of the loop), on
-  trio :class:`agentcast.adapters._stream_driver.StreamDriver` (a pump that reads until
-  ``next_deadline()``, a single writer); their timers and linger/close handling;
+  trio :class:`agentcast.adapters._socket_driver.SocketDriver` (one task per connection
+  that reads until ``next_deadline()``, writes batched per pass by one flusher task);
+  their timers and linger/close handling;
 * the object it drives is :class:`EchoConnection`, which has the interface of
   :class:`~agentcast.protocol.ServerConnection` but composes the same
   :class:`~agentcast.protocol.WebSocketTransport` with an echo in place of the
@@ -29,16 +30,18 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
 import time
 from collections.abc import Callable
 
 import anyio
-from anyio.abc import SocketAttribute, SocketStream
+from anyio.abc import SocketAttribute
 
 from agentcast.adapters import Service
 from agentcast.adapters._asyncio_driver import AsyncioDriver, Flusher
-from agentcast.adapters._stream_driver import StreamDriver
+from agentcast.adapters._driver import format_peer
+from agentcast.adapters._socket_driver import SocketDriver, SocketFlusher
 from agentcast.adapters.service import clock
 from agentcast.protocol import (
     BytesReceived,
@@ -200,7 +203,7 @@ async def serve(host: str, port: int, max_message_size: int) -> None:
     service = Service(settings)
     try:
         loop = asyncio.get_running_loop()
-    except RuntimeError:  # trio: the stream driver, two tasks per connection
+    except RuntimeError:  # trio: the socket driver, one task per connection
         pass
     else:  # asyncio: the protocol driver, as the reference server runs it
         flusher = Flusher(loop)
@@ -211,18 +214,30 @@ async def serve(host: str, port: int, max_message_size: int) -> None:
         await listening.serve_forever()
         return
 
-    async def handle(stream: SocketStream) -> None:
-        address = stream.extra(SocketAttribute.remote_address, None)
-        host_, peer = (str(address[0]), f"{address[0]}:{address[1]}") if address else (None, "-")
-        connection = StreamDriver(service, stream, host=host_, peer=peer)
+    flusher = SocketFlusher()
+
+    async def handle(sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        host_, peer = format_peer(sock.getpeername())
+        connection = SocketDriver(service, sock, flusher, host=host_, peer=peer)
         connection.conn = EchoConnection(settings, now=clock(), client=host_)  # type: ignore[assignment]
         connection.conn.on_output = connection.wake
-        await connection.run()  # closes the stream
+        await connection.run()  # closes the socket
 
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     bound = listener.extra(SocketAttribute.local_port)
+    raw = listener.listeners[0].extra(SocketAttribute.raw_socket)
     print(f"listening on {bound}", flush=True)
-    await listener.serve(handle)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(flusher.run)
+        while True:
+            await anyio.wait_readable(raw)
+            try:
+                client, _ = raw.accept()
+            except BlockingIOError:
+                continue
+            client.setblocking(False)
+            tg.start_soon(handle, client)
 
 
 def main(argv: list[str] | None = None) -> None:
