@@ -138,29 +138,30 @@ class SocketDriver(Driver):
 
     def flush(self) -> None:
         """Write everything pending in one ``send()``, unless a write is held back (the
-        task writes the rest as the socket allows)."""
+        task writes the rest as the socket allows); have the task look again when the
+        core is done (an answer given outside its input: a publish answered once Redis
+        gave the ids) or wants input again."""
         self._marked = False
         if self._rest is not None or self._write_failed:
             return
         conn = self.conn
         data = conn.data_to_send()
-        if not data:
-            return
-        try:
-            sent = self._sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self._fail_write()
-            return
-        if sent == len(data):
+        if data:
+            try:
+                sent = self._sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._fail_write()
+                return
+            if sent < len(data):
+                self._rest = memoryview(data)[sent:]
+                self._look_again()  # the task waits for the socket to take the rest
+                return
             # Taken whole: no longer the core's backlog (as a stream's send() returning).
             conn.transport.outbox.sent()
-            if not self._waits_for_input and conn.wants_input:
-                self._look_again()  # the backlog fell under the limit: read again
-            return
-        self._rest = memoryview(data)[sent:]
-        self._look_again()  # the task waits for the socket to take the rest
+        if conn.closed or (not self._waits_for_input and conn.wants_input):
+            self._look_again()  # finish, or read again (the backlog fell under the limit)
 
     # -- the task ------------------------------------------------------------------------
 

@@ -325,6 +325,9 @@ def test_a_message_of_type_and_time_only_is_their_compact_json_every_time():
         expected = {"type": kind, "timestamp": format_timestamp(WALL)}
         compact = json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
         assert encode_server_message(kind, None, WALL) == compact
+    # With an id but no data: the general form, still without a "data" field.
+    with_id = json.loads(encode_server_message("user_presence", None, WALL, "0001"))
+    assert with_id == {"type": "user_presence", "timestamp": format_timestamp(WALL), "id": "0001"}
 
 
 safe_text = st.text(min_size=1, max_size=50)
