@@ -17,7 +17,10 @@ kernel), the same bytes as the load generator sends:
   close handshake, presence online and offline): the core's part of ``connect``;
 * ``driver-ping``: ``ping`` through the asyncio driver (``AsyncioDriver.data_received``
   on a stand-in transport that takes every write): the core plus the adapter's work per
-  ping, without the event loop and the kernel.
+  ping, without the event loop and the kernel;
+* ``driver-fanout``: 10 notifications published in-process to 200 connections of one
+  user (asyncio driver, stand-in transports), then the flusher's pass that writes each
+  connection's backlog once: 2,000 deliveries per operation.
 
 ``--mode M --count N`` runs N operations of one kind after a warm-up, for callgrind:
 instructions per operation = (Ir at N2 - Ir at N1) / (N2 - N1), which cancels the
@@ -171,9 +174,47 @@ def driver_pinger() -> Callable[[], None]:
     return ping
 
 
+def driver_fanout(connections: int = 200, burst: int = 10) -> Callable[[], None]:
+    import asyncio  # noqa: PLC0415
+
+    from agentcast.adapters._asyncio_driver import AsyncioDriver, Flusher  # noqa: PLC0415
+    from agentcast.adapters.service import Service  # noqa: PLC0415
+
+    loop = asyncio.new_event_loop()
+    service = Service(Bench().hub.settings)
+    flusher = Flusher(loop)
+    transports = []
+    for _ in range(connections):
+        driver = AsyncioDriver(service, flusher, loop)
+        transport = _Transport()
+        driver.connection_made(transport)  # type: ignore[arg-type]
+        driver.data_received(upgrade_request("fan"))
+        transports.append(transport)
+
+    def one_pass() -> None:
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+
+    while not all(transport.written for transport in transports):
+        one_pass()  # the upgrades (16 a pass) and their 101
+    text = "seq=00000000 " + "x" * 72  # a ~200-byte frame, as in the fan-out scenarios
+
+    def fanout() -> None:
+        for transport in transports:
+            transport.written.clear()
+        for _ in range(burst):
+            service.send_notification("info", text)
+        one_pass()
+        assert all(transport.written for transport in transports)
+
+    return fanout
+
+
 def operation(mode: str) -> Callable[[], None]:
     if mode == "driver-ping":
         return driver_pinger()
+    if mode == "driver-fanout":
+        return driver_fanout()
     bench = Bench()
     if mode == "ping":
         return bench.pinger()
@@ -182,23 +223,25 @@ def operation(mode: str) -> Callable[[], None]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=("ping", "handshake", "connect", "driver-ping"))
+    modes = ("ping", "handshake", "connect", "driver-ping", "driver-fanout")
+    parser.add_argument("--mode", choices=modes)
     parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=200)
     args = parser.parse_args()
     if args.mode and args.count:
         op = operation(args.mode)
-        for _ in range(200):  # warm-up: caches, interned strings, the first snapshot
+        for _ in range(args.warmup):  # warm-up: caches, interned strings, the first snapshot
             op()
         for _ in range(args.count):
             op()
         return 0
-    for mode in ("ping", "handshake", "connect", "driver-ping"):
+    for mode in modes:
         op = operation(mode)
         for _ in range(200):
             op()
-        n = 2000
+        n = 50 if mode == "driver-fanout" else 2000
         best = min(timeit.repeat(op, number=n, repeat=5)) / n
-        print(f"{mode:10s} {best * 1e6:8.2f} µs per operation (best of 5 x {n})")
+        print(f"{mode:13s} {best * 1e6:8.2f} µs per operation (best of 5 x {n})")
     print(f"(Python {sys.version.split()[0]}, pid {os.getpid()})")
     return 0
 
