@@ -35,7 +35,8 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -227,6 +228,12 @@ class Server:
     ) -> Published:
         """:meth:`Service.publish`."""
         return self.service.publish(item, scope=scope)
+
+    @contextmanager
+    def publishing_batch(self) -> Iterator[None]:
+        """:meth:`Service.publishing_batch`."""
+        with self.service.publishing_batch():
+            yield
 
     def complete_verdict(self, verdict: PendingVerdict, allowed: bool) -> None:
         """:meth:`Service.complete_verdict`."""

@@ -40,7 +40,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -287,6 +288,17 @@ class Service:
     ) -> Published:
         """Publish an already validated payload to *scope* (default: everyone)."""
         return self.hub.publish(item, now=clock(), wall=time.time(), scope=scope)
+
+    @contextmanager
+    def publishing_batch(self) -> Iterator[None]:
+        """Publishes within this block are one batch, as an array sent to the publish API
+        is: a client is judged too slow (``1013``) by what it had not drained when the
+        batch began, not by what the batch itself queued (up to the hard stop at twice
+        ``max_send_buffer``). Use it around a burst published from one task without
+        yielding (a catch-up, many items at once): without it, a burst larger than
+        ``max_send_buffer`` closes every client before any of it is written."""
+        with self.hub.publishing_batch():
+            yield
 
     def complete_verdict(self, verdict: PendingVerdict, allowed: bool) -> None:
         """Answer a subscription the authorizer left pending (PROTOCOL.md 4a): the

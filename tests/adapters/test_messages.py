@@ -231,3 +231,22 @@ async def test_invalid_arguments_raise_value_error(start_server):
         server.broadcast_agent_status("a", "sleeping")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="level"):
         server.send_notification("loud", "x")  # type: ignore[arg-type]
+
+
+async def test_a_burst_published_in_one_go_reaches_a_reader_that_keeps_up(start_server, clients):
+    """Many messages published from one task without yielding are all queued before any
+    is written. In one ``publishing_batch`` a client is judged by what it had not drained
+    before the burst, so a reader that keeps up gets all of it; outside a batch the same
+    burst passes max_send_buffer at once and closes it 1013."""
+    server = await start_server(Settings(max_send_buffer=32 * 1024))
+    reader = await join(clients, server, "reader")
+    text = "x" * 1000
+    with server.publishing_batch():
+        for n in range(45):  # about 48 KB: past the limit, within the hard stop (twice)
+            server.send_notification("info", f"{n:03d} {text}")
+    got = await reader.recv_many(45)
+    assert [m["data"]["message"][:3] for m in got] == [f"{n:03d}" for n in range(45)]
+    for n in range(45):
+        server.send_notification("info", f"{n:03d} {text}")
+    code, reason = await reader.closed_by_server()
+    assert (code, reason) == (1013, "client too slow")
