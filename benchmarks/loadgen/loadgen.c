@@ -1198,8 +1198,9 @@ static double connect_all(double *t_ready) {
         while (n_started < cfg.clients && n_inflight < cfg.concurrency)
             client_start(&clients[n_started]);
         int ready = n_started == cfg.clients && n_authed + n_done >= cfg.clients;
-        if (ready && !cfg.same_user && n_done == 0)
-            ready = n_presence_complete == (cfg.scenario == SC_STORM ? storm_users : cfg.clients);
+        /* every client of this process has a complete view (storm: all N + 1 users; the
+           probe, in a process of its own, reports its view at the end) */
+        if (ready && !cfg.same_user && n_done == 0) ready = n_presence_complete == cfg.clients;
         if (ready) {
             if (t_last_ready < 0) {
                 t_last_ready = now_s();
