@@ -191,6 +191,7 @@ class AsgiTasks:
             if not self._ended:  # cancelled (the ASGI server's shutdown, an abort)
                 self._end(CloseCode.ABNORMAL, clock(), time.time())
             service.unregister(self)
+            self._let_go()
 
     async def _write_loop(self) -> None:
         outbox = self.outbox
@@ -241,6 +242,15 @@ class AsgiTasks:
                 self._fail(now, wall)
 
     # -- internals ----------------------------------------------------------------------
+
+    def _let_go(self) -> None:
+        """It is over: drop the references back to this object (the outbox's wake-up
+        callback, the session, whose sink it may be, and the task group), so that the
+        connection's objects are freed by reference counting, not by the garbage
+        collector's full pass."""
+        self.outbox.on_output = None
+        self.session = None
+        self._task_group = None
 
     def _wake_writer(self) -> None:
         """Output is pending, or the session closed: wake the writer; once closed, the

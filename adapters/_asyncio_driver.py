@@ -221,12 +221,19 @@ class AsyncioDriver(Driver, asyncio.Protocol):
         return True  # keep our half open until what is pending is written
 
     def connection_lost(self, exc: Exception | None) -> None:
+        transport = self._transport
         self._done = True
         self._transport = None
         self._cancel_timer()
         self.socket_lost(self._loop.time(), time.time())
         self._service.unregister(self)
-        self.conn.on_output = None  # no cycle left: the driver is freed without the GC
+        self.let_go()
+        # CPython 3.11's selector transport keeps its read callback, a bound method of
+        # itself, once closed (3.12 drops it in close()): a reference cycle that only the
+        # garbage collector's full pass frees. Its reader is removed by now (the socket
+        # is closed right after this returns), so the callback is never called again.
+        if getattr(transport, "_read_ready_cb", None) is not None:
+            transport._read_ready_cb = None  # type: ignore[union-attr]
 
     def pause_writing(self) -> None:
         self._paused = True

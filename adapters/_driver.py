@@ -165,6 +165,14 @@ class Driver:
         except Exception:
             log.exception("error dropping the connection from %s", self.peer)
 
+    def let_go(self) -> None:
+        """The socket is gone and this driver is done: drop the core's output callback
+        (this driver's :meth:`wake`), the one reference from the core back to the
+        driver, so that the connection's objects are freed by reference counting as
+        soon as the server forgets the driver, not by the garbage collector's full pass
+        (the core lets go of its own callbacks when it closes)."""
+        self.conn.on_output = None
+
     def failed(self, now: float, wall: float) -> None:
         """An unexpected error: log it and close this connection (500 or 1011), or drop
         it if that fails too."""

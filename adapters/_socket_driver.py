@@ -67,13 +67,18 @@ class SocketFlusher:
         while True:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
-            marked, self._marked = self._marked, []
-            for index, connection in enumerate(marked, 1):
-                connection.flush()
-                if index % WRITES_PER_PASS == 0 and index < len(marked):
-                    # A broadcast to thousands: let the input waiting on other sockets
-                    # (a ping) be read in between.
-                    await anyio.lowlevel.checkpoint()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        # A function of its own, so that nothing refers to the connections written
+        # while the task waits for the next ones (a closed one is freed at once).
+        marked, self._marked = self._marked, []
+        for index, connection in enumerate(marked, 1):
+            connection.flush()
+            if index % WRITES_PER_PASS == 0 and index < len(marked):
+                # A broadcast to thousands: let the input waiting on other sockets
+                # (a ping) be read in between.
+                await anyio.lowlevel.checkpoint()
 
 
 class SocketDriver(Driver):
@@ -176,6 +181,7 @@ class SocketDriver(Driver):
         finally:
             self._scope = None
             self.socket_lost(clock(), time.time(), write_failed=self._write_failed)
+            self.let_go()
             self._sock.close()
 
     async def _serve(self) -> None:

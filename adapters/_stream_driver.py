@@ -100,6 +100,7 @@ class StreamDriver(Driver):
             log.exception("unexpected error on the connection from %s", self.peer)
         finally:
             self.socket_lost(clock(), time.time())
+            self.let_go()
             with anyio.CancelScope(shield=True):
                 try:
                     await self._stream.aclose()

@@ -445,6 +445,7 @@ class Server:
                 guard.accepted(clock())
                 client.setblocking(False)
                 tg.start_soon(handle, client)
+                del client  # the connection's own: it must not outlive it here
 
     def _log_shortage_start(self, shortage: Shortage) -> None:
         limit = ""

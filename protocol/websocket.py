@@ -126,6 +126,7 @@ class WebSocketTransport:
     """One server-side connection: HTTP request handling, upgrade, RFC 6455 framing."""
 
     __slots__ = (
+        "_close_code",
         "_close_timeout",
         "_deadline",
         "_deaf",
@@ -174,6 +175,7 @@ class WebSocketTransport:
             on_head=on_head,
         )
         self._frames: FramePhase | None = None
+        self._close_code: int = CloseCode.ABNORMAL  # kept when the frame phase is let go
         self._request_pending = False  # an HttpRequest awaits the adapter's answer
         # The handshake deadline is armed at creation, not at the first byte.
         self._deadline: float | None = now + handshake_timeout
@@ -206,7 +208,7 @@ class WebSocketTransport:
     def close_code(self) -> int:
         """The close code in effect once closing has begun (1006 if no frame was seen)."""
         frames = self._frames
-        return CloseCode.ABNORMAL if frames is None else frames.close_code
+        return self._close_code if frames is None else frames.close_code
 
     @property
     def wants_input(self) -> bool:
@@ -463,6 +465,21 @@ class WebSocketTransport:
         if new is TransportState.CLOSED or new is TransportState.STREAMING:
             self._http = None
             self._request_pending = False
+        if new is TransportState.CLOSED:
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Closed: nothing more is read, so let go of what only reading needed. The frame
+        phase calls back into this transport, and the owner's callbacks into the owner:
+        both are reference cycles while the connection lives. Without them, a closed
+        connection is freed by reference counting as soon as its adapter drops it, and
+        never waits for the garbage collector's full pass."""
+        frames = self._frames
+        if frames is not None:
+            self._close_code = frames.close_code
+            self._frames = None
+        self.on_message = None
+        self.on_control = None
 
     def _answer(self, answer: HttpAnswer) -> None:
         self._outbox.push(answer.to_bytes())
