@@ -34,6 +34,7 @@ the rules after the core is done (give up, linger).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import socket
 import time
@@ -61,10 +62,14 @@ class Flusher:
     """Writes the output of the connections woken during one pass of the event loop:
     once each, from one callback at the start of the next pass."""
 
-    __slots__ = ("_loop", "_marked", "_requests", "_scheduled")
+    __slots__ = ("_loop", "_marked", "_requests", "_scheduled", "context")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        #: The context the connections' timers run in: one for all (the loop would copy
+        #: the current one for every timer, an object per connection for the garbage
+        #: collector). Nothing here sets context variables.
+        self.context = contextvars.copy_context()
         self._marked: list[AsyncioDriver] = []
         self._scheduled = False
         self._requests = 0  # HTTP requests (upgrades) read in this pass
@@ -369,7 +374,7 @@ class AsyncioDriver(Driver, asyncio.Protocol):
                 return
             timer.cancel()
         self._timer_at = deadline
-        self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer = self._loop.call_at(deadline, self._on_timer, context=self._flusher.context)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -102,7 +102,7 @@ class ServerConnection:
         self._ws.on_control = self._on_control
         self._wall = 0.0  # the wall-clock time of the input being processed
         self._session: Session | None = None
-        self._events: list[Event] = []
+        self._events: list[Event] | None = None  # a list only while events wait
         # The upgrade's decisions; it holds this connection's place in the hub's
         # connection counts until the connection is closed (released on every way it ends).
         self._upgrade: Upgrade | None = None
@@ -158,7 +158,9 @@ class ServerConnection:
 
     def events_received(self) -> list[Event]:
         events = self._events
-        self._events = []
+        if events is None:
+            return []
+        self._events = None
         return events
 
     def next_deadline(self) -> float | None:
@@ -270,8 +272,7 @@ class ServerConnection:
                     self._session.ended(code, now, wall)
                     # What the frames before the close caused (a refresh) comes first,
                     # however the input was split (found by fuzz/fuzz_frames.py).
-                    self._events.extend(self._session.events_received())
-                    self._events.append(event)
+                    self._emit(*self._session.events_received(), event)
                 case _:  # pragma: no cover - the transport emits nothing else
                     raise AssertionError(event)
         session = self._session
@@ -280,7 +281,7 @@ class ServerConnection:
                 # The transport started closing by itself (1009): the session ends now,
                 # so nothing is queued after the close frame.
                 session.close(self._ws.close_code, "", now, wall)
-            self._events.extend(session.events_received())
+            self._emit(*session.events_received())
         self._release_if_closed()
 
     def _on_message(self, event: TextReceived | BytesReceived, now: float) -> None:
@@ -321,6 +322,10 @@ class ServerConnection:
         self._body_reserved = size
         return None
 
+    def _emit(self, *events: Event) -> None:
+        if events:
+            self._events = [*(self._events or ()), *events]
+
     def _release_body(self) -> None:
         if self._body_reserved:
             self._hub.admission.release_body(self._body_reserved)
@@ -352,7 +357,7 @@ class ServerConnection:
         if upgrade.token is None:
             self.complete_auth(None, now, wall)
         else:
-            self._events.append(AuthRequested(token=upgrade.token))
+            self._emit(AuthRequested(token=upgrade.token))
 
     def _on_http(self, event: HttpRequest, now: float, wall: float) -> None:
         # The head passed _on_head (route, key, budget); the body is read.
@@ -360,7 +365,7 @@ class ServerConnection:
         if route(event.method, event.path, self._hub.settings) is Route.EVENTS:
             self._on_events(event, now, wall)
             return
-        self._events.append(event)
+        self._emit(event)
 
     def _on_events(self, event: HttpRequest, now: float, wall: float) -> None:
         """A request for the event stream: the upgrade's decisions, then (after the
@@ -383,7 +388,7 @@ class ServerConnection:
         if upgrade.token is None:
             self.complete_auth(None, now, wall)
         else:
-            self._events.append(AuthRequested(token=upgrade.token))
+            self._emit(AuthRequested(token=upgrade.token))
 
     def _open_stream(
         self, request: HttpRequest, result: AuthResult | None, now: float, wall: float

@@ -15,13 +15,19 @@ it refuses is not answered. An empty fragment that finishes nothing is no proof 
 a client must not keep a connection open for ever on a message it never completes.
 
 It knows nothing of HTTP or of the transport's states: the
-:class:`~agentcast.protocol.WebSocketTransport` that owns it drives it and reads
-:attr:`FramePhase.ended` after each input.
+:class:`~agentcast.protocol.WebSocketTransport` that owns it drives it, is called back
+through :class:`FrameOwner`, and reads :attr:`FramePhase.ended` after each input.
+
+wsproto's connection (nine objects the garbage collector tracks) is made when the first
+frame arrives or the first frame that needs it is sent (a Ping, a close, a binary
+message): a connection that has only received text messages so far, as every client
+does in the first seconds of a reconnect storm, holds none of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Protocol
 
 from wsproto.connection import Connection as _WsConnection
 from wsproto.connection import ConnectionState as _WsState
@@ -33,7 +39,7 @@ from .codes import CloseCode
 from .config import DEFAULT_MAX_MESSAGE_FRAMES
 from .events import BytesReceived, TextReceived
 
-__all__ = ["FramePhase", "declared_remaining"]
+__all__ = ["FrameOwner", "FramePhase", "declared_remaining"]
 
 #: No partial message (shared: an idle connection holds no buffer of its own).
 _EMPTY = b""
@@ -45,17 +51,37 @@ _FAILURE_REASONS: dict[int, str] = {
 }
 
 
-class FramePhase:
-    """One open WebSocket's frames (server side). See the module doc.
+class FrameOwner(Protocol):
+    """What a :class:`FramePhase` calls back: its owner (a transport). One reference to
+    the owner rather than five bound methods, which would be five more objects per
+    connection for the garbage collector."""
 
-    *push* queues output bytes (*push_pong* a Pong, by default *push*); *on_message*
-    receives each complete message as soon as it is decoded; *on_too_big* is called
-    (with ``now``, a close code and a reason) when a message passes *max_message_size*
-    (``1009``) or *max_message_frames* (``1008``): the owner then starts the closing
-    handshake with that code;
-    *on_control* (with ``now``) is asked for each Ping and Pong received, ``False``
-    meaning "over budget" (a Ping is then not answered).
-    """
+    def _push_frame(self, frame: bytes) -> None:
+        """Queue output bytes (a frame)."""
+        ...
+
+    def _push_pong(self, frame: bytes) -> None:
+        """Queue a Pong frame."""
+        ...
+
+    def _on_frame_message(self, received: TextReceived | BytesReceived, now: float) -> None:
+        """A complete message, as soon as it is decoded."""
+        ...
+
+    def _on_frame_control(self, now: float) -> bool:
+        """A Ping or a Pong arrived: ``False`` means over budget (a Ping is then not
+        answered)."""
+        ...
+
+    def _too_big(self, now: float, code: int, reason: str) -> None:
+        """A message passed ``max_message_size`` (``1009``) or ``max_message_frames``
+        (``1008``): the owner starts the closing handshake with *code*."""
+        ...
+
+
+class FramePhase:
+    """One open WebSocket's frames (server side), calling back *owner*. See the module
+    doc."""
 
     __slots__ = (
         "_buffer",
@@ -65,11 +91,7 @@ class FramePhase:
         "_in_message",
         "_max_message_frames",
         "_max_message_size",
-        "_on_control",
-        "_on_message",
-        "_on_too_big",
-        "_push",
-        "_push_pong",
+        "_owner",
         "_size",
         "_ws",
         "close_code",
@@ -79,24 +101,16 @@ class FramePhase:
 
     def __init__(
         self,
+        owner: FrameOwner,
         max_message_size: int,
-        push: Callable[[bytes], None],
-        on_message: Callable[[TextReceived | BytesReceived, float], None],
-        on_too_big: Callable[[float, int, str], None],
         *,
         max_message_frames: int = DEFAULT_MAX_MESSAGE_FRAMES,
-        push_pong: Callable[[bytes], None] | None = None,
-        on_control: Callable[[float], bool] | None = None,
     ) -> None:
-        self._ws = _WsConnection(ConnectionType.SERVER)
-        self._cutter = HeaderCutter(max_message_size)
+        self._owner = owner
+        self._ws: _WsConnection | None = None  # made at first use (see the module doc)
+        self._cutter: HeaderCutter | None = None
         self._max_message_size = max_message_size
         self._max_message_frames = max_message_frames
-        self._push = push
-        self._push_pong = push if push_pong is None else push_pong
-        self._on_message = on_message
-        self._on_too_big = on_too_big
-        self._on_control = on_control
         self._buffer: bytes | bytearray = _EMPTY  # the fragments of the message received so far
         self._size = 0  # its length in bytes
         self._frames = 0  # its frames
@@ -121,7 +135,10 @@ class FramePhase:
         each piece to :meth:`receive` in order (so the 1009 check of such a header always
         precedes wsproto's checks of its payload). A reader that stops early must not
         call again."""
-        return self._cutter.split(data)
+        cutter = self._cutter
+        if cutter is None:
+            cutter = self._cutter = HeaderCutter(self._max_message_size)
+        return cutter.split(data)
 
     def halt(self) -> None:
         """Process nothing more, not even the rest of the piece being received (the
@@ -131,7 +148,7 @@ class FramePhase:
     def receive(self, piece: bytes, now: float) -> bool:
         """Process one piece; ``True`` if the client proved it is alive (a frame that is
         not an empty fragment finishing nothing)."""
-        ws = self._ws
+        ws = self._connection()
         ws.receive_data(piece)
         alive = False
         for event in ws.events():
@@ -144,12 +161,12 @@ class FramePhase:
                 continue
             alive = True
             if isinstance(event, CloseConnection):
-                self._on_close_frame(event)
+                self._on_close_frame(ws, event)
                 break
             # A Ping or a Pong: within the owner's budget, a Ping is answered.
-            allowed = self._on_control is None or self._on_control(now)
+            allowed = self._owner._on_frame_control(now)
             if allowed and isinstance(event, Ping) and ws.state is _WsState.OPEN:
-                self._push_pong(ws.send(event.response()))
+                self._owner._push_pong(ws.send(event.response()))
         # The frame being received declares its length in its header: refuse it now
         # rather than after buffering its payload.
         if (
@@ -164,17 +181,17 @@ class FramePhase:
 
     def send_bytes(self, data: bytes) -> bytes:
         """The frame of one binary message."""
-        return self._ws.send(BytesMessage(data=data))
+        return self._connection().send(BytesMessage(data=data))
 
     def send_ping(self, payload: bytes = b"") -> bytes:
         """A protocol-level Ping frame."""
-        return self._ws.send(Ping(payload=payload))
+        return self._connection().send(Ping(payload=payload))
 
     def close(self, code: int, reason: str) -> bytes:
         """Our close frame: the closing handshake starts with *code*."""
         self.close_code = code
         self.close_reason = reason
-        return self._ws.send(CloseConnection(code=code, reason=reason))
+        return self._connection().send(CloseConnection(code=code, reason=reason))
 
     def reset(self) -> None:
         """Drop the partial message (the connection is over)."""
@@ -184,6 +201,13 @@ class FramePhase:
         self._in_message = False
 
     # -- internals ------------------------------------------------------------------------
+
+    def _connection(self) -> _WsConnection:
+        """wsproto's connection, made at first use."""
+        ws = self._ws
+        if ws is None:
+            ws = self._ws = _WsConnection(ConnectionType.SERVER)
+        return ws
 
     def _on_data(self, event: TextMessage | BytesMessage, now: float) -> None:
         data = event.data
@@ -205,7 +229,7 @@ class FramePhase:
             if size > self._max_message_size:
                 self._too_big(now, "message too big")
             else:
-                self._on_message(received, now)
+                self._owner._on_frame_message(received, now)
             return
         # Fragments (or a frame in several reads): kept as bytes, decoded once at the end.
         raw = data.encode() if isinstance(data, str) else data
@@ -226,17 +250,16 @@ class FramePhase:
             received = TextReceived(text=blob.decode())
         else:
             received = BytesReceived(data=blob)
-        self._on_message(received, now)
+        self._owner._on_frame_message(received, now)
 
     def _too_big(self, now: float, reason: str, code: int = CloseCode.TOO_BIG) -> None:
         self.reset()
-        self._on_too_big(now, code, reason)
+        self._owner._too_big(now, code, reason)
 
-    def _on_close_frame(self, event: CloseConnection) -> None:
-        ws = self._ws
+    def _on_close_frame(self, ws: _WsConnection, event: CloseConnection) -> None:
         if ws.state is _WsState.REMOTE_CLOSING:
             # The peer started the closing handshake: echo its code and we are done.
-            self._push(ws.send(event.response()))
+            self._owner._push_frame(ws.send(event.response()))
             self.close_code = event.code
             self.close_reason = event.reason or ""
         elif ws.state is not _WsState.CLOSED:
@@ -246,7 +269,7 @@ class FramePhase:
             # ours: wsproto's text depends on where the input was split.
             reason = _FAILURE_REASONS.get(event.code, "")
             if ws.state is _WsState.OPEN:
-                self._push(ws.send(CloseConnection(code=event.code, reason=reason)))
+                self._owner._push_frame(ws.send(CloseConnection(code=event.code, reason=reason)))
             self.close_code = int(event.code)
             self.close_reason = reason
         # else CLOSED: the peer's answer to our close frame; our code stays in effect.

@@ -45,28 +45,31 @@ class TokenBucket:
         return max(1, math.ceil((1.0 - self._tokens) / self._rate))
 
 
-class RateLimiter:
+class RateLimiter(TokenBucket):
     """A token bucket plus a strike count.
 
     :meth:`allow` takes one token; when the bucket is empty the message is dropped and
     counts as a strike. :meth:`allow` tells the caller, through :attr:`exhausted`, when
     ``strikes`` drops have happened within ``window`` seconds: the connection is then
-    closed with 1008.
+    closed with 1008. (One object per connection, and the strikes' list only once there
+    is one: every connection has a limiter, and few ever strike.)
     """
 
-    __slots__ = ("_bucket", "_strike_times", "_strikes", "_window")
+    __slots__ = ("_strike_times", "_strikes", "_window")
 
     def __init__(self, rate: float, burst: int, strikes: int, window: float, now: float) -> None:
-        self._bucket = TokenBucket(rate, float(burst), now)
+        super().__init__(rate, float(burst), now)
         self._strikes = strikes
         self._window = window
-        self._strike_times: deque[float] = deque()
+        self._strike_times: deque[float] | None = None
 
     def allow(self, now: float) -> bool:
         """Take a token for one message at *now*; ``False`` means drop it (a strike)."""
-        if self._bucket.take(now):
+        if self.take(now):
             return True
         times = self._strike_times
+        if times is None:
+            times = self._strike_times = deque()
         times.append(now)
         while times and times[0] <= now - self._window:
             times.popleft()
@@ -75,4 +78,5 @@ class RateLimiter:
     @property
     def exhausted(self) -> bool:
         """Whether the strikes within the window reached the limit."""
-        return len(self._strike_times) >= self._strikes
+        times = self._strike_times
+        return times is not None and len(times) >= self._strikes

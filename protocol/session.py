@@ -217,7 +217,7 @@ class Session:
         # watches liveness itself: an ASGI server's keepalive sees the Pongs browsers send
         # by themselves, which never reach the application, so silence there proves nothing.
         self._close_silent = close_silent
-        self._events: list[Event] = []
+        self._events: list[Event] | None = None  # a list only while events wait
         self._last_seen = now
         # After a late wake-up: the silence verdict waits until then (LATE_WAKEUP).
         self._look_again_at: float | None = None
@@ -300,7 +300,9 @@ class Session:
 
     def events_received(self) -> list[Event]:
         events = self._events
-        self._events = []
+        if events is None:
+            return []
+        self._events = None
         return events
 
     # -- inputs -------------------------------------------------------------------------
@@ -343,7 +345,8 @@ class Session:
                     self._error(NOT_AUTHENTICATED, now, wall)
                     return
                 stats.messages_in["auth"] += 1
-                self._events.append(AuthRequested(token=token, refresh=True))
+                refresh = AuthRequested(token=token, refresh=True)
+                self._events = [*(self._events or ()), refresh]
             case Subscribe(channel=channel, since=since):
                 self._handle_subscription(channel, True, now, wall, since)
             case Unsubscribe(channel=channel):

@@ -165,7 +165,9 @@ class Upgrade:
         #: The subprotocol to select when accepting (``agentcast.v1`` or ``None``).
         self.subprotocol: str | None = None
         #: ``channels=a,b`` in the URL: subscribed right after ``auth`` (PROTOCOL.md 4a).
-        self.channels: list[str] = []
+        #: (A tuple: the connection keeps its upgrade, and a tuple of strings is not
+        #: tracked by the garbage collector.)
+        self.channels: tuple[str, ...] = ()
         #: The resume point the client asked for (:func:`extract_since`), or ``None``.
         self.since: str | None = None
         decision = hub.admission.admit(headers, client, now, ticket=ticket)
@@ -176,7 +178,7 @@ class Upgrade:
             return
         self._ticket = decision
         self.token, self.subprotocol = extract_token(query, headers, subprotocols, cookie=cookie)
-        self.channels = channels_in_query(query)
+        self.channels = tuple(channels_in_query(query))
         self.since = extract_since(query, headers)
 
     def decide(self, result: AuthResult | None) -> HttpAnswer | None:

@@ -180,7 +180,7 @@ class WebSocketTransport:
         # The handshake deadline is armed at creation, not at the first byte.
         self._deadline: float | None = now + handshake_timeout
         self._outbox = Outbox()
-        self._events: list[Event] = []
+        self._events: list[Event] | None = None  # a list only while events wait
         #: Monotonic time of the last frame received (any frame: PROTOCOL.md 5).
         self.last_activity = now
         #: If set, called with each complete message (and ``now``) as soon as it is
@@ -254,7 +254,9 @@ class WebSocketTransport:
     def events_received(self) -> list[Event]:
         """The events produced by the inputs since the last call, in order."""
         events = self._events
-        self._events = []
+        if events is None:
+            return []
+        self._events = None
         return events
 
     def next_deadline(self) -> float | None:
@@ -279,10 +281,10 @@ class WebSocketTransport:
                 self._answer(outcome)
             elif isinstance(outcome, UpgradeRequested):
                 self._step(Step.UPGRADE)
-                self._events.append(outcome)
+                self._emit(outcome)
             elif isinstance(outcome, HttpRequest):
                 self._request_pending = True
-                self._events.append(outcome)
+                self._emit(outcome)
         elif state is TransportState.UPGRADING:
             assert self._http is not None
             self._http.hold(data)
@@ -358,13 +360,7 @@ class WebSocketTransport:
         # The handshake objects are not needed any more: drop them (idle memory).
         self._http = None
         self._frames = FramePhase(
-            self._max_message_size,
-            self._outbox.push,
-            self._on_frame_message,
-            self._too_big,
-            max_message_frames=self._max_message_frames,
-            push_pong=self._push_pong,
-            on_control=self._on_frame_control,
+            self, self._max_message_size, max_message_frames=self._max_message_frames
         )
         self._step(Step.ACCEPT)
         self.last_activity = now
@@ -489,17 +485,29 @@ class WebSocketTransport:
         assert self._frames is not None
         self._frames.reset()
         self._step(Step.END)
-        self._events.append(ConnectionClosed(code=code, reason=reason))
+        self._emit(ConnectionClosed(code=code, reason=reason))
 
     def _end_stream(self, code: int, reason: str) -> None:
         self._step(Step.END)
-        self._events.append(ConnectionClosed(code=code, reason=reason))
+        self._emit(ConnectionClosed(code=code, reason=reason))
+
+    def _emit(self, event: Event) -> None:
+        events = self._events
+        if events is None:
+            self._events = [event]
+        else:
+            events.append(event)
+
+    # -- the frame phase's callbacks (FrameOwner) ---------------------------------------
+
+    def _push_frame(self, frame: bytes) -> None:
+        self._outbox.push(frame)
 
     def _on_frame_message(self, received: TextReceived | BytesReceived, now: float) -> None:
         if self.on_message is not None:
             self.on_message(received, now)
         else:
-            self._events.append(received)
+            self._emit(received)
 
     def _on_frame_control(self, now: float) -> bool:
         return self.on_control is None or self.on_control(now)
