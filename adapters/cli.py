@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import gc
 import importlib.metadata
 import importlib.util
 import logging
@@ -33,8 +32,10 @@ from functools import wraps
 from typing import Any
 
 import anyio
+from anyio.abc import TaskStatus
 
 from .cluster_options import BackplaneUnavailable
+from .collector import Collector
 from .config import ConfigError, ServeConfig, build_config, build_ssl_context
 from .logs import configure_logging
 from .options import (
@@ -337,19 +338,30 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-async def _serve(server: Server) -> None:
+async def _serve(server: Server, gc_postpone: float) -> None:
     async with anyio.create_task_group() as tg:
-        await tg.start(server.run)
-        # What start-up created (modules, settings, the server) lives as long as the
-        # process: keep it out of the garbage collector's full passes, so that their cost
-        # follows the connections only (the whole process is ours here, not in an embedding).
-        gc.freeze()
+        await tg.start(_run_server, server, tg.cancel_scope)
+        # The whole process is ours here (not in an embedding): the garbage collector's
+        # full passes wait while connections are opening (adapters/collector.py).
+        if gc_postpone:
+            collector = Collector(server.hub, gc_postpone)
+            collector.start()
+            tg.start_soon(collector.run)
         for url in server.urls:
             print(f"agentcast listening on {url}", flush=True)
         if server.settings.dashboard:
             for url in server.urls:
                 page = url.replace("ws", "http", 1).removesuffix(server.settings.path) + "/"
                 print(f"agentcast dashboard at {page}", flush=True)
+
+
+async def _run_server(
+    server: Server, others: anyio.CancelScope, *, task_status: TaskStatus[None]
+) -> None:
+    """Serve until the server stops, then stop the other tasks of :func:`_serve` (an
+    error stops them too, as the task group's)."""
+    await server.run(task_status=task_status)
+    others.cancel()
 
 
 #: The package each event loop needs, and the extra that installs it.
@@ -366,7 +378,9 @@ def _check_backend(backend: str) -> None:
 def serve(config: ServeConfig) -> None:
     """Run the server *config* describes until it shuts down, on the event loop it names."""
     options: dict[str, Any] = {"use_uvloop": True} if config.uvloop else {}
-    anyio.run(_serve, config.server(), backend=config.backend, backend_options=options)
+    anyio.run(
+        _serve, config.server(), config.gc_postpone, backend=config.backend, backend_options=options
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

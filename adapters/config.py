@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from agentcast.protocol import Authenticator, DevAuthenticator, Settings, StaticAuthenticator
 
 from .cluster_options import ClusterOptions
+from .collector import DEFAULT_GC_POSTPONE
 from .logs import LogFormat
 from .options import SERVE_OPTIONS, SETTINGS_FLAGS, ConfigError, comma_list, read_environment
 from .server import Server
@@ -68,6 +69,9 @@ class ServeConfig:
     cluster: ClusterOptions | None = None
     #: ``--workers``: server processes sharing the port.
     workers: int = 1
+    #: ``--gc-postpone``: how long Python's full garbage collections may be held back
+    #: while connections are opening (:mod:`~agentcast.adapters.collector`); 0: never.
+    gc_postpone: float = DEFAULT_GC_POSTPONE
 
     def service(self) -> Service:
         """A new service with this configuration (for the ASGI application)."""
@@ -150,6 +154,8 @@ def build_config(values: Mapping[str, Any] | object) -> ServeConfig:
         raise ConfigError("--drain-timeout must not be negative")
     if args["socket_send_buffer"] < 0:
         raise ConfigError("--socket-send-buffer must not be negative")
+    if not args["gc_postpone"] >= 0:
+        raise ConfigError("--gc-postpone must not be negative")
     cluster = None
     if args["redis_url"]:
         try:
@@ -190,6 +196,7 @@ def build_config(values: Mapping[str, Any] | object) -> ServeConfig:
         auth=args["auth"],
         cluster=cluster,
         workers=workers,
+        gc_postpone=args["gc_postpone"],
     )
 
 

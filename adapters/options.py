@@ -24,6 +24,7 @@ from typing import Any, Literal
 from agentcast.protocol import Settings
 
 from .cluster_options import DEFAULT_BUFFER, DEFAULT_LEASE, DEFAULT_STREAM
+from .collector import DEFAULT_GC_POSTPONE
 from .logs import LOG_FORMATS, LOG_LEVELS
 from .server import DEFAULT_HOST, DEFAULT_PORT
 from .service import DEFAULT_DRAIN_TIMEOUT
@@ -494,6 +495,16 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "--drain-timeout",
         "at shutdown, wait this long for clients to finish the closing handshake",
         DEFAULT_DRAIN_TIMEOUT,
+        float,
+        "SECONDS",
+    ),
+    Option(
+        "--gc-postpone",
+        "hold Python's full garbage collections back while connections are opening (a "
+        "storm is served first, collected after), for at most this long in a row; 0: "
+        "Python's collector untouched (its full passes can stop the server for 100+ ms "
+        "in a storm)",
+        DEFAULT_GC_POSTPONE,
         float,
         "SECONDS",
     ),

@@ -57,13 +57,13 @@ async def publish_inproc(server: Server, rate: float, count: int, msg_bytes: int
             await anyio.sleep(max(0.0, t0 + seq / rate - now))
 
 
-async def run(server: Server, inproc: argparse.Namespace) -> None:
+async def run(server: Server, inproc: argparse.Namespace, gc_postpone: float) -> None:
     async with anyio.create_task_group() as tg:
         if inproc.inproc_count > 0:
             tg.start_soon(
                 publish_inproc, server, inproc.inproc_rate, inproc.inproc_count, inproc.msg_bytes
             )
-        await _serve(server)  # as agentcast serve does it
+        await _serve(server, gc_postpone)  # as agentcast serve does it
         tg.cancel_scope.cancel()
 
 
@@ -83,7 +83,14 @@ def main() -> int:
     config = dataclasses.replace(config, settings=dataclasses.replace(config.settings, **lifted))
     configure_logging(config.log_level, config.log_format)
     options: dict[str, Any] = {"use_uvloop": True} if config.uvloop else {}
-    anyio.run(run, config.server(), inproc, backend=config.backend, backend_options=options)
+    anyio.run(
+        run,
+        config.server(),
+        inproc,
+        config.gc_postpone,
+        backend=config.backend,
+        backend_options=options,
+    )
     return 0
 
 

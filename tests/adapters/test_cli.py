@@ -40,6 +40,7 @@ DOCUMENTED_FLAGS = [
     "--tls-cert",
     "--tls-key",
     "--drain-timeout",
+    "--gc-postpone",
     "--log-level",
     "--log-format",
 ]
@@ -62,6 +63,7 @@ def test_embedded_defaults():
     assert c.settings.api_key is None
     assert c.ssl_context is None
     assert c.drain_timeout == 10.0
+    assert c.gc_postpone == 60.0
 
 
 def test_every_flag_has_an_environment_variable_and_the_command_line_wins():
