@@ -13,7 +13,8 @@ soon as it is due, carrying its scheduled time (see ``_peers.py``).
 
 Run: ``python benchmarks/serve_agentcast.py serve --port 8001 --api-key K``.
 
-``AGENTCAST_BENCH_GC_LOG=1`` reports garbage-collection passes over 1 ms (``_gclog``).
+``AGENTCAST_BENCH_GC_LOG=1`` reports garbage-collection passes over 1 ms and event-loop
+stalls over 20 ms (``_gclog``).
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ async def publish_inproc(server: Server, rate: float, count: int, msg_bytes: int
 
 
 async def run(server: Server, inproc: argparse.Namespace, gc_postpone: float) -> None:
+    import _gclog  # noqa: PLC0415 (next to this script; see _gclog.py)
+
     async with anyio.create_task_group() as tg:
+        if _gclog.enabled():
+            tg.start_soon(_gclog.watch_stalls)
         if inproc.inproc_count > 0:
             tg.start_soon(
                 publish_inproc, server, inproc.inproc_rate, inproc.inproc_count, inproc.msg_bytes
