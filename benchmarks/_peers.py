@@ -17,13 +17,14 @@ the in-process publisher of the latency scenario.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hmac
 import json
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
@@ -163,3 +164,30 @@ def start_inproc_publisher(
         step()
 
     loop.add_signal_handler(signal.SIGUSR2, run)
+
+
+def run_peer(
+    doc: str | None, main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]]
+) -> None:
+    """A Python peer's command line (the same options for each), then *main* on asyncio
+    or uvloop."""
+    import _gclog  # noqa: PLC0415 (next to this script; see _gclog.py)
+
+    _gclog.install()
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--pub-port", type=int, default=8002)
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--presence-grace", type=float, default=5.0)
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument("--inproc-rate", type=float, default=1000.0)
+    parser.add_argument("--inproc-count", type=int, default=0, help="on SIGUSR2")
+    parser.add_argument("--msg-bytes", type=int, default=200)
+    args = parser.parse_args()
+    if args.uvloop:
+        import uvloop  # noqa: PLC0415
+
+        uvloop.run(main(args))
+    else:
+        asyncio.run(main(args))

@@ -25,7 +25,16 @@ import json
 import time
 from urllib.parse import parse_qs, urlsplit
 
-from _peers import TOKEN, Ids, PublishApi, dumps, iso, notification, start_inproc_publisher
+from _peers import (
+    TOKEN,
+    Ids,
+    PublishApi,
+    dumps,
+    iso,
+    notification,
+    run_peer,
+    start_inproc_publisher,
+)
 from picows import WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 _TEXT = WSMsgType.TEXT
@@ -143,26 +152,7 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def cli() -> None:
-    import _gclog  # noqa: PLC0415 (next to this script; see _gclog.py)
-
-    _gclog.install()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001)
-    parser.add_argument("--pub-port", type=int, default=8002)
-    parser.add_argument("--api-key", default=None)
-    parser.add_argument("--presence-grace", type=float, default=5.0)
-    parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
-    parser.add_argument("--inproc-rate", type=float, default=1000.0)
-    parser.add_argument("--inproc-count", type=int, default=0, help="on SIGUSR2 (_peers.py)")
-    parser.add_argument("--msg-bytes", type=int, default=200)
-    args = parser.parse_args()
-    if args.uvloop:
-        import uvloop  # noqa: PLC0415
-
-        uvloop.run(main(args))
-    else:
-        asyncio.run(main(args))
+    run_peer(__doc__, main)
 
 
 if __name__ == "__main__":
