@@ -166,6 +166,29 @@ def test_a_newcomer_within_the_window_gets_what_was_sent_then_the_held_changes(h
     assert {u["userId"] for u in first[1]["data"]["users"]} == set(truth)
 
 
+def test_a_user_back_within_the_window_is_in_its_own_snapshot_and_never_flaps(h):
+    """All of a user's connections go and one comes back before the offline went out:
+    the clients were never told the user left, so the newcomer's snapshot already shows
+    it and no user_presence follows for it, and nobody sees offline then online."""
+    hub = window_hub(presence_grace=0)
+    watcher, _ = h.connect(hub, "watcher")
+    tab, _ = h.connect(hub, "tab", now=0.5)  # at once: a quiet window
+    h.connect(hub, "other", now=0.52)  # held until 0.6
+    tab.server.receive_eof(0.53, W)  # offline, held in its place
+    back, first = h.connect(hub, "tab", now=0.55)
+    assert {"userId": "user_tab", "status": "online"} in first[1]["data"]["users"]
+    hub.handle_timer(0.6, W)
+    later = back.messages()
+    assert presence_of(watcher.messages()) == [
+        ("user_tab", "online"),
+        ("user_other", "online"),
+    ]
+    assert presence_of(later) == [("user_other", "online")]
+    truth = hub.presence()
+    assert truth == {"user_watcher": "online", "user_tab": "online", "user_other": "online"}
+    assert view(first, later) == truth
+
+
 def test_a_burst_of_arrivals_and_departures_ends_with_every_view_true(h):
     hub = window_hub(presence_grace=0)
     clients = {}
