@@ -370,6 +370,9 @@ def server_cmd(kind: str, loop: str, port: int, pub_port: int, scenario: Scenari
             "--presence-grace", "0", "--log-level", "warning", "--backend", backend,
             # every loop named: agentcast alone would pick uvloop when it is installed
             "--uvloop" if uvloop else "--no-uvloop",
+            # The peers send each presence change at once: so does agentcast here, or each
+            # connection would wait out the presence window and the run would measure that.
+            *(["--presence-window", "0"] if scenario.kind == "churn" else []),
         ]  # fmt: skip
     common = ["--port", str(port), "--pub-port", str(pub_port), "--api-key", API_KEY,
               "--presence-grace", "0", *inproc]  # fmt: skip
