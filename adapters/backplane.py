@@ -107,8 +107,9 @@ class ClusterHandler(Protocol):
         """Deliver *message* to the local recipients; how many got it."""
         ...
 
-    def cluster_presence_change(self, change: PresenceChange) -> None:
-        """A user's cluster-wide status changed: tell the local connections."""
+    def cluster_presence_changes(self, changes: list[PresenceChange]) -> None:
+        """Users' cluster-wide statuses changed (consecutive in the log, in log order):
+        tell the local connections."""
         ...
 
     def deliver_locally(self, entry: MessageEntry, message_id: str) -> int:
@@ -623,7 +624,10 @@ class RedisBackplane:
                     pass
 
     def _apply(self, entries: tuple[StreamEntry, ...]) -> None:
+        """Apply what one read brought, then act on it: in log order, the presence
+        changes in a row together."""
         state = self.state
+        applied: list[Any] = []
         for raw in entries:
             position = _str(raw.identifier)
             self.stats.received += 1
@@ -641,15 +645,23 @@ class RedisBackplane:
                 state.position = position
                 continue
             self.stats.duplicates += state.duplicates - duplicates
-            self._dispatch(outcomes)
+            applied += outcomes
+        self._dispatch(applied)
 
     def _dispatch(self, outcomes: list[Any]) -> None:
+        # Presence changes in a row go out together (one write per connection for all of
+        # them), in their place between the other outcomes.
+        changes: list[PresenceChange] = []
         for outcome in outcomes:
+            if isinstance(outcome, PresenceChange):
+                changes.append(outcome)
+                continue
+            if changes:
+                self._presence(changes)
+                changes = []
             try:
                 if isinstance(outcome, ClusterMessage):
                     self._message(outcome)
-                elif isinstance(outcome, PresenceChange):
-                    self._handler.cluster_presence_change(outcome)
                 elif isinstance(outcome, Expired):
                     if outcome.process != self.process_id:
                         log.info("process %s left the cluster", outcome.process)
@@ -659,6 +671,14 @@ class RedisBackplane:
                     self._requeue()
             except Exception:  # a delivery bug must not stop the stream
                 log.exception("error applying %r", outcome)
+        if changes:
+            self._presence(changes)
+
+    def _presence(self, changes: list[PresenceChange]) -> None:
+        try:
+            self._handler.cluster_presence_changes(changes)
+        except Exception:  # a delivery bug must not stop the stream
+            log.exception("error applying %d presence changes", len(changes))
 
     def _message(self, message: ClusterMessage) -> None:
         entry = message.entry

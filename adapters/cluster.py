@@ -137,8 +137,8 @@ class ClusterLink:
     def cluster_message(self, message: ClusterMessage) -> int:
         return self.deliver_locally(message.entry, str(message.id))
 
-    def cluster_presence_change(self, change: PresenceChange) -> None:
-        self._hub().deliver_presence(change, self._clock(), time.time())
+    def cluster_presence_changes(self, changes: list[PresenceChange]) -> None:
+        self._hub().deliver_presence_changes(changes, self._clock(), time.time())
 
     def deliver_locally(self, entry: MessageEntry, message_id: str) -> int:
         start = time.perf_counter()

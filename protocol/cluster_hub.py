@@ -11,6 +11,7 @@ process holds the same history and the same agent states.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Protocol
 
 from .auth import ChannelAuthorizer
@@ -68,9 +69,10 @@ class ClusterHub(Hub):
     Publishing hands the payload to the :class:`ClusterLink`, and the local aggregate of
     a user's presence (strongest over this process's connections, ``offline`` after the
     grace) goes to the link instead of to the clients. What comes back through the log,
-    in log order, is delivered with :meth:`deliver_message` and
-    :meth:`deliver_presence`, under the ids the log gave. ``presence_state`` is the
-    cluster's.
+    in log order, is delivered with :meth:`deliver_entry` and
+    :meth:`deliver_presence_changes`, under the ids the log gave. ``presence_state`` is
+    the cluster's: what those changes told this process, so a snapshot and the
+    ``user_presence`` messages after it make the cluster's true set.
     """
 
     def __init__(
@@ -100,10 +102,6 @@ class ClusterHub(Hub):
 
     def presence(self) -> dict[str, PresenceStatus]:
         return self.link.cluster_presence()
-
-    def _snapshot_data(self) -> str:
-        users = [{"userId": uid, "status": st} for uid, st in self.presence().items()]
-        return encode_data({"users": users})
 
     def local_presence(self) -> dict[str, PresenceStatus]:
         """This process's own status of every user it holds (grace periods included)."""
@@ -135,14 +133,35 @@ class ClusterHub(Hub):
 
     def deliver_presence(self, change: PresenceChange, now: float, wall: float) -> int:
         """Send ``user_presence`` for a cluster-wide change to every local connection."""
-        self.cluster_history.seen(str(change.id))
-        message = PreparedMessage.build(
-            "user_presence",
-            {"userId": change.user_id, "status": change.status},
-            wall,
-            str(change.id),
-        )
-        return self._fan_out(message, now, wall)
+        return self.deliver_presence_changes([change], now, wall)
+
+    def deliver_presence_changes(
+        self, changes: Sequence[PresenceChange], now: float, wall: float
+    ) -> int:
+        """Send ``user_presence`` for cluster-wide *changes* (consecutive in the log, in
+        log order) to every local connection, as one delivery: one write per connection
+        for all of them, as the presence window does in one process. Each keeps its own
+        message and id. Every change of the cluster's presence comes through here, so the
+        ``presence_state`` snapshot follows them: each user's entry is encoded once per
+        change, and the snapshot joined once until the next change."""
+        entries = self._entries
+        messages = []
+        for change in changes:
+            user_id, status = change.user_id, change.status
+            self.cluster_history.seen(str(change.id))
+            if status == "offline":
+                entries.pop(user_id, None)
+            else:
+                entries[user_id] = encode_data({"userId": user_id, "status": status})
+            messages.append(
+                PreparedMessage.build(
+                    "user_presence", {"userId": user_id, "status": status}, wall, str(change.id)
+                )
+            )
+        if not messages:
+            return 0
+        self._snapshot = None
+        return self._fan_out(PreparedMessage.group(messages), now, wall)
 
     def _set_status(
         self, user_id: str, user: _User, status: PresenceStatus, now: float, wall: float

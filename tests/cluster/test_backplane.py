@@ -56,15 +56,19 @@ class Recorder:
         self.history = ClusterHistory()
         self.gaps = 0
         self.agent_rows_read: dict[str, str] = {}
+        #: What each call brought: a message's type, or the users of presence changes.
+        self.calls: list[str] = []
 
     def cluster_message(self, message: ClusterMessage) -> int:
         entry = message.entry
         self.entries.append(entry)
         self.messages.append((str(message.id), entry.type, json.loads(entry.data)))
+        self.calls.append(entry.type)
         return 1
 
-    def cluster_presence_change(self, change: PresenceChange) -> None:
-        self.presence.append((str(change.id), change.user_id, change.status))
+    def cluster_presence_changes(self, changes: list[PresenceChange]) -> None:
+        self.presence += [(str(c.id), c.user_id, c.status) for c in changes]
+        self.calls.append(" ".join(c.user_id for c in changes))
 
     def deliver_locally(self, entry: MessageEntry, message_id: str) -> int:
         self.local.append((message_id, entry.type, json.loads(entry.data)))
@@ -244,6 +248,27 @@ async def test_a_process_that_joins_late_knows_who_is_online(
         b = await start(redis_server.url, stream)
         assert b.backplane.state.presence() == {"user_a": "away"}
         assert b.recorder.presence[0][1:] == ("user_a", "away")  # from the snapshot
+
+
+async def test_the_presence_changes_of_one_read_go_out_together_in_their_place(
+    redis_server: RedisServer, stream: str
+) -> None:
+    async with cluster() as start:
+        a = await start(redis_server.url, stream)
+        for user in ("user_1", "user_2"):
+            a.set_presence(user, "online")
+        a.publish("between")
+        a.set_presence("user_3", "away")
+        await eventually(lambda: len(a.recorder.presence) == 3)
+        # A process that reads all of it at once (here: one read of the whole stream)
+        # hands its hub the changes in a row as one call, in log order, each with its id.
+        reader = Recorder()
+        late = RedisBackplane(redis_server.url, reader, stream=stream)
+        async with coredis.Redis.from_url(redis_server.url, decode_responses=False) as client:
+            late._apply(await client.xrange(stream, "-", "+"))
+        assert reader.calls == ["user_1 user_2", "notification", "user_3"]
+        assert reader.presence == a.recorder.presence
+        assert reader.messages == a.recorder.messages
 
 
 async def test_a_killed_process_is_forgotten_within_the_lease(

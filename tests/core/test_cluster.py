@@ -36,7 +36,7 @@ from agentcast.protocol.cluster_state import (
     ProcessRecord,
     Rejoin,
 )
-from agentcast.protocol.messages import encode_server_message
+from agentcast.protocol.messages import PreparedMessage, encode_server_message
 from agentcast.protocol.scope import EVERYONE, Scope
 
 WALL = 1_766_754_000.0  # 2025-12-26T13:00:00Z
@@ -418,6 +418,18 @@ class Member:
         return True
 
 
+class Raw(Member):
+    """A hub member that keeps what it is sent as it came (a group stays one)."""
+
+    def __init__(self, user_id: str | None) -> None:
+        super().__init__(user_id)
+        self.got: list[PreparedMessage] = []  # type: ignore[assignment]
+
+    def deliver(self, message: object, now: float, wall: float, *, counted: bool = True) -> bool:
+        self.got.append(message)  # type: ignore[arg-type]
+        return True
+
+
 class Link:
     """The adapter side of a ClusterHub, recording what the hub hands out."""
 
@@ -443,6 +455,8 @@ class Link:
 def test_a_cluster_hub_sends_out_and_delivers_what_comes_back() -> None:
     link = Link()
     hub = ClusterHub(Settings(presence_grace=1.0), link)  # type: ignore[arg-type]
+    # What the log told this process (here, before any connection of its own).
+    hub.deliver_presence(PresenceChange(ClusterId(0, 1, 0), "remote_user", "busy"), 0.0, WALL)
     alice, alice2, bob, anon = Member("alice"), Member("alice"), Member("bob"), Member(None)
     for member in (alice, alice2, bob, anon):
         hub.open_session(member, 0.0, WALL)  # type: ignore[arg-type]
@@ -501,6 +515,37 @@ def test_a_cluster_hub_sends_out_and_delivers_what_comes_back() -> None:
         "authenticated": 2,
         "unauthenticated": 1,
         "cluster": {"clients": 9},
+    }
+
+
+def test_consecutive_presence_changes_reach_each_connection_as_one_delivery() -> None:
+    hub = ClusterHub(Settings(), Link())  # type: ignore[arg-type]
+    watcher = Raw("watcher")
+    hub.open_session(watcher, 0.0, WALL)  # type: ignore[arg-type]
+    watcher.got.clear()
+    changes = [
+        PresenceChange(ClusterId(5, 0, 0), "u1", "online"),
+        PresenceChange(ClusterId(5, 1, 0), "u2", "busy"),
+        PresenceChange(ClusterId(6, 0, 0), "u1", "offline"),
+        PresenceChange(ClusterId(7, 0, 0), "u3", "away"),
+    ]
+    assert hub.deliver_presence_changes(changes, 1.0, WALL) == 1
+    [group] = watcher.got  # one deliver (one write) for the four
+    assert group.count == 4
+    sent = [json.loads(part.text) for part in group.parts]
+    # Each change keeps its own message, its id from the log, and its place.
+    assert [(m["data"]["userId"], m["data"]["status"], m["id"]) for m in sent] == [
+        ("u1", "online", str(ClusterId(5, 0, 0))),
+        ("u2", "busy", str(ClusterId(5, 1, 0))),
+        ("u1", "offline", str(ClusterId(6, 0, 0))),
+        ("u3", "away", str(ClusterId(7, 0, 0))),
+    ]
+    assert hub.deliver_presence_changes([], 1.0, WALL) == 0
+    # A newcomer's snapshot is what the changes told: the user who left is not in it.
+    newcomer = Member("newcomer")
+    hub.open_session(newcomer, 2.0, WALL)  # type: ignore[arg-type]
+    assert newcomer.got[0]["data"] == {
+        "users": [{"userId": "u2", "status": "busy"}, {"userId": "u3", "status": "away"}]
     }
 
 
