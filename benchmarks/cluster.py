@@ -18,6 +18,11 @@ Prints one Markdown table (and writes it to benchmarks/.build/results/cluster-<t
   carrying its request's send time; `websockets` clients on A and on B note the
   arrival. The same with one process without Redis as the baseline. p50/p99 of publish
   -> arrival.
+* **storm**: a reconnect storm (``loadgen --scenario storm``): N distinct users connect,
+  100 handshakes in flight, every client's presence view checked against the true set,
+  a probe client pinging 10 times a second through it; one process without Redis, then
+  two workers with Redis. Time until every view is true, server CPU (per presence
+  delivery: N(N+1)/2 + N), the probe's ping RTT.
 * **memory**: N idle authenticated connections across two workers (the load generator's
   fan-out scenario up to the point where every client is connected): RSS growth of the two
   workers per connection.
@@ -344,12 +349,46 @@ def memory(redis: tuple[str, int], clients: int) -> list[list[str]]:
     return [row]
 
 
+def storm(redis: tuple[str, int], users: int) -> list[list[str]]:
+    """A reconnect storm: *users* distinct users connect, 100 handshakes in flight, on one
+    process without Redis and on two workers with Redis (the load generator's ``storm``
+    scenario: every client's presence view checked, a probe client pinging through it)."""
+    rows = []
+    setups = (("1 process, no Redis", None, 1), ("2 workers + Redis", redis[0], 2))
+    for name, url, workers in setups:
+        with server(f"storm{workers}", url, workers) as (port, pids):
+            cmd = [
+                str(LOADGEN), "--scenario", "storm", "--clients", str(users),
+                "--port", str(port), "--api-key", API_KEY,
+                "--server-pid", ",".join(map(str, pids)), "--token-prefix", f"s{workers}",
+                "--concurrency", "100", "--probe-rate", "10", "--timeout", "600",
+            ]  # fmt: skip
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
+        if not out.stdout.strip():
+            raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        deliveries = users * (users + 1) / 2 + users  # what every view must learn
+        probe = r["probe_rtt_us"]
+        rows.append(
+            [
+                f"storm, {users:,} users, 100 in flight: {name}",
+                f"every view true in {r['window_s']:.2f} s" + ("" if r.get("ok") else " (FAILED)"),
+                f"server CPU {r['server_cpu_us'] / 1e6:.2f} s"
+                f" ({r['server_cpu_us'] / deliveries:.2f} µs per presence delivery)",
+                f"probe ping RTT p99 {probe['p99'] / 1e3:.1f} ms (p50 {probe['p50'] / 1e3:.1f})",
+            ]
+        )
+        log(" | ".join(rows[-1]))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default="fanout,latency,memory", help="which parts")
+    parser.add_argument("--only", default="fanout,latency,memory,storm", help="which parts")
     parser.add_argument("--clients", type=int, default=2_000, help="fan-out clients")
     parser.add_argument("--connections", type=int, help="memory: idle connections")
+    parser.add_argument("--users", type=int, help="storm: users (default 5,000; 2,000 quick)")
     args = parser.parse_args()
     parts = set(args.only.split(","))
     build_loadgen()
@@ -363,6 +402,8 @@ def main() -> int:
             rows += latency(redis, 1_000, 2.0 if args.quick else 5.0)
         if "memory" in parts:
             rows += memory(redis, connections)
+        if "storm" in parts:
+            rows += storm(redis, args.users or (2_000 if args.quick else 5_000))
     table = ["| measurement | result | | |", "|---|---|---|---|"]
     table += ["| " + " | ".join(row) + " |" for row in rows]
     text = "\n".join(table)
