@@ -149,7 +149,7 @@ def scenarios(quick: bool, everything: bool = False) -> list[Scenario]:
     if quick:
         return [
             Scenario("rtt-1000", "rtt", 1_000, ("--ping-rate", "1000", "--duration", "3")),
-            Scenario("connect", "churn", 300, ("--concurrency", "10",)),
+            Scenario("connect", "churn", 1_000, ("--concurrency", "10",)),
             fanout(5_000, 100),
             latency("inproc", 3),
             latency("http", 3),
@@ -157,7 +157,7 @@ def scenarios(quick: bool, everything: bool = False) -> list[Scenario]:
         ]  # fmt: skip
     return [
         Scenario("rtt-1000", "rtt", 1_000, ("--ping-rate", "1000", "--duration", "4")),
-        Scenario("connect", "churn", 400, ("--concurrency", "10",)),
+        Scenario("connect", "churn", 2_000, ("--concurrency", "10",)),
         fanout(5_000, 100),
         latency("inproc", LATENCY_SECONDS),
         latency("http", LATENCY_SECONDS),
