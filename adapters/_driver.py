@@ -198,7 +198,7 @@ class Driver:
 
     def _process_events(self, now: float, wall: float) -> None:
         conn = self.conn
-        while events := cast("list[_AnyEvent]", conn.events_received()):
+        while events := cast("list[_AnyEvent] | None", conn.take_events()):
             for event in events:
                 self._on_event(event, now, wall)
         session = conn.session

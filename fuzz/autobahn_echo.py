@@ -126,6 +126,9 @@ class EchoConnection:
         events, self._events = self._events, []
         return events
 
+    def take_events(self) -> list[Event] | None:
+        return self.events_received() or None
+
     def next_deadline(self) -> float | None:
         return self._ws.next_deadline()
 

@@ -20,8 +20,6 @@ only adds cuts, which are always harmless.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 __all__ = ["HeaderCutter"]
 
 
@@ -36,12 +34,13 @@ class HeaderCutter:
         self._left = 0  # payload bytes of the current frame still to come
         self._message = 0  # declared bytes of the data frames of the message so far
 
-    def split(self, data: bytes) -> Iterator[bytes]:
-        """*data* in consecutive pieces, each piece that ends before the end of *data*
-        ending right after a header that could make its message too big.
+    def split(self, data: bytes) -> tuple[bytes, ...] | list[bytes]:
+        """*data* (not empty) in consecutive pieces, each piece that ends before the end
+        of *data* ending right after a header that could make its message too big.
 
-        Lazily: a reader that stops early (the connection is closing) costs nothing for
-        the rest, and must not call again (the cut positions are then lost)."""
+        All at once (the usual read, small frames, is one piece: ``(data,)``, not
+        copied); a reader that stops early (the connection is closing) drops the rest."""
+        pieces: list[bytes] = []
         start = pos = 0
         end = len(data)
         head = self._head
@@ -58,7 +57,7 @@ class HeaderCutter:
                     cut = self._passed(data[pos : pos + size])
                     pos += size
                     if cut:
-                        yield data[start:pos]
+                        pieces.append(data[start:pos])
                         start = pos
                     continue
             head.append(data[pos])
@@ -67,10 +66,13 @@ class HeaderCutter:
                 cut = self._passed(head)
                 head.clear()
                 if cut:
-                    yield data[start:pos]
+                    pieces.append(data[start:pos])
                     start = pos
+        if not pieces:
+            return (data,)
         if start < end:
-            yield data if start == 0 else data[start:]
+            pieces.append(data[start:])
+        return pieces
 
     def _passed(self, header: bytes | bytearray) -> bool:
         """Account for one whole *header*: whether its frame could take the message past

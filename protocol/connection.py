@@ -163,6 +163,13 @@ class ServerConnection:
         self._events = None
         return events
 
+    def take_events(self) -> list[Event] | None:
+        """:meth:`events_received`, but ``None`` when there are none: what an adapter
+        calls after every input, most of which (a ping, a message) produce no event."""
+        events = self._events
+        self._events = None
+        return events
+
     def next_deadline(self) -> float | None:
         stream = self._stream
         if (
@@ -185,9 +192,11 @@ class ServerConnection:
 
     def receive_data(self, data: bytes, now: float, wall: float) -> None:
         self._wall = wall
-        self._ws.receive_data(data, now)
-        if self._session is not None:
-            self._session.touch(self._ws.last_activity)
+        ws = self._ws
+        ws.receive_data(data, now)
+        session = self._session
+        if session is not None:
+            session.touch(ws.last_activity)
         self._dispatch(now, wall)
 
     def receive_eof(self, now: float, wall: float) -> None:
@@ -252,15 +261,34 @@ class ServerConnection:
     # -- internals ----------------------------------------------------------------------
 
     def _dispatch(self, now: float, wall: float) -> None:
+        ws = self._ws
         stream = self._stream
         if (
             stream is not None
             and stream.close_code is not None
-            and self._ws.state is TransportState.STREAMING
+            and ws.state is TransportState.STREAMING
         ):
             # The session closed: its close event is queued, and the body ends with it.
-            self._ws.close(stream.close_code, stream.close_reason, now)
-        for event in self._ws.events_received():
+            ws.close(stream.close_code, stream.close_reason, now)
+        # After most inputs (a message, a ping) there are no events at all: the lists are
+        # looked at in place, not asked for (events_received() makes an empty one).
+        events = ws._events
+        if events is not None:
+            ws._events = None
+            self._dispatch_events(events, now, wall)
+        session = self._session
+        if session is not None:
+            if not session.closed and ws.state is TransportState.CLOSING:
+                # The transport started closing by itself (1009): the session ends now,
+                # so nothing is queued after the close frame.
+                session.close(ws.close_code, "", now, wall)
+            if session._events is not None:
+                self._emit(*session.events_received())
+        if ws.closed:
+            self._release()
+
+    def _dispatch_events(self, events: list[Event], now: float, wall: float) -> None:
+        for event in events:
             match event:
                 case UpgradeRequested():
                     self._on_upgrade(event, now, wall)
@@ -275,14 +303,6 @@ class ServerConnection:
                     self._emit(*self._session.events_received(), event)
                 case _:  # pragma: no cover - the transport emits nothing else
                     raise AssertionError(event)
-        session = self._session
-        if session is not None:
-            if not session.closed and self._ws.state is TransportState.CLOSING:
-                # The transport started closing by itself (1009): the session ends now,
-                # so nothing is queued after the close frame.
-                session.close(self._ws.close_code, "", now, wall)
-            self._emit(*session.events_received())
-        self._release_if_closed()
 
     def _on_message(self, event: TextReceived | BytesReceived, now: float) -> None:
         session = self._session
@@ -332,8 +352,12 @@ class ServerConnection:
             self._body_reserved = 0
 
     def _release_if_closed(self) -> None:
-        if not self._ws.closed:
-            return
+        if self._ws.closed:
+            self._release()
+
+    def _release(self) -> None:
+        """Closed: give back the body budget and the places in the hub's counts (each
+        release is idempotent)."""
         self._release_body()
         if self._upgrade is not None:
             self._upgrade.release()

@@ -26,7 +26,7 @@ does in the first seconds of a reconnect storm, holds none of it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import Protocol
 
 from wsproto.connection import Connection as _WsConnection
@@ -40,6 +40,10 @@ from .config import DEFAULT_MAX_MESSAGE_FRAMES
 from .events import BytesReceived, TextReceived
 
 __all__ = ["FrameOwner", "FramePhase", "declared_remaining"]
+
+#: wsproto's names used on every frame, looked up once.
+_OPEN = _WsState.OPEN
+_DATA_EVENTS = (TextMessage, BytesMessage)
 
 #: No partial message (shared: an idle connection holds no buffer of its own).
 _EMPTY = b""
@@ -130,7 +134,7 @@ class FramePhase:
 
     # -- input ----------------------------------------------------------------------------
 
-    def pieces(self, data: bytes) -> Iterator[bytes]:
+    def pieces(self, data: bytes) -> Sequence[bytes]:
         """*data* cut after each frame header that could make a message too big: feed
         each piece to :meth:`receive` in order (so the 1009 check of such a header always
         precedes wsproto's checks of its payload). A reader that stops early must not
@@ -148,15 +152,17 @@ class FramePhase:
     def receive(self, piece: bytes, now: float) -> bool:
         """Process one piece; ``True`` if the client proved it is alive (a frame that is
         not an empty fragment finishing nothing)."""
-        ws = self._connection()
+        ws = self._ws
+        if ws is None:
+            ws = self._connection()
         ws.receive_data(piece)
         alive = False
         for event in ws.events():
             if self._halted:
                 break  # a piece may hold several frames: none after the halt is processed
-            if isinstance(event, TextMessage | BytesMessage):
+            if isinstance(event, _DATA_EVENTS):
                 alive = alive or bool(event.data) or event.message_finished
-                if ws.state is _WsState.OPEN:
+                if ws.state is _OPEN:
                     self._on_data(event, now)
                 continue
             alive = True
@@ -165,13 +171,14 @@ class FramePhase:
                 break
             # A Ping or a Pong: within the owner's budget, a Ping is answered.
             allowed = self._owner._on_frame_control(now)
-            if allowed and isinstance(event, Ping) and ws.state is _WsState.OPEN:
+            if allowed and isinstance(event, Ping) and ws.state is _OPEN:
                 self._owner._push_pong(ws.send(event.response()))
         # The frame being received declares its length in its header: refuse it now
-        # rather than after buffering its payload.
+        # rather than after buffering its payload (a piece that ended with its frame
+        # declares nothing more).
         if (
-            ws.state is _WsState.OPEN
-            and not self.ended
+            not self.ended
+            and ws.state is _OPEN
             and self._size + declared_remaining(ws) > self._max_message_size
         ):
             self._too_big(now, "message too big")

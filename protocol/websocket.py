@@ -271,7 +271,19 @@ class WebSocketTransport:
         if not data:
             return  # h11 would take b"" for EOF
         state = self._state
-        if state is TransportState.HTTP:
+        if state is TransportState.OPEN or state is TransportState.CLOSING:
+            frames = self._frames
+            assert frames is not None
+            if self._deaf:
+                return
+            for piece in frames.pieces(data):
+                if self._state is TransportState.CLOSED or self._deaf:
+                    break
+                if frames.receive(piece, now):
+                    self.last_activity = now
+                if frames.ended:
+                    self._finish(frames.close_code, frames.close_reason)
+        elif state is TransportState.HTTP:
             assert self._http is not None
             outcome = self._http.receive_data(data)
             if self._http.interim:
@@ -288,18 +300,6 @@ class WebSocketTransport:
         elif state is TransportState.UPGRADING:
             assert self._http is not None
             self._http.hold(data)
-        elif state is TransportState.OPEN or state is TransportState.CLOSING:
-            frames = self._frames
-            assert frames is not None
-            if self._deaf:
-                return
-            for piece in frames.pieces(data):
-                if self._state is TransportState.CLOSED or self._deaf:
-                    break
-                if frames.receive(piece, now):
-                    self.last_activity = now
-                if frames.ended:
-                    self._finish(frames.close_code, frames.close_reason)
 
     def receive_eof(self, now: float) -> None:
         """The peer closed its side of the TCP connection (or it broke)."""
