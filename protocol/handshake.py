@@ -43,8 +43,6 @@ HeadCheck = Callable[[str, str, tuple[tuple[str, str], ...], int | None], HttpAn
 #: complete yet).
 HttpOutcome = HttpRequest | UpgradeRequested | HttpAnswer
 
-#: h11's states of the client once its request is complete.
-_REQUEST_DONE = (h11.DONE, h11.MUST_CLOSE)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: The ``101`` up to its accept token, the same for every upgrade.
 _SWITCHING = (
@@ -59,6 +57,7 @@ class HttpPhase:
     __slots__ = (
         "_body",
         "_client",
+        "_complete_read",
         "_h11",
         "_headers",
         "_key",
@@ -99,13 +98,14 @@ class HttpPhase:
         self._lookup: dict[str, str] = {}
         self._body = bytearray()
         self._key = b""
+        self._complete_read = False  # the whole request was read
         #: Output to write before any answer (``100 Continue``); the owner takes it.
         self.interim = b""
 
     @property
     def request_complete(self) -> bool:
         """The whole request has been read (it awaits its answer or its upgrade)."""
-        return self._h11.their_state in _REQUEST_DONE
+        return self._complete_read
 
     def receive_data(self, data: bytes) -> HttpOutcome | None:
         """Feed request bytes (never ``b""``); the outcome once the request is decided."""
@@ -169,6 +169,12 @@ class HttpPhase:
                     return body_too_large(self._max_body_size)
                 if conn.they_are_waiting_for_100_continue:
                     self.interim += _CONTINUE
+                if length is None and "transfer-encoding" not in lookup:
+                    # No body (RFC 9112 6.3): the request is complete with its head, as
+                    # h11's next event (EndOfMessage) would say; not asked for, as the
+                    # upgrade needs nothing more of h11 than the bytes after the head.
+                    self._complete_read = True
+                    return self._complete()
             elif isinstance(event, h11.Data):
                 self._body += event.data
                 if len(self._body) > self._max_body_size:
@@ -177,6 +183,7 @@ class HttpPhase:
                 # EndOfMessage. (h11's ConnectionClosed needs b"" fed to it, which we never
                 # do: EOF is the transport's receive_eof.)
                 assert isinstance(event, h11.EndOfMessage)
+                self._complete_read = True
                 return self._complete()
 
     def _at_head(self, request: h11.Request) -> HttpAnswer | None:
@@ -254,7 +261,10 @@ def _tokens(value: str | None) -> set[str]:
 
 
 def _decode_headers(request: h11.Request) -> tuple[tuple[str, str], ...]:
-    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers)
+    # raw_items(): a list, where iterating the headers is a Python call per header.
+    return tuple(
+        [(k.lower().decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw_items()]
+    )
 
 
 def _protocols(value: str | None) -> tuple[str, ...]:

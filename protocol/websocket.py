@@ -81,6 +81,10 @@ class TransportState(Enum):
     #: Nothing more is read or produced.
     CLOSED = auto()
 
+    # Each member is its only instance: hashed by identity, in C, rather than by
+    # Enum's hash of its name, a Python call (TRANSITIONS is looked up on every move).
+    __hash__ = object.__hash__
+
 
 class Step(Enum):
     """What moves a transport from one state to the next."""
@@ -98,6 +102,8 @@ class Step(Enum):
     #: The connection is over: the closing handshake completed or timed out, the peer
     #: failed the protocol, the TCP connection ended, or a close before the upgrade.
     END = auto()
+
+    __hash__ = object.__hash__  # as TransportState's
 
 
 _S = TransportState
