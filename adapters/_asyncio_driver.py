@@ -34,16 +34,18 @@ the rules after the core is done (give up, linger).
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import contextvars
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import cast
 
 from ._driver import LINGER, Driver, format_peer
 from .service import Service
 
-__all__ = ["PASS_BYTES", "AsyncioDriver", "Flusher"]
+__all__ = ["PASS_BYTES", "AsyncioDriver", "Flusher", "transport_maker"]
 
 log = logging.getLogger("agentcast.connection")
 
@@ -404,3 +406,22 @@ class AsyncioDriver(Driver, asyncio.Protocol):
             log.debug("gave up flushing to %s", self.peer)
             self._finishing = True
             transport.abort()
+
+
+def transport_maker(
+    loop: asyncio.AbstractEventLoop,
+) -> Callable[[socket.socket, asyncio.Protocol], object] | None:
+    """How to wrap an accepted plain TCP socket in a transport of *loop* at once, or
+    ``None`` when the loop has no synchronous way (uvloop: ``connect_accepted_socket``,
+    a coroutine, then).
+
+    On asyncio's own selector loops this is what ``connect_accepted_socket`` does inside
+    (``_make_socket_transport``: the transport registers its reader and schedules
+    ``connection_made``), without the coroutine, its future and the task around it:
+    per accepted connection, that is most of what accepting costs in Python."""
+    if isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+        make: Callable[[socket.socket, asyncio.Protocol], object] | None = getattr(
+            loop, "_make_socket_transport", None
+        )
+        return make
+    return None

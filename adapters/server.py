@@ -69,7 +69,7 @@ from agentcast.protocol.auth import ChannelAuthorizer
 from agentcast.protocol.messages import AgentState, NotificationLevel
 from agentcast.protocol.scope import EVERYONE, PendingVerdict, Scope
 
-from ._asyncio_driver import AsyncioDriver, Flusher
+from ._asyncio_driver import AsyncioDriver, Flusher, transport_maker
 from ._driver import IO_ERRORS, format_peer
 from ._serial import SerialSend
 from ._socket_driver import SocketDriver, SocketFlusher
@@ -323,7 +323,7 @@ class Server:
                 service, flusher, loop, tls=tls is not None, send_buffer=send_buffer
             )
 
-        async def connect(sock: socket.socket) -> None:
+        async def set_up(sock: socket.socket) -> None:
             try:
                 await loop.connect_accepted_socket(
                     driver, sock, ssl=tls, ssl_handshake_timeout=handshake_timeout
@@ -332,7 +332,36 @@ class Server:
                 log.debug("could not set up an accepted connection: %r", exc)
                 sock.close()
 
-        await self._serve(task_status, connect, abort=True)
+        make_transport = transport_maker(loop) if tls is None else None
+        setting_up: set[asyncio.Task[None]] = set()
+
+        def set_up_soon(sock: socket.socket) -> None:
+            # A plain asyncio task: an anyio task costs several times more to start.
+            task = loop.create_task(set_up(sock))
+            setting_up.add(task)
+            task.add_done_callback(setting_up.discard)
+
+        def handler(connections: TaskGroup) -> Callable[[socket.socket], object]:
+            if tls is not None:  # a TLS handshake to wait for, under the task group
+                return lambda sock: connections.start_soon(set_up, sock)
+            if make_transport is None:  # uvloop: connect_accepted_socket, a coroutine
+                return set_up_soon
+
+            def connect(sock: socket.socket) -> None:
+                # The loop's own transport, made here: no task, no coroutine.
+                try:
+                    make_transport(sock, driver())
+                except OSError as exc:  # pragma: no cover - the client left meanwhile
+                    log.debug("could not set up an accepted connection: %r", exc)
+                    sock.close()
+
+            return connect
+
+        try:
+            await self._serve(task_status, handler, abort=True)
+        finally:
+            for task in setting_up:  # accepted as the server stopped: not served
+                task.cancel()
 
     async def _serve_streams(self, task_status: TaskStatus[None]) -> None:
         if self.ssl_context is not None:
@@ -345,7 +374,7 @@ class Server:
                     return
                 await self._handle(stream)
 
-            await self._serve(task_status, handle, abort=False)
+            await self._serve(task_status, _in_tasks(handle), abort=False)
             return
         flusher = SocketFlusher()
         service = self.service
@@ -369,20 +398,21 @@ class Server:
 
         async with anyio.create_task_group() as writing:
             writing.start_soon(flusher.run)
-            await self._serve(task_status, serve_socket, abort=False)
+            await self._serve(task_status, _in_tasks(serve_socket), abort=False)
             writing.cancel_scope.cancel()
 
     async def _serve(
         self,
         task_status: TaskStatus[None],
-        handle: Callable[[socket.socket], Coroutine[Any, Any, None]],
+        handler: Callable[[TaskGroup], Callable[[socket.socket], object]],
         *,
         abort: bool,
     ) -> None:
         """Listen and accept until :meth:`shutdown`, each accepted socket handed to
-        *handle* in a task of its own; then drain. What is left after the drain timeout
-        is dropped: with *abort* by the service (asyncio: abort the transports), else by
-        cancelling the connections' tasks (trio)."""
+        ``handler(connections)`` (which may start a task in *connections* for it); then
+        drain. What is left after the drain timeout is dropped: with *abort* by the
+        service (asyncio: abort the transports), else by cancelling the connections'
+        tasks (trio)."""
         assert self._stopping is not None
         multi = await anyio.create_tcp_listener(
             local_host=self.host,
@@ -397,10 +427,11 @@ class Server:
                 listener.extra(SocketAttribute.local_address) for listener in listeners
             )
             async with anyio.create_task_group() as connections:
+                handle = handler(connections)
                 async with anyio.create_task_group() as accepting:
                     for listener in listeners:
                         sock = listener.extra(SocketAttribute.raw_socket)
-                        accepting.start_soon(self._accept_loop, sock, connections, handle)
+                        accepting.start_soon(self._accept_loop, sock, handle)
                     task_status.started()
                     await self._stopping.wait()
                     accepting.cancel_scope.cancel()
@@ -412,40 +443,79 @@ class Server:
                 await multi.aclose()
 
     async def _accept_loop(
-        self,
-        sock: socket.socket,
-        tg: TaskGroup,
-        handle: Callable[[socket.socket], Coroutine[Any, Any, None]],
+        self, sock: socket.socket, handle: Callable[[socket.socket], object]
     ) -> None:
         """Accept connections on *sock* until cancelled. When accept() fails (out of file
         descriptors or memory), pause and try again, with the back-off and the logging
         :class:`~agentcast.protocol.accepting.AcceptGuard` decides: the waiting clients
-        stay in the kernel's queue meanwhile, and the open connections are served."""
-        guard = self.hub.accepting
+        stay in the kernel's queue meanwhile, and the open connections are served.
+
+        On asyncio (and uvloop) the accepting is done by a reader callback of the loop
+        on *sock*, with no task switch per wake-up; on trio by this task."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
         while True:
-            await anyio.wait_readable(sock)
-            for _ in range(_ACCEPT_BATCH):
-                try:
-                    client, _ = sock.accept()
-                except BlockingIOError:
-                    ended = guard.drained(clock())
-                    if ended is not None:
-                        self._log_shortage_end(ended)
-                    break
-                except OSError as exc:
-                    reason = accept_error_reason(exc)
-                    if reason is None:
-                        continue  # the client went away before we accepted it
-                    delay, started = guard.failed(reason, clock())
-                    if started is not None:
-                        self._log_shortage_start(started)
-                    # A connection closing frees a descriptor: try again then, or later.
-                    await self.service.wait_for_release(delay)
-                    break
-                guard.accepted(clock())
-                client.setblocking(False)
-                tg.start_soon(handle, client)
-                del client  # the connection's own: it must not outlive it here
+            if loop is None:
+                await anyio.wait_readable(sock)
+                delay = self._accept_waiting(sock, handle)
+            else:
+                delay = await self._accept_in_callbacks(loop, sock, handle)
+            if delay is not None:
+                # A connection closing frees a descriptor: try again then, or later.
+                await self.service.wait_for_release(delay)
+
+    async def _accept_in_callbacks(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        handle: Callable[[socket.socket], object],
+    ) -> float:
+        """Accept from the loop's callback whenever *sock* is readable, until accept()
+        fails for want of a resource: then the pause before trying again."""
+        shortage: asyncio.Future[float] = loop.create_future()
+
+        def ready() -> None:
+            delay = self._accept_waiting(sock, handle)
+            if delay is not None and not shortage.done():
+                loop.remove_reader(sock)
+                shortage.set_result(delay)
+
+        loop.add_reader(sock, ready)
+        try:
+            return await shortage
+        finally:
+            loop.remove_reader(sock)
+
+    def _accept_waiting(
+        self, sock: socket.socket, handle: Callable[[socket.socket], object]
+    ) -> float | None:
+        """Accept the connections waiting on *sock* (:data:`_ACCEPT_BATCH` at most: the
+        next wake-up comes at once while more are waiting), each handed to *handle*.
+        Returns the pause before trying again when accept() failed for want of a
+        resource, else ``None``."""
+        guard = self.hub.accepting
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                client, _ = sock.accept()
+            except BlockingIOError:
+                ended = guard.drained(clock())
+                if ended is not None:
+                    self._log_shortage_end(ended)
+                return None
+            except OSError as exc:
+                reason = accept_error_reason(exc)
+                if reason is None:
+                    continue  # the client went away before we accepted it
+                delay, started = guard.failed(reason, clock())
+                if started is not None:
+                    self._log_shortage_start(started)
+                return delay
+            guard.accepted(clock())
+            client.setblocking(False)
+            handle(client)
+        return None
 
     def _log_shortage_start(self, shortage: Shortage) -> None:
         limit = ""
@@ -534,3 +604,14 @@ class Server:
                 elif self.service.draining:
                     log.warning("%s again: not waiting for the clients any longer", name)
                     self.service.stop_draining()
+
+
+def _in_tasks(
+    serve: Callable[[socket.socket], Coroutine[Any, Any, None]],
+) -> Callable[[TaskGroup], Callable[[socket.socket], object]]:
+    """A handler that serves each accepted socket with *serve* in a task of its own."""
+
+    def handler(connections: TaskGroup) -> Callable[[socket.socket], object]:
+        return lambda sock: connections.start_soon(serve, sock)
+
+    return handler
