@@ -24,6 +24,10 @@ callbacks:
 TLS connections (and any other anyio byte stream) keep :mod:`._stream_driver`. The rules
 after the core is done (give up, linger) are :class:`~._driver.Driver`'s, shared with the
 other drivers.
+
+The waits of each input's round (the cancel scope with the core's deadline, the wait
+for the socket, the clock) are trio's own calls: anyio's wrappers of them look up the
+running backend on every call, most of what a connection cost in them.
 """
 
 from __future__ import annotations
@@ -36,8 +40,14 @@ import time
 import anyio
 import anyio.lowlevel
 
+try:
+    import trio
+    import trio.lowlevel
+except ImportError:  # pragma: no cover - trio is optional; this driver runs on trio only
+    trio = None  # type: ignore[assignment]
+
 from ._driver import LINGER, READ_SIZE, Driver
-from .service import Service, clock
+from .service import Service
 
 __all__ = ["WRITES_PER_PASS", "SocketDriver", "SocketFlusher"]
 
@@ -112,12 +122,12 @@ class SocketDriver(Driver):
         #: The part of the last write the kernel has not taken yet (``None``: none).
         self._rest: memoryview | None = None
         #: The scope of the task's current wait (``None`` while it is not waiting).
-        self._scope: anyio.CancelScope | None = None
+        self._scope: trio.CancelScope | None = None
         self._recheck = False  # the wait was ended to look again, not by a deadline
         self._waits_for_input = True  # the current wait includes the socket's input
-        self._task_scope: anyio.CancelScope | None = None
+        self._task_scope: trio.CancelScope | None = None
         self._write_failed = False
-        self._open(service, host=host, peer=peer, now=clock())
+        self._open(service, host=host, peer=peer, now=trio.current_time())
 
     # -- called from anywhere in the loop ------------------------------------------------
 
@@ -173,14 +183,14 @@ class SocketDriver(Driver):
     async def run(self) -> None:
         """Serve the connection until it is over, then close the socket."""
         try:
-            with anyio.CancelScope() as self._task_scope:
+            with trio.CancelScope() as self._task_scope:
                 await self._serve()
                 await self._finish()
         except Exception:  # pragma: no cover - the core and the socket calls don't raise
             log.exception("unexpected error on the connection from %s", self.peer)
         finally:
             self._scope = None
-            self.socket_lost(clock(), time.time(), write_failed=self._write_failed)
+            self.socket_lost(trio.current_time(), time.time(), write_failed=self._write_failed)
             self.let_go()
             self._sock.close()
 
@@ -191,21 +201,21 @@ class SocketDriver(Driver):
             deadline = conn.next_deadline()
             readable = writable = False
             self._recheck = False
-            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
                 self._scope = scope
                 self._waits_for_input = wanted = conn.wants_input
                 if self._rest is not None:
                     readable, writable = await self._wait_both(wanted)
                 elif wanted:
-                    await anyio.wait_readable(sock)
+                    await trio.lowlevel.wait_readable(sock)
                     readable = True
                 else:
-                    await anyio.sleep_forever()  # until a write completes or a deadline
+                    await trio.sleep_forever()  # until a write completes or a deadline
             self._scope = None
             self._waits_for_input = True
             if writable:
                 self._write_rest()
-            now, wall = clock(), time.time()
+            now, wall = trio.current_time(), time.time()
             if readable:
                 self._read(now, wall)
             elif scope.cancelled_caught and not self._recheck and not conn.closed:
@@ -232,7 +242,7 @@ class SocketDriver(Driver):
     async def _finish(self) -> None:
         """The core is done: write what is left (until the give-up time), then close, or
         half-close and linger (:attr:`~._driver.Driver.lingers`)."""
-        with anyio.CancelScope(deadline=self.give_up_at(clock())) as given_up:
+        with trio.CancelScope(deadline=self.give_up_at(trio.current_time())) as given_up:
             while not self._write_failed:
                 self.flush()
                 if self._rest is None:
