@@ -459,7 +459,7 @@ class Server:
         while True:
             if loop is None:
                 await anyio.wait_readable(sock)
-                delay = self._accept_waiting(sock, handle)
+                delay = self._accept_waiting(sock, handle, clock)
             else:
                 delay = await self._accept_in_callbacks(loop, sock, handle)
             if delay is not None:
@@ -477,7 +477,7 @@ class Server:
         shortage: asyncio.Future[float] = loop.create_future()
 
         def ready() -> None:
-            delay = self._accept_waiting(sock, handle)
+            delay = self._accept_waiting(sock, handle, loop.time)
             if delay is not None and not shortage.done():
                 loop.remove_reader(sock)
                 shortage.set_result(delay)
@@ -489,18 +489,21 @@ class Server:
             loop.remove_reader(sock)
 
     def _accept_waiting(
-        self, sock: socket.socket, handle: Callable[[socket.socket], object]
+        self,
+        sock: socket.socket,
+        handle: Callable[[socket.socket], object],
+        now: Callable[[], float],
     ) -> float | None:
         """Accept the connections waiting on *sock* (:data:`_ACCEPT_BATCH` at most: the
         next wake-up comes at once while more are waiting), each handed to *handle*.
         Returns the pause before trying again when accept() failed for want of a
-        resource, else ``None``."""
+        resource, else ``None``. *now* reads the loop's clock."""
         guard = self.hub.accepting
         for _ in range(_ACCEPT_BATCH):
             try:
                 client, _ = sock.accept()
             except BlockingIOError:
-                ended = guard.drained(clock())
+                ended = guard.drained(now())
                 if ended is not None:
                     self._log_shortage_end(ended)
                 return None
@@ -508,11 +511,11 @@ class Server:
                 reason = accept_error_reason(exc)
                 if reason is None:
                     continue  # the client went away before we accepted it
-                delay, started = guard.failed(reason, clock())
+                delay, started = guard.failed(reason, now())
                 if started is not None:
                     self._log_shortage_start(started)
                 return delay
-            guard.accepted(clock())
+            guard.accepted(now())
             client.setblocking(False)
             handle(client)
         return None
