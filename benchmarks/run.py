@@ -371,8 +371,12 @@ def server_cmd(kind: str, loop: str, port: int, pub_port: int, scenario: Scenari
             # every loop named: agentcast alone would pick uvloop when it is installed
             "--uvloop" if uvloop else "--no-uvloop",
             # The peers send each presence change at once: so does agentcast here, or each
-            # connection would wait out the presence window and the run would measure that.
-            *(["--presence-window", "0"] if scenario.kind == "churn" else []),
+            # connection would wait out the presence window and the run would measure that,
+            # and (presence interval) a user's offline right after its online would be held
+            # for a second: every connection's presence_state would list the users of the
+            # last second, and their offline broadcasts would come after the window.
+            *(["--presence-window", "0", "--presence-interval", "0"]
+              if scenario.kind == "churn" else []),
         ]  # fmt: skip
     common = ["--port", str(port), "--pub-port", str(pub_port), "--api-key", API_KEY,
               "--presence-grace", "0", *inproc]  # fmt: skip
