@@ -226,7 +226,7 @@ class ServerConnection:
             refusal = upgrade.decide(result)
             if refusal is not None:
                 self._ws.respond(refusal)
-                self._release_if_closed()
+                self._release()  # answered: closed
                 return
 
             def start() -> None:
@@ -248,7 +248,7 @@ class ServerConnection:
         """Answer the pending :class:`~agentcast.protocol.events.HttpRequest` (or refuse
         the pending upgrade); the connection then closes."""
         self._ws.respond(answer)
-        self._release_if_closed()
+        self._release()  # answered: closed
 
     def close(self, code: int, reason: str, now: float, wall: float) -> None:
         """Close from the server side (1001 at shutdown); before the upgrade, just close."""
@@ -343,17 +343,12 @@ class ServerConnection:
         return None
 
     def _emit(self, *events: Event) -> None:
-        if events:
-            self._events = [*(self._events or ()), *events]
+        self._events = [*(self._events or ()), *events]
 
     def _release_body(self) -> None:
         if self._body_reserved:
             self._hub.admission.release_body(self._body_reserved)
             self._body_reserved = 0
-
-    def _release_if_closed(self) -> None:
-        if self._ws.closed:
-            self._release()
 
     def _release(self) -> None:
         """Closed: give back the body budget and the places in the hub's counts (each

@@ -232,7 +232,7 @@ class FramePhase:
             else:
                 size = len(data)
                 received = BytesReceived(data=bytes(data))
-            self.reset()
+            self._frames = 0  # the rest of reset(): no message was in progress
             if size > self._max_message_size:
                 self._too_big(now, "message too big")
             else:
