@@ -348,8 +348,11 @@ class AsyncioDriver(Driver, asyncio.Protocol):
     def _close_transport(self) -> None:
         transport = self._transport
         if transport is not None:
-            transport.close()  # after the transport's own buffer is written
-            self._arm_timer()  # the give-up deadline, for a client that never reads
+            if self._tls or transport.get_write_buffer_size():
+                transport.close()  # after the transport's own buffer is written
+                self._arm_timer()  # the give-up deadline, for a client that never reads
+            else:
+                transport.close()  # nothing left to write: connection_lost at the next pass
 
     # -- time ----------------------------------------------------------------------------
 
