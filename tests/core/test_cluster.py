@@ -475,6 +475,7 @@ def test_a_cluster_hub_sends_out_and_delivers_what_comes_back() -> None:
     ]
     assert link.statuses == [("alice", "online"), ("bob", "online")]
     assert hub.local_presence() == {"alice": "online", "bob": "online"}
+    assert hub.presence() == {"remote_user": "busy"}  # who is online: the cluster's view
     # Publishing goes to the link.
     note = Notification(level="info", message="x")
     assert hub.send_notification("info", "x", now=1.0, wall=WALL) == Published("", 0)
