@@ -457,11 +457,16 @@ class Server:
         except RuntimeError:
             loop = None
         while True:
-            if loop is None:
+            delay: float | None
+            if loop is not None:
+                try:
+                    delay = await self._accept_in_callbacks(loop, sock, handle)
+                except NotImplementedError:  # a loop without add_reader (Windows' proactor)
+                    loop = None
+                    continue
+            else:
                 await anyio.wait_readable(sock)
                 delay = self._accept_waiting(sock, handle, clock)
-            else:
-                delay = await self._accept_in_callbacks(loop, sock, handle)
             if delay is not None:
                 # A connection closing frees a descriptor: try again then, or later.
                 await self.service.wait_for_release(delay)
