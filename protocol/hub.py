@@ -36,11 +36,21 @@ the last one sent is held, and when the interval ends the user's status *then* g
 (if it differs from the last one sent). So the latest status always goes out, one user's
 changes are never reordered, and one user's many tabs cannot make the server broadcast
 faster than that. The wait is a deadline of :meth:`Hub.next_deadline`.
+
+A presence window's changes reach the connections :attr:`Hub.presence_step` at a time:
+one step at once, the next ones each at a call of :meth:`Hub.handle_timer` (due at once:
+the adapter calls it again at its next pass, after reading other sockets), so that a
+reconnect storm's window, sent to thousands, does not hold up every other connection for
+one long step. Every group goes to the connections in the same order, one group after the
+other, and any other broadcast first completes the groups still on their way: nothing is
+reordered for a connection. A connection that opens meanwhile is not among the group's
+recipients; its ``presence_state`` already holds the group's changes.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +79,10 @@ from .stats import Stats
 __all__ = ["Hub", "Member", "Published", "Stats"]
 
 _RANK: dict[str, int] = {"offline": 0, "away": 1, "online": 2, "busy": 3}
+
+#: Connections a presence window's changes are delivered to in one step (each ~1 µs);
+#: the others in the next steps (:attr:`Hub.presence_step`).
+PRESENCE_STEP = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +130,18 @@ class _User:
         self.status: PresenceStatus = "offline"
         self.announced: PresenceStatus = "offline"
         self.announced_at = -math.inf
+
+
+class _Spread:
+    """A presence group on its way to the connections that were authenticated when it
+    was sent: *recipients*, of which the first *done* have it."""
+
+    __slots__ = ("done", "message", "recipients")
+
+    def __init__(self, message: PreparedMessage, recipients: list[Member]) -> None:
+        self.message = message
+        self.recipients = recipients
+        self.done = 0
 
 
 class Hub:
@@ -185,6 +211,12 @@ class Hub:
         self._batches = 0
         self._fanning_out = False
         self._deferred: list[tuple[Member, float, float]] = []
+        #: Connections a presence group is delivered to in one step (see the module's
+        #: docstring); the next step is due at once (:meth:`next_deadline`).
+        self.presence_step = PRESENCE_STEP
+        # Presence groups on their way, oldest first, and when the next step is due.
+        self._spreading: deque[_Spread] = deque()
+        self._spread_at = 0.0
 
     # -- the in-process API (PROTOCOL.md 8) ---------------------------------------------
 
@@ -488,8 +520,11 @@ class Hub:
 
     def next_deadline(self) -> float | None:
         """When a user in the presence grace period turns offline next, or a held
-        presence change goes out, or ``None``."""
+        presence change goes out, or the next step of a presence group on its way to
+        the connections is due (at once), or ``None``."""
         deadline = min(self._leaving.values()) if self._leaving else None
+        if self._spreading and (deadline is None or self._spread_at < deadline):
+            deadline = self._spread_at
         if self._due:
             due = min(self._due.values())
             if deadline is None or due < deadline:
@@ -500,8 +535,11 @@ class Hub:
         return deadline
 
     def handle_timer(self, now: float, wall: float) -> None:
-        """Turn offline every user whose grace period has ended by *now*, then send the
+        """Take the next step of the presence group on its way to the connections, then
+        turn offline every user whose grace period has ended by *now*, then send the
         presence changes held until *now*, then those held for the presence window."""
+        if self._spreading:
+            self._step(now, wall)
         leaving = [user_id for user_id, at in self._leaving.items() if at <= now]
         for user_id in leaving:
             del self._leaving[user_id]
@@ -593,7 +631,29 @@ class Hub:
             )
         if messages:
             self._snapshot = None
-            self._fan_out(PreparedMessage.group(messages), now, wall)
+            self._spreading.append(
+                _Spread(PreparedMessage.group(messages), list(self._authenticated))
+            )
+            if len(self._spreading) == 1:
+                self._step(now, wall)  # else after the groups before it
+            if self._spreading and self.on_deadline is not None:
+                self.on_deadline(now)  # the next step
+
+    def _step(self, now: float, wall: float) -> None:
+        """Deliver the oldest presence group on its way to its next :attr:`presence_step`
+        recipients (a connection closed meanwhile takes nothing)."""
+        spread = self._spreading[0]
+        start = spread.done
+        spread.done = end = start + self.presence_step
+        if end >= len(spread.recipients):
+            self._spreading.popleft()
+        self._spread_at = now
+        self._fan_out(spread.message, now, wall, spread.recipients[start:end])
+
+    def _catch_up(self, now: float, wall: float) -> None:
+        """Complete every presence group still on its way (another broadcast follows)."""
+        while self._spreading:
+            self._step(now, wall)
 
     def _aggregate(self, user_id: str, now: float, wall: float) -> None:
         user = self._users[user_id]
@@ -705,14 +765,27 @@ class Hub:
             if user is not None:
                 yield from user.sessions
 
-    def _fan_out(self, message: PreparedMessage, now: float, wall: float) -> int:
+    def _fan_out(
+        self,
+        message: PreparedMessage,
+        now: float,
+        wall: float,
+        recipients: list[Member] | None = None,
+    ) -> int:
         """Deliver a broadcast to the connections of its scope (``message.scope``): the
-        only way a broadcast reaches a connection."""
+        only way a broadcast reaches a connection. Presence groups on their way are
+        completed first, so that no connection gets this before them. *recipients*: a
+        step of a presence group (scope: every authenticated connection), those of
+        the connections authenticated when it was sent that this step reaches."""
         delivered = 0
         nested = self._fanning_out
+        if recipients is None:
+            if self._spreading and not nested:
+                self._catch_up(now, wall)
+            recipients = self._recipients(message.scope)
         self._fanning_out = True
         try:
-            for session in self._recipients(message.scope):
+            for session in recipients:
                 if session.deliver(message, now, wall):
                     delivered += 1
         finally:

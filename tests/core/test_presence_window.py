@@ -254,3 +254,147 @@ def test_a_snapshot_encoded_once_is_the_message_encoded_whole():
     text = encode_with_data("presence_state", encode_data(data), W)
     assert text == encode_server_message("presence_state", data, W)
     assert json.loads(text)["data"] == data
+
+
+# -- a window's changes on their way, a step at a time --------------------------------
+
+
+def stepped_hub(step: int = 2, **settings: float) -> Hub:
+    hub = window_hub(**settings)
+    hub.presence_step = step
+    return hub
+
+
+def settle(hub: Hub, now: float) -> float:
+    """Run the hub's timer at each deadline (a step due at once: a pass later) until none
+    is left; the time then."""
+    while (deadline := hub.next_deadline()) is not None:
+        now = max(deadline, now + 0.001)
+        hub.handle_timer(now, W)
+    return now
+
+
+def test_a_window_reaches_the_connections_a_step_at_a_time_and_each_once(h):
+    hub = stepped_hub(step=2)
+    woken = []
+    watchers = [Recorder(f"w{n}") for n in range(5)]
+    for watcher in watchers:
+        hub.open_session(watcher, 0.0, W)
+    settle(hub, 0.0)
+    hub.on_deadline = woken.append
+    for watcher in watchers:
+        watcher.got.clear()
+    # At once (a quiet window), to the first two connections; the next step due at once.
+    _, sink = h.open_session(hub, "x", now=0.5)
+    assert [len(w.got) for w in watchers] == [1, 1, 0, 0, 0]
+    assert hub.next_deadline() == 0.5
+    assert woken == [0.5]  # the adapter is told
+    hub.handle_timer(0.501, W)
+    assert [len(w.got) for w in watchers] == [1, 1, 1, 1, 0]
+    assert hub.next_deadline() == 0.501
+    hub.handle_timer(0.502, W)  # the last one and x's own connection
+    assert [len(w.got) for w in watchers] == [1] * 5
+    assert presence_of(sink.messages()) == [("x", "online")]
+    assert hub.next_deadline() is None
+    assert hub.stats.messages_out["user_presence"] >= 6
+    for watcher in watchers:
+        [message] = watcher.got
+        assert json.loads(message.text)["data"] == {"userId": "x", "status": "online"}
+
+
+def test_a_broadcast_while_a_window_is_on_its_way_comes_after_it_everywhere(h):
+    hub = stepped_hub(step=2)
+    pairs = [h.connect(hub, f"u{n}", now=0.01 * n)[0] for n in range(5)]
+    hub.handle_timer(0.1, W)  # u1..u4, held: a step, the rest due
+    assert hub.next_deadline() == 0.1
+    hub.send_notification("info", "after", now=0.12, wall=W)
+    assert hub.next_deadline() is None  # completed first
+    for pair in pairs:
+        types = [m["type"] for m in pair.messages()]
+        assert types[-1] == "notification"
+        assert "user_presence" in types[:-1]
+
+
+def test_a_newcomer_while_a_window_is_on_its_way_gets_it_in_its_snapshot_not_twice(h):
+    hub = stepped_hub(step=1, presence_grace=0)
+    clients = [h.connect(hub, f"u{n}", now=0.01 * n) for n in range(4)]
+    hub.handle_timer(0.1, W)  # u1..u3 on their way: one connection now
+    newcomer, first = h.connect(hub, "late", now=0.11)  # held until 0.2
+    assert {u["userId"] for u in first[1]["data"]["users"]} == {
+        "user_u0",
+        "user_u1",
+        "user_u2",
+        "user_u3",
+    }
+    clients[1][0].server.receive_eof(0.12, W)  # a recipient still waiting leaves
+    settle(hub, 0.12)
+    truth = hub.presence()
+    assert "user_u1" not in truth
+    later = newcomer.messages()
+    assert presence_of(later).count(("user_u1", "online")) == 0  # only in its snapshot
+    assert view(first, later) == truth
+    for n, (pair, first) in enumerate(clients):
+        if n != 1:
+            assert view(first, pair.messages()) == truth
+
+
+def test_a_window_that_ends_while_the_last_is_on_its_way_follows_it(h):
+    hub = stepped_hub(step=1)
+    watchers = [Recorder(f"w{n}") for n in range(6)]
+    for watcher in watchers:
+        hub.open_session(watcher, 0.0, W)
+    settle(hub, 0.0)
+    for watcher in watchers:
+        watcher.got.clear()
+    h.open_session(hub, "x", now=0.5)  # at once: a quiet window; a step of one
+    h.open_session(hub, "y", now=0.51)  # held until 0.6
+    hub.handle_timer(0.6, W)  # x's next step; y's group waits behind it
+    assert [len(w.got) for w in watchers] == [1, 1, 0, 0, 0, 0]
+    settle(hub, 0.6)
+    for watcher in watchers:
+        assert [json.loads(p.text)["data"]["userId"] for p in watcher.got] == ["x", "y"]
+
+
+def test_a_client_dropped_during_a_step_goes_offline_after_that_step(h):
+    """A slow client closed (1013) by a step: its user's offline follows the group in
+    every connection's stream, held for the next window."""
+    hub = Hub(
+        Settings(presence_window=0.1, presence_interval=0, presence_grace=0, max_send_buffer=1000)
+    )
+    hub.presence_step = 2
+    watcher, _ = h.connect(hub, "watcher")
+    slow, _ = h.connect(hub, "slow", now=0.01)
+    slow.server.session.deliver(  # a backlog just under the limit
+        PreparedMessage.build("notification", {"m": "x" * 900}, W), 0.01, W
+    )
+    other, _ = h.connect(hub, "other", now=0.02)
+    h.connect(hub, "a", now=0.03)
+    hub.handle_timer(0.1, W)  # the first step, to watcher and slow: slow is dropped
+    assert slow.server.transport.state.name == "CLOSING"
+    settle(hub, 0.1)
+    assert presence_of(watcher.messages()) == [
+        ("user_slow", "online"),
+        ("user_other", "online"),
+        ("user_a", "online"),
+        ("user_slow", "offline"),
+    ]
+    assert presence_of(other.messages())[-2:] == [("user_a", "online"), ("user_slow", "offline")]
+
+
+def test_a_grace_period_that_ends_before_the_next_step_is_the_next_deadline(h):
+    hub = stepped_hub(step=1, presence_grace=0.05)
+    hub.on_deadline = None
+    clients = [h.connect(hub, f"u{n}", now=0.0) for n in range(4)]
+    settle(hub, 0.0)
+    clients[1][0].server.receive_eof(0.5, W)  # offline at 0.55
+    h.connect(hub, "v", now=0.6)  # at once: a step, the next due at once
+    assert hub.next_deadline() == 0.55  # overdue: the earliest
+    clients[2][0].server.receive_eof(0.605, W)  # offline at 0.655
+    hub.handle_timer(0.61, W)  # a step; user_u1 offline, held for the window
+    assert hub.next_deadline() == 0.61  # the next step, before the grace period ends
+    settle(hub, 0.61)
+    truth = hub.presence()
+    assert set(truth) == {"user_u0", "user_u3", "user_v"}
+    for n in (0, 3):
+        pair, first = clients[n]
+        assert view(first, pair.messages()) == truth

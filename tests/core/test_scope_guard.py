@@ -65,6 +65,7 @@ HUB_PUBLIC: dict[str, bool] = {
     "accepting": False,  # the accept() back-off and its counters: delivers nothing
     "authorizer": False,
     "health": False,  # the body of /healthz
+    "presence_step": False,  # a number: how many connections a presence step reaches
     # The agent_state snapshot's store: it delivers nothing itself; open_session queues
     # its snapshot, built through the scope rule (test_the_agent_state_snapshot_keeps_...).
     "agent_states": False,
