@@ -19,11 +19,13 @@ starve the other connections).
 Writes are batched per pass of the event loop by :class:`Flusher`: a broadcast, or any
 other output not caused by the connection's own input, only marks its connections, and at
 the start of the next pass each marked connection writes its whole backlog once (at most
-:data:`WRITES_PER_PASS` connections a pass, the others in the passes after, so that
-input on other sockets is read in between); an answer to the connection's own input, a
-pong or the ``101``, is written at the end of that ``data_received``. A presence storm
-(every new user is a message to every other one, the hub sending a window's changes
-together) therefore costs one ``send()`` per connection per window, and no task switch.
+:data:`WRITES_PER_PASS` connections and :data:`PASS_BUDGET` a pass, the others in the
+passes after, so that input on other sockets is read in between); an answer to the
+connection's own input, a pong or the ``101``, is written at the end of that
+``data_received``. A presence storm (every new user is a message to every other one, the
+hub sending a window's changes together) therefore costs one ``send()`` per connection
+per window, and no task switch. HTTP requests (upgrades) are read with the same kind of
+bound: at most :data:`REQUESTS_PER_PASS` and :data:`PASS_BUDGET` a pass.
 
 The trio drivers (:mod:`._socket_driver`, one task per connection and the same batching
 of writes per pass; :mod:`._stream_driver`, two tasks on a TLS stream) behave the same;
@@ -42,19 +44,20 @@ import time
 from collections.abc import Callable
 from typing import cast
 
-from ._driver import LINGER, Driver, format_peer
+from ._driver import (
+    LINGER,
+    PASS_BUDGET,
+    REQUESTS_PER_PASS,
+    WRITES_PER_LOOK,
+    WRITES_PER_PASS,
+    Driver,
+    format_peer,
+)
 from .service import Service
 
 __all__ = ["PASS_BYTES", "AsyncioDriver", "Flusher", "transport_maker"]
 
 log = logging.getLogger("agentcast.connection")
-
-#: Connections :class:`Flusher` writes in one pass of the event loop at most (~10 µs each):
-#: a pass that writes a presence window's changes to 10,000 clients would otherwise keep
-#: every other socket waiting for ~0.1 s.
-WRITES_PER_PASS = 256
-#: HTTP requests (WebSocket upgrades) read in one pass at most; the others wait a pass.
-REQUESTS_PER_PASS = 16
 
 #: Input a connection may hand the core before it yields the loop for a pass.
 PASS_BYTES = 256 * 1024
@@ -64,7 +67,7 @@ class Flusher:
     """Writes the output of the connections woken during one pass of the event loop:
     once each, from one callback at the start of the next pass."""
 
-    __slots__ = ("_loop", "_marked", "_requests", "_scheduled", "context")
+    __slots__ = ("_loop", "_marked", "_requests", "_requests_began", "_scheduled", "context")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -75,16 +78,22 @@ class Flusher:
         self._marked: list[AsyncioDriver] = []
         self._scheduled = False
         self._requests = 0  # HTTP requests (upgrades) read in this pass
+        self._requests_began = 0.0  # when the first of them was read
 
     def may_read_request(self) -> bool:
-        """Whether a connection may read its HTTP request (an upgrade) in this pass: at
-        most :data:`REQUESTS_PER_PASS`, so that a reconnect storm's handshakes (each
-        ~0.5 ms with its presence snapshot) leave room for the open connections."""
-        if self._requests >= REQUESTS_PER_PASS:
-            return False
-        if not self._requests:
+        """Whether a connection may read its HTTP request (an upgrade) in this pass: the
+        first one, then others for :data:`PASS_BUDGET` and up to
+        :data:`REQUESTS_PER_PASS`, so that a reconnect storm's handshakes (each ~0.5 ms
+        with its presence snapshot) leave room for the open connections."""
+        requests = self._requests
+        if not requests:
             self._loop.call_soon(self._new_pass)
-        self._requests += 1
+            self._requests_began = self._loop.time()
+        elif (
+            requests >= REQUESTS_PER_PASS or self._loop.time() - self._requests_began >= PASS_BUDGET
+        ):
+            return False
+        self._requests = requests + 1
         return True
 
     def _new_pass(self) -> None:
@@ -97,18 +106,27 @@ class Flusher:
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        marked = self._marked
-        if len(marked) > WRITES_PER_PASS:
-            # A broadcast to thousands: write a slice now and the rest in the next passes,
-            # so that the input waiting on other sockets (a ping) is read in between.
-            self._marked = marked[WRITES_PER_PASS:]
-            del marked[WRITES_PER_PASS:]
-            self._loop.call_soon(self._flush)
-        else:
-            self._scheduled = False
-            self._marked = []
+        marked, self._marked = self._marked, []
+        self._scheduled = False
+        clock = self._loop.time
+        began = clock()
+        written = 0
         for connection in marked:
             connection.flush()
+            written += 1
+            if written % WRITES_PER_LOOK == 0 and (
+                written >= WRITES_PER_PASS or clock() - began >= PASS_BUDGET
+            ):
+                break
+        if written < len(marked):
+            # A broadcast to thousands: the rest in the next passes (first, in order), so
+            # that the input waiting on other sockets (a ping) is read in between.
+            del marked[:written]
+            marked += self._marked
+            self._marked = marked
+            if not self._scheduled:
+                self._scheduled = True
+                self._loop.call_soon(self._flush)
 
 
 class AsyncioDriver(Driver, asyncio.Protocol):

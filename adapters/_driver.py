@@ -56,6 +56,20 @@ log = logging.getLogger("agentcast.connection")
 IO_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 #: Bytes asked of the socket per read.
 READ_SIZE = 65536
+#: Connections a flusher writes in one pass of the event loop at most (~10 µs each): a
+#: pass that writes a presence window's changes to 10,000 clients would otherwise keep
+#: every other socket waiting for ~0.1 s.
+WRITES_PER_PASS = 256
+#: HTTP requests (WebSocket upgrades) read in one pass at most; the others wait a pass.
+REQUESTS_PER_PASS = 16
+#: Time (s) one pass spends writing marked connections, and likewise reading HTTP
+#: requests, at most (each may overrun by one connection): the counts above bound a
+#: pass on an idle machine, this one when each costs more (a large presence snapshot in
+#: every handshake, a loaded machine), so that a pass stays short and the input waiting
+#: on other sockets (a ping) is read every few milliseconds.
+PASS_BUDGET = 0.003
+#: Writes between two looks at the clock.
+WRITES_PER_LOOK = 16
 #: After an HTTP answer is written: half-close, then read and discard what the client
 #: still sends (e.g. the rest of a refused request body) for this long, so that closing
 #: a socket with unread input does not reset the connection before the client has read

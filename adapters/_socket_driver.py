@@ -11,9 +11,13 @@ callbacks:
   at once;
 * output not caused by the connection's own input (a broadcast) only marks it:
   :class:`SocketFlusher`, one task for the whole server, writes every marked connection's
-  whole backlog once per pass of the scheduler (at most :data:`WRITES_PER_PASS`
-  connections a pass, the others in the passes after, so that input on other sockets is
-  read in between), without waking the connection's task;
+  whole backlog once per pass of the scheduler (at most
+  :data:`~._driver.WRITES_PER_PASS` connections and :data:`~._driver.PASS_BUDGET` a
+  pass, the others in the passes after, so that input on other sockets is read in
+  between), without waking the connection's task;
+* a connection reads its HTTP request (the upgrade) in a pass with room for it (at
+  most :data:`~._driver.REQUESTS_PER_PASS` and :data:`~._driver.PASS_BUDGET` a pass);
+  the others wait a pass, as on asyncio;
 * a write is one non-blocking ``send()`` of everything ``data_to_send()`` holds. What the
   kernel does not take stays the core's backlog (the slow-client policy, 1013, sees it)
   and is written by the connection's task as the socket becomes writable; only while
@@ -46,49 +50,82 @@ try:
 except ImportError:  # pragma: no cover - trio is optional; this driver runs on trio only
     trio = None  # type: ignore[assignment]
 
-from ._driver import LINGER, READ_SIZE, Driver
+from ._driver import (
+    LINGER,
+    PASS_BUDGET,
+    READ_SIZE,
+    REQUESTS_PER_PASS,
+    WRITES_PER_LOOK,
+    WRITES_PER_PASS,
+    Driver,
+)
 from .service import Service
 
-__all__ = ["WRITES_PER_PASS", "SocketDriver", "SocketFlusher"]
+__all__ = ["SocketDriver", "SocketFlusher"]
 
 log = logging.getLogger("agentcast.connection")
-
-#: Connections :class:`SocketFlusher` writes in one pass at most (as on asyncio).
-WRITES_PER_PASS = 256
 
 
 class SocketFlusher:
     """Writes the output of the connections woken during one pass of the scheduler: once
-    each, from one task, at the next pass."""
+    each, from one task, at the next pass; and bounds the HTTP requests (upgrades) read in
+    one pass."""
 
-    __slots__ = ("_marked", "_wakeup")
+    __slots__ = ("_marked", "_requests", "_requests_began", "_wakeup")
 
     def __init__(self) -> None:
         self._marked: list[SocketDriver] = []
         self._wakeup = anyio.Event()
+        self._requests = 0  # HTTP requests read since this task last ran (one pass)
+        self._requests_began = 0.0  # when the first of them was read
 
     def mark(self, connection: SocketDriver) -> None:
         self._marked.append(connection)
         if not self._wakeup.is_set():
             self._wakeup.set()
 
+    def may_read_request(self) -> bool:
+        """Whether a connection may read its HTTP request (an upgrade) in this pass: the
+        first one, then others for :data:`~._driver.PASS_BUDGET` and up to
+        :data:`~._driver.REQUESTS_PER_PASS` (the pass ends when this task runs next), so
+        that a reconnect storm's handshakes leave room for the open connections."""
+        requests = self._requests
+        if not requests:
+            self._requests_began = time.monotonic()
+            if not self._wakeup.is_set():
+                self._wakeup.set()  # to count again from the next pass
+        elif (
+            requests >= REQUESTS_PER_PASS or time.monotonic() - self._requests_began >= PASS_BUDGET
+        ):
+            return False
+        self._requests = requests + 1
+        return True
+
     async def run(self) -> None:
         """Write the marked connections as they come, until cancelled."""
         while True:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
+            self._requests = 0
             await self._flush()
 
     async def _flush(self) -> None:
         # A function of its own, so that nothing refers to the connections written
         # while the task waits for the next ones (a closed one is freed at once).
         marked, self._marked = self._marked, []
+        began = time.monotonic()
         for index, connection in enumerate(marked, 1):
             connection.flush()
-            if index % WRITES_PER_PASS == 0 and index < len(marked):
+            if (
+                index % WRITES_PER_LOOK == 0
+                and index < len(marked)
+                and (index % WRITES_PER_PASS == 0 or time.monotonic() - began >= PASS_BUDGET)
+            ):
                 # A broadcast to thousands: let the input waiting on other sockets
                 # (a ping) be read in between.
                 await anyio.lowlevel.checkpoint()
+                self._requests = 0
+                began = time.monotonic()
 
 
 class SocketDriver(Driver):
@@ -215,6 +252,10 @@ class SocketDriver(Driver):
             self._waits_for_input = True
             if writable:
                 self._write_rest()
+            if readable and conn.session is None:
+                # An HTTP request (an upgrade): in a pass that has room for it.
+                while not self._flusher.may_read_request():
+                    await trio.lowlevel.checkpoint()
             now, wall = trio.current_time(), time.time()
             if readable:
                 self._read(now, wall)

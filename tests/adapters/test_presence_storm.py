@@ -9,6 +9,7 @@ import json
 import pytest
 from websockets.asyncio.client import connect
 
+from agentcast.adapters import _asyncio_driver, _socket_driver
 from agentcast.protocol import Settings
 
 pytestmark = pytest.mark.anyio
@@ -70,3 +71,19 @@ async def test_a_storm_of_arrivals_and_departures_ends_with_every_view_true(
     assert len(views) == 70
     assert all(view == truth for view in views)
     await wait_for(lambda: server.hub.presence() == {})  # and all of them gone again
+
+
+async def test_a_storm_read_a_request_a_pass_and_sent_a_few_connections_a_step_ends_true(
+    start_server, clients, wait_for, monkeypatch
+):
+    """The same storm with the bounds made tight: each pass reads one HTTP request and
+    writes 16 connections (no time left in the pass), and each presence window reaches
+    five connections a step. Every view still ends as the true set."""
+    for module in (_asyncio_driver, _socket_driver):
+        monkeypatch.setattr(module, "PASS_BUDGET", 0.0)
+    server = await start_server(STORM)
+    server.hub.presence_step = 5
+    truth, views = await clients.call(storm, server.urls[0], 60, 20, 30)
+    assert len(views) == 70
+    assert all(view == truth for view in views)
+    await wait_for(lambda: server.hub.presence() == {})
