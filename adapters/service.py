@@ -510,8 +510,12 @@ class Service:
         """Without :meth:`run`, nothing turns users offline between requests: do it now
         for those whose grace period has ended."""
         if not self._running:
+            hub = self.hub
             try:
-                self.hub.handle_timer(clock(), time.time())
+                now = clock()
+                hub.handle_timer(now, time.time())
+                while (deadline := hub.next_deadline()) is not None and deadline <= now:
+                    hub.handle_timer(now, time.time())  # a presence group's next steps
             except Exception:  # pragma: no cover - the hub does not raise
                 log.exception("error in the hub timer")
 
