@@ -41,6 +41,7 @@ import contextvars
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import cast
 
@@ -67,7 +68,15 @@ class Flusher:
     """Writes the output of the connections woken during one pass of the event loop:
     once each, from one callback at the start of the next pass."""
 
-    __slots__ = ("_loop", "_marked", "_requests", "_requests_began", "_scheduled", "context")
+    __slots__ = (
+        "_held",
+        "_loop",
+        "_marked",
+        "_requests",
+        "_requests_began",
+        "_scheduled",
+        "context",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -79,6 +88,8 @@ class Flusher:
         self._scheduled = False
         self._requests = 0  # HTTP requests (upgrades) read in this pass
         self._requests_began = 0.0  # when the first of them was read
+        #: Connections whose request waits for a pass with room for it, in arrival order.
+        self._held: deque[AsyncioDriver] = deque()
 
     def may_read_request(self) -> bool:
         """Whether a connection may read its HTTP request (an upgrade) in this pass: the
@@ -96,8 +107,16 @@ class Flusher:
         self._requests = requests + 1
         return True
 
+    def hold(self, connection: AsyncioDriver) -> None:
+        """*connection*'s request waits for a pass with room for it (read by
+        :meth:`AsyncioDriver.read_held`, in arrival order, before any newer one)."""
+        self._held.append(connection)
+
     def _new_pass(self) -> None:
         self._requests = 0
+        held = self._held
+        while held and held[0].read_held():
+            held.popleft()
 
     def mark(self, connection: AsyncioDriver) -> None:
         self._marked.append(connection)
@@ -200,14 +219,18 @@ class AsyncioDriver(Driver, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._finishing:
             return  # lingering after an HTTP answer: discard what the client still sends
-        if self.conn.session is None and not self._flusher.may_read_request():
-            # Enough requests read in this pass: this one in the next, reading paused.
+        if self.conn.session is None and (self._held or not self._flusher.may_read_request()):
+            # Enough requests read in this pass: this one in a later pass, after those
+            # already waiting, reading paused meanwhile.
+            if not self._held:
+                self._flusher.hold(self)
             self._held += data
-            if not self._yielding:
-                self._yielding = True
-                self._follow_core()
-                self._loop.call_soon(self._read_held)
+            self._yielding = True
+            self._follow_core()
             return
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         now, wall = self._loop.time(), time.time()
         try:
             self.conn.receive_data(data, now, wall)
@@ -268,13 +291,19 @@ class AsyncioDriver(Driver, asyncio.Protocol):
         self._yielding = False
         self._follow_core()
 
-    def _read_held(self) -> None:
+    def read_held(self) -> bool:
+        """Read the request held back (:meth:`Flusher.hold`) if this pass has room for
+        it; whether it is done with (read, or the socket went away meanwhile)."""
+        if self._transport is None or self._finishing:
+            self._held = b""  # gone, or closed meanwhile (a handshake that timed out)
+            return True
+        if not self._flusher.may_read_request():
+            return False
         data, self._held = self._held, b""
         self._yielding = False
-        if self._transport is None:
-            return  # the socket went away meanwhile
-        self.data_received(data)
+        self._receive(data)
         self._follow_core()
+        return True
 
     def _read_again(self) -> None:
         if not self._reading and self._transport is not None:
