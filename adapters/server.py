@@ -70,7 +70,7 @@ from agentcast.protocol.messages import AgentState, NotificationLevel
 from agentcast.protocol.scope import EVERYONE, PendingVerdict, Scope
 
 from ._asyncio_driver import AsyncioDriver, Flusher, transport_maker
-from ._driver import IO_ERRORS, format_peer
+from ._driver import IO_ERRORS, PASS_BUDGET, format_peer
 from ._serial import SerialSend
 from ._socket_driver import SocketDriver, SocketFlusher
 from ._stream_driver import StreamDriver
@@ -499,11 +499,14 @@ class Server:
         handle: Callable[[socket.socket], object],
         now: Callable[[], float],
     ) -> float | None:
-        """Accept the connections waiting on *sock* (:data:`_ACCEPT_BATCH` at most: the
-        next wake-up comes at once while more are waiting), each handed to *handle*.
-        Returns the pause before trying again when accept() failed for want of a
-        resource, else ``None``. *now* reads the loop's clock."""
+        """Accept the connections waiting on *sock* (:data:`_ACCEPT_BATCH` at most, and
+        for :data:`~._driver.PASS_BUDGET` at most, as a pass's writes and reads: the next
+        wake-up comes at once while more are waiting, after the loop has served the
+        others), each handed to *handle*. Returns the pause before trying again when
+        accept() failed for want of a resource, else ``None``. *now* reads the loop's
+        clock."""
         guard = self.hub.accepting
+        until = now() + PASS_BUDGET
         for _ in range(_ACCEPT_BATCH):
             try:
                 client, _ = sock.accept()
@@ -520,9 +523,12 @@ class Server:
                 if started is not None:
                     self._log_shortage_start(started)
                 return delay
-            guard.accepted(now())
+            at = now()
+            guard.accepted(at)
             client.setblocking(False)
             handle(client)
+            if at >= until:
+                break
         return None
 
     def _log_shortage_start(self, shortage: Shortage) -> None:
