@@ -131,10 +131,6 @@ class ClusterHub(Hub):
         for row in read.rows:
             self.agent_states.record(row.status, row.scope, now - row.age)
 
-    def deliver_presence(self, change: PresenceChange, now: float, wall: float) -> int:
-        """Send ``user_presence`` for a cluster-wide change to every local connection."""
-        return self.deliver_presence_changes([change], now, wall)
-
     def deliver_presence_changes(
         self, changes: Sequence[PresenceChange], now: float, wall: float
     ) -> int:

@@ -456,7 +456,9 @@ def test_a_cluster_hub_sends_out_and_delivers_what_comes_back() -> None:
     link = Link()
     hub = ClusterHub(Settings(presence_grace=1.0), link)  # type: ignore[arg-type]
     # What the log told this process (here, before any connection of its own).
-    hub.deliver_presence(PresenceChange(ClusterId(0, 1, 0), "remote_user", "busy"), 0.0, WALL)
+    hub.deliver_presence_changes(
+        [PresenceChange(ClusterId(0, 1, 0), "remote_user", "busy")], 0.0, WALL
+    )
     alice, alice2, bob, anon = Member("alice"), Member("alice"), Member("bob"), Member(None)
     for member in (alice, alice2, bob, anon):
         hub.open_session(member, 0.0, WALL)  # type: ignore[arg-type]
@@ -499,7 +501,7 @@ def test_a_cluster_hub_sends_out_and_delivers_what_comes_back() -> None:
     everyone = replace(entry, user_ids=None)
     assert hub.deliver_entry(everyone, "0000000000001-000001-000000", 1.0, WALL) == 3
     change = PresenceChange(ClusterId(2, 0, 0), "remote_user", "away")
-    assert hub.deliver_presence(change, 1.0, WALL) == 3
+    assert hub.deliver_presence_changes([change], 1.0, WALL) == 3
     assert bob.got[-1]["data"] == {"userId": "remote_user", "status": "away"}
     assert bob.got[-1]["id"] == "0000000000002-000000-000000"
     # The last tab of a user closes: offline goes to the link after the grace only.

@@ -270,7 +270,9 @@ def test_the_cluster_hub_keeps_what_it_delivers_and_resumes_a_client():
     hub.deliver_entry(chat("one"), first, 1.0, WALL)
     hub.deliver_entry(chat("two"), cid(2), 1.0, WALL)
     hub.deliver_entry(chat("bob only", scope=Scope.of(user_ids=["bob"])), cid(3), 1.0, WALL)
-    hub.deliver_presence(PresenceChange(ClusterId(MS + 4, 0, 0), "bob", "online"), 1.0, WALL)
+    hub.deliver_presence_changes(
+        [PresenceChange(ClusterId(MS + 4, 0, 0), "bob", "online")], 1.0, WALL
+    )
     back = Member("alice")
     hub.open_session(back, 2.0, WALL, resuming=True)  # type: ignore[arg-type]
     hub.resume(back, first, 2.0, WALL)  # type: ignore[arg-type]
